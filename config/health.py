@@ -1,0 +1,105 @@
+"""GET /health: each dependency reported separately; 503 when a critical one fails.
+
+Apps add their own checks in `<app>/health.py` as `health_checks() -> list[Check]`
+(the outbox reports its lag and worker heartbeat there).
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import connection
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    critical: bool
+    detail: dict = field(default_factory=dict)
+
+
+def database_check() -> Check:
+    started = time.monotonic()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    except Exception as exc:  # any failure to reach the database is "down"
+        connection.close_if_unusable_or_obsolete()
+        return Check("database", False, True, {"error": str(exc).splitlines()[0][:200]})
+    return Check(
+        "database", True, True, {"latencyMs": round((time.monotonic() - started) * 1000, 1)}
+    )
+
+
+def cluster_check() -> Check:
+    """django-q2 writes a heartbeat of each running cluster into the shared cache."""
+    try:
+        from django_q.status import Stat
+
+        clusters = [s for s in Stat.get_all() if s.status != "Stopped"]
+    except Exception as exc:
+        return Check("django_q_cluster", False, False, {"error": str(exc)[:200]})
+    return Check(
+        "django_q_cluster",
+        bool(clusters),
+        False,
+        {"clusters": len(clusters), "name": settings.Q_CLUSTER["name"]},
+    )
+
+
+APPS_WITH_CHECKS = ("outbox", "uploads", "payments", "assessments")
+
+
+def all_checks() -> list[Check]:
+    checks = [database_check()]
+    if not checks[0].ok:
+        return checks  # everything else needs the database
+    checks.append(cluster_check())
+    for app in APPS_WITH_CHECKS:
+        try:
+            module = importlib.import_module(f"{app}.health")
+        except ModuleNotFoundError:
+            continue
+        checks.extend(module.health_checks())
+    return checks
+
+
+class HealthView(APIView):
+    authentication_classes = []
+    permission_classes = []
+    throttle_classes = []
+
+    @extend_schema(
+        tags=["ops"],
+        auth=[],
+        summary="Health of each dependency",
+        responses={
+            200: inline_serializer(
+                "Health",
+                {"status": serializers.CharField(), "checks": serializers.DictField()},
+            ),
+            503: inline_serializer(
+                "HealthDown",
+                {"status": serializers.CharField(), "checks": serializers.DictField()},
+            ),
+        },
+    )
+    def get(self, request):
+        checks = all_checks()
+        critical_down = any(not c.ok and c.critical for c in checks)
+        degraded = any(not c.ok for c in checks)
+        status_text = "down" if critical_down else "degraded" if degraded else "ok"
+        body = {
+            "status": status_text,
+            "checks": {c.name: {"ok": c.ok, "critical": c.critical, **c.detail} for c in checks},
+        }
+        return Response(body, status=503 if critical_down else 200)

@@ -1,0 +1,326 @@
+"""Atlas settings: one file, every knob from the environment (documented in .env.example).
+
+A malformed value stops start-up with ImproperlyConfigured naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("ATLAS_VAR_DIR") or BASE_DIR / "var")
+
+_env = environ.Env()
+if (BASE_DIR / ".env").exists():
+    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+
+def env(name: str, cast: str = "str", default=None):
+    """Read one variable; a value that does not parse names the variable in the error."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        if cast == "str":
+            return raw
+        if cast == "int":
+            return int(raw)
+        if cast == "float":
+            return float(raw)
+        if cast == "bool":
+            lowered = raw.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
+        if cast == "list":
+            return [item.strip() for item in raw.split(",") if item.strip()]
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a valid {cast}: {exc}") from exc
+    raise ImproperlyConfigured(f"unknown cast {cast!r} for {name}")
+
+
+def _database_from_url(name: str, url: str) -> dict:
+    try:
+        config = _env.db_url_config(url)
+    except Exception as exc:  # environ raises several types for a bad URL
+        raise ImproperlyConfigured(f"{name} is not a valid database URL: {exc}") from exc
+    if config.get("ENGINE") != "django.db.backends.postgresql":
+        raise ImproperlyConfigured(
+            f"{name} must point at PostgreSQL (postgres://…); Atlas relies on PostgreSQL features"
+        )
+    return config
+
+
+DEBUG = env("DEBUG", "bool", False)
+SECRET_KEY = env("SECRET_KEY")
+if not SECRET_KEY:
+    # A stable per-checkout key for the embedded default, so `make run` needs no set-up.
+    _key_file = VAR_DIR / "secret_key"
+    if not _key_file.exists():
+        import secrets
+
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        _key_file.write_text(secrets.token_urlsafe(50))
+    SECRET_KEY = _key_file.read_text().strip()
+
+ALLOWED_HOSTS = env("ALLOWED_HOSTS", "list", ["127.0.0.1", "localhost", "testserver"])
+CSRF_TRUSTED_ORIGINS = env("CSRF_TRUSTED_ORIGINS", "list", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "corsheaders",
+    "rest_framework",
+    "drf_spectacular",
+    "django_q",
+    "config.apps.AtlasConfig",
+    "tenants",
+    "assessments",
+    "outbox",
+    "uploads",
+    "payments",
+]
+
+MIDDLEWARE = [
+    "config.middleware.RequestIdMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database: DATABASE_URL, or the embedded PostgreSQL under var/ -------------------------
+DATABASE_URL = env("DATABASE_URL")
+if DATABASE_URL:
+    _db = _database_from_url("DATABASE_URL", DATABASE_URL)
+else:
+    from config.embedded_db import embedded_database_url
+
+    _db = _database_from_url("DATABASE_URL", embedded_database_url(VAR_DIR / "pgdata"))
+# Persistent connections: the worker and the django-q2 cluster otherwise pay a connect per task.
+# The embedded server's URI names its Unix socket folder as ?host=; Django wants it in HOST.
+if not _db.get("HOST") and _db.get("OPTIONS", {}).get("host"):
+    _db["HOST"] = _db["OPTIONS"].pop("host")
+_db["CONN_MAX_AGE"] = env("DB_CONN_MAX_AGE", "int", 60)
+_db["CONN_HEALTH_CHECKS"] = True
+_db.setdefault("OPTIONS", {})
+_db["OPTIONS"].setdefault("connect_timeout", env("DB_CONNECT_TIMEOUT", "int", 5))
+_db["TEST"] = {"NAME": env("TEST_DATABASE_NAME")} if env("TEST_DATABASE_NAME") else {}
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Cache: shared by every process (API-key cache, throttles, circuit hints, django-q2) -----
+# Without REDIS_URL a file-based cache under var/ is shared by every process on this host;
+# a deployment with more than one host sets REDIS_URL so revocations reach every host at once.
+REDIS_URL = env("REDIS_URL")
+if REDIS_URL:
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    }
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": env("CACHE_DIR") or str(VAR_DIR / "cache"),
+            "OPTIONS": {"MAX_ENTRIES": 20000},
+        }
+    }
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "staticfiles"
+
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+# Bodies larger than this are refused with 413 payload_too_large (uploads have their own limit).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env("API_MAX_BODY_BYTES", "int", 1024 * 1024)
+
+# --- API ------------------------------------------------------------------------------------
+API_KEY_CACHE_TTL_SECONDS = env("API_KEY_CACHE_TTL_SECONDS", "int", 60)
+API_KEY_CACHE_ENABLED = env("API_KEY_CACHE_ENABLED", "bool", True)
+# last_used_at is written at most this often per key, so a burst of requests costs no writes.
+API_KEY_LAST_USED_RESOLUTION_SECONDS = env("API_KEY_LAST_USED_RESOLUTION_SECONDS", "int", 60)
+THROTTLE_KEY_RATE = env("THROTTLE_KEY_RATE", default="20000/min")
+THROTTLE_ANON_RATE = env("THROTTLE_ANON_RATE", default="120/min")
+THROTTLE_ENABLED = env("THROTTLE_ENABLED", "bool", True)
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["tenants.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["tenants.permissions.HasSecretKey"],
+    "DEFAULT_THROTTLE_CLASSES": [
+        "tenants.throttles.ApiKeyRateThrottle",
+        "tenants.throttles.AnonymousIpRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {"api_key": THROTTLE_KEY_RATE, "anon_ip": THROTTLE_ANON_RATE},
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "config.api.pagination.CursorPagination",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "config.api.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Atlas API",
+    "DESCRIPTION": (
+        "Assessment sessions, submissions, analytics events, the event outbox, uploads and "
+        "payments. Authenticate with `Authorization: Bearer <key>`: publishable keys (`pk_…`) "
+        "for browsers, secret keys (`sk_…`) for servers. Every error has the shape "
+        '`{"error": {"code", "message", "details"}}`.'
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "CAMELIZE_NAMES": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "APPEND_COMPONENTS": {
+        "securitySchemes": {
+            "ApiKey": {"type": "http", "scheme": "bearer", "description": "pk_… or sk_… key"}
+        }
+    },
+    "SECURITY": [{"ApiKey": []}],
+}
+
+# CORS: a publishable key lists the origins allowed to use it (see tenants.cors); preflight
+# succeeds for an origin that some active publishable key allows.
+CORS_URLS_REGEX = r"^/api/.*$"
+CORS_ALLOW_HEADERS = [
+    "authorization",
+    "content-type",
+    "idempotency-key",
+    "tus-resumable",
+    "upload-length",
+    "upload-offset",
+    "upload-metadata",
+    "upload-checksum",
+    "upload-defer-length",
+    "upload-concat",
+    "x-http-method-override",
+    "x-requested-with",
+    "last-event-id",
+]
+CORS_EXPOSE_HEADERS = [
+    "idempotent-replayed",
+    "retry-after",
+    "location",
+    "upload-offset",
+    "upload-length",
+    "upload-expires",
+    "tus-resumable",
+    "tus-version",
+    "tus-extension",
+    "tus-max-size",
+    "tus-checksum-algorithm",
+]
+
+# --- django-q2: schedules and sweeps on the ORM broker (PostgreSQL) --------------------------
+Q_CLUSTER = {
+    "name": env("Q_CLUSTER_NAME", default="atlas"),
+    "orm": "default",
+    "workers": env("Q_WORKERS", "int", 2),
+    "timeout": env("Q_TIMEOUT_SECONDS", "int", 120),
+    # retry must exceed timeout; max_attempts stops the ORM broker handing a task out forever.
+    "retry": env("Q_RETRY_SECONDS", "int", 300),
+    "max_attempts": 3,
+    "save_limit": 500,
+    "catch_up": False,
+    "poll": 1,
+    "label": "Django Q2",
+}
+
+# --- Outbox (issue 4 uses these) -------------------------------------------------------------
+OUTBOX_BACKOFF_BASE_SECONDS = env("OUTBOX_BACKOFF_BASE_SECONDS", "int", 60)
+OUTBOX_BACKOFF_MAX_SECONDS = env("OUTBOX_BACKOFF_MAX_SECONDS", "int", 6 * 3600)
+OUTBOX_MAX_ATTEMPTS = env("OUTBOX_MAX_ATTEMPTS", "int", 8)
+OUTBOX_LEASE_SECONDS = env("OUTBOX_LEASE_SECONDS", "int", 60)
+OUTBOX_BATCH_SIZE = env("OUTBOX_BATCH_SIZE", "int", 100)
+OUTBOX_MAX_PAYLOAD_BYTES = env("OUTBOX_MAX_PAYLOAD_BYTES", "int", 256 * 1024)
+OUTBOX_LAG_ALERT_SECONDS = env("OUTBOX_LAG_ALERT_SECONDS", "int", 300)
+N8N_WEBHOOK_URL = env("N8N_WEBHOOK_URL")
+N8N_WEBHOOK_SECRET = env("N8N_WEBHOOK_SECRET")
+SLACK_WEBHOOK_URL = env("SLACK_WEBHOOK_URL")
+
+# --- Payments (issue 5) -------------------------------------------------------------------------
+STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY", default="")
+STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET", "list", [])
+STRIPE_API_BASE = env("STRIPE_API_BASE", default="https://api.stripe.com")
+STRIPE_TIMEOUT_SECONDS = env("STRIPE_TIMEOUT_SECONDS", "float", 10.0)
+
+# --- Uploads (issue 6) --------------------------------------------------------------------------
+UPLOADS_MAX_BYTES = env("UPLOADS_MAX_BYTES", "int", 100 * 1024 * 1024)
+UPLOADS_ALLOWED_CONTENT_TYPES = env("UPLOADS_ALLOWED_CONTENT_TYPES", "list", [])
+UPLOADS_STAGING_DIR = Path(env("UPLOADS_STAGING_DIR") or VAR_DIR / "staging")
+UPLOADS_STORAGE_DIR = Path(env("UPLOADS_STORAGE_DIR") or VAR_DIR / "attachments")
+STORAGES["attachments"] = {
+    "BACKEND": env(
+        "UPLOADS_STORAGE_BACKEND", default="django.core.files.storage.FileSystemStorage"
+    ),
+    "OPTIONS": {"location": str(UPLOADS_STORAGE_DIR)},
+}
+
+# --- Logging ------------------------------------------------------------------------------------
+LOG_LEVEL = env("LOG_LEVEL", default="INFO")
+LOG_FORMAT = env("LOG_FORMAT", default="text")
+if LOG_FORMAT not in {"text", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r} must be 'text' or 'json'")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "config.logging.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+# The admin URL and the demo set-up printed by `make run`.
+ATLAS_BASE_URL = env("ATLAS_BASE_URL", default="http://127.0.0.1:8000")

@@ -1,0 +1,8 @@
+"""Non-API pages (the demo assessment page lives in the assessments app once it exists)."""
+
+from django.urls import path
+from django.views.generic import RedirectView
+
+urlpatterns = [
+    path("", RedirectView.as_view(url="/admin/", permanent=False)),
+]

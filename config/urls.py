@@ -1,0 +1,25 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from config import health, views
+
+api_patterns = [
+    path("", include("tenants.urls")),
+    path("assessments/", include("assessments.urls")),
+    path("outbox/", include("outbox.urls")),
+    path("uploads/", include("uploads.urls")),
+    path("payments/", include("payments.urls")),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+]
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/", include(api_patterns)),
+    path("health", health.HealthView.as_view(), name="health"),
+    path("", include("config.site_urls")),
+]
+
+handler404 = views.not_found
+handler500 = views.server_error

@@ -1,0 +1,21 @@
+"""JSON 404/500 for API paths, so even errors outside DRF views use the one error shape."""
+
+from django.views import defaults
+
+from config.api.errors import error_response
+
+
+def _is_api(request) -> bool:
+    return request.path.startswith("/api/") or request.path.startswith("/health")
+
+
+def not_found(request, exception=None):
+    if _is_api(request):
+        return error_response("not_found", "No such endpoint or object.", 404)
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request):
+    if _is_api(request):
+        return error_response("internal_error", "Something went wrong on our side.", 500)
+    return defaults.server_error(request)

@@ -1,0 +1,160 @@
+"""Writes for tenants and API keys (keyword-only, <entity>_<verb>)."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import string
+import time
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from config.api.errors import ApiError
+from tenants import keycache
+from tenants.cors import origins_cache_clear
+from tenants.models import ApiKey, Tenant
+
+_PREFIX_ALPHABET = string.ascii_lowercase + string.digits
+KIND_PREFIX = {ApiKey.Kind.PUBLISHABLE: "pk", ApiKey.Kind.SECRET: "sk"}
+
+
+def tenant_create(*, name: str) -> Tenant:
+    name = (name or "").strip()
+    if not name:
+        raise ApiError("invalid_tenant_name", "A tenant needs a name.")
+    with transaction.atomic():
+        if Tenant.objects.filter(name=name).exists():
+            raise ApiError(
+                "tenant_exists", f"A tenant named {name!r} exists already.", status_code=409
+            )
+        tenant = Tenant.objects.create(name=name)
+        _tenant_defaults_create(tenant=tenant)
+    return tenant
+
+
+def _tenant_defaults_create(*, tenant: Tenant) -> None:
+    """Per-tenant defaults other apps provide (e.g. outbox targets from N8N_WEBHOOK_URL)."""
+    try:
+        from outbox.services import target_defaults_create
+    except ImportError:  # the outbox app does not provide defaults yet
+        return
+    target_defaults_create(tenant=tenant)
+
+
+def _normalise_origins(origins) -> list[str]:
+    cleaned = []
+    for origin in origins or []:
+        origin = origin.strip().rstrip("/")
+        if not origin:
+            continue
+        if (
+            not (origin.startswith("http://") or origin.startswith("https://"))
+            or origin.count("/") != 2
+        ):
+            raise ApiError(
+                "invalid_origin",
+                f"{origin!r} is not an origin (scheme://host[:port], no path).",
+                details={"origin": origin},
+            )
+        cleaned.append(origin.lower())
+    return sorted(set(cleaned))
+
+
+def apikey_create(
+    *, tenant: Tenant, kind: str, name: str = "", allowed_origins=None
+) -> tuple[ApiKey, str]:
+    """Create a key; returns the row and the full key, which is never retrievable again."""
+    if kind not in ApiKey.Kind.values:
+        raise ApiError("invalid_key_kind", "kind must be 'publishable' or 'secret'.")
+    prefix = f"{KIND_PREFIX[kind]}_" + "".join(secrets.choice(_PREFIX_ALPHABET) for _ in range(8))
+    raw_key = f"{prefix}_{secrets.token_urlsafe(32)}"
+    key = ApiKey.objects.create(
+        tenant=tenant,
+        kind=kind,
+        name=name,
+        prefix=prefix,
+        key_hash=keycache.key_digest(raw_key),
+        allowed_origins=_normalise_origins(allowed_origins),
+    )
+    transaction.on_commit(origins_cache_clear)
+    return key, raw_key
+
+
+def apikey_revoke(*, key: ApiKey) -> bool:
+    """Revoke at once: the row is marked and the cached verification is dropped everywhere."""
+    updated = ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )
+    digests = [key.key_hash]
+    # Drop now and again after commit, so no process can re-cache the key in between.
+    keycache.cache_delete(digests)
+    transaction.on_commit(lambda: keycache.cache_delete(digests))
+    transaction.on_commit(origins_cache_clear)
+    return bool(updated)
+
+
+def apikey_cache_invalidate_all() -> int:
+    digests = list(ApiKey.objects.values_list("key_hash", flat=True))
+    keycache.cache_delete(digests)
+    keycache.stats.reset()
+    origins_cache_clear()
+    return len(digests)
+
+
+def apikey_authenticate(*, raw_key: str) -> keycache.ApiKeyPrincipal:
+    """Verify a key (cache first); raises ApiError 401 for an unknown or revoked key."""
+    digest = keycache.key_digest(raw_key)
+    cached = keycache.cache_get(digest)
+    if cached == keycache.INVALID:
+        raise ApiError("invalid_api_key", "The API key is not valid.", status_code=401)
+    if cached is not None:
+        return _touch_last_used(digest, cached)
+
+    row = (
+        ApiKey.objects.filter(key_hash=digest)
+        .values(
+            "id",
+            "tenant_id",
+            "kind",
+            "prefix",
+            "allowed_origins",
+            "revoked_at",
+            "last_used_at",
+            "tenant__is_active",
+        )
+        .first()
+    )
+    if row is None:
+        keycache.cache_put(digest, keycache.INVALID)
+        raise ApiError("invalid_api_key", "The API key is not valid.", status_code=401)
+    if row["revoked_at"] is not None:
+        keycache.cache_put(digest, keycache.INVALID)
+        raise ApiError("api_key_revoked", "The API key has been revoked.", status_code=401)
+    if not row["tenant__is_active"]:
+        raise ApiError("tenant_inactive", "The tenant of this key is disabled.", status_code=401)
+    principal = keycache.ApiKeyPrincipal(
+        key_id=str(row["id"]),
+        tenant_id=str(row["tenant_id"]),
+        kind=row["kind"],
+        prefix=row["prefix"],
+        allowed_origins=tuple(row["allowed_origins"] or ()),
+        last_used_at=row["last_used_at"].timestamp() if row["last_used_at"] else None,
+    )
+    fresh = _touch_last_used(digest, principal)
+    if fresh is principal:  # not re-cached by the touch: cache it now
+        keycache.cache_put(digest, principal)
+    return fresh
+
+
+def _touch_last_used(digest: str, principal: keycache.ApiKeyPrincipal):
+    """Write last_used_at at most once per resolution window, so bursts cost no writes."""
+    now = time.time()
+    window = settings.API_KEY_LAST_USED_RESOLUTION_SECONDS
+    if principal.last_used_at is not None and now - principal.last_used_at < window:
+        return principal
+    ApiKey.objects.filter(pk=principal.key_id).update(last_used_at=timezone.now())
+    fresh = dataclasses.replace(principal, last_used_at=now)
+    keycache.cache_put(digest, fresh)
+    return fresh
