@@ -1,0 +1,74 @@
+import uuid
+
+from django.db import models
+from django.db.models import F, Func, Q
+from django.db.models.lookups import Exact
+
+from tenants.models import TenantOwnedModel
+
+# A sane email: something@something.tld, no spaces (the database refuses anything else).
+EMAIL_REGEX = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+
+
+def is_json_object(field: str) -> Exact:
+    """CHECK helper: jsonb_typeof(field) = 'object'."""
+    return Exact(Func(F(field), function="jsonb_typeof", output_field=models.CharField()), "object")
+
+
+class AssessmentSession(TenantOwnedModel):
+    """One visitor's run through an assessment in the browser."""
+
+    class Status(models.TextChoices):
+        STARTED = "started"
+        IN_PROGRESS = "in_progress"
+        COMPLETED = "completed"
+        ABANDONED = "abandoned"
+
+    id = models.UUIDField(
+        primary_key=True, default=uuid.uuid4, help_text="May come from the client."
+    )
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.STARTED)
+    email = models.CharField(max_length=254, null=True, blank=True)
+    first_name = models.CharField(max_length=200, null=True, blank=True)
+    form_data = models.JSONField(default=dict, blank=True)
+    responses = models.JSONField(
+        default=dict, blank=True, help_text="Answers keyed by question id (merged atomically)."
+    )
+    metadata = models.JSONField(default=dict, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    abandoned_at = models.DateTimeField(null=True, blank=True)
+    last_activity_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                name="assessment_session_status_valid",
+                condition=Q(status__in=["started", "in_progress", "completed", "abandoned"]),
+            ),
+            models.CheckConstraint(
+                name="assessment_session_email_format",
+                condition=Q(email__isnull=True) | Q(email__regex=EMAIL_REGEX),
+            ),
+            models.CheckConstraint(
+                name="assessment_session_first_name_not_blank",
+                condition=Q(first_name__isnull=True) | ~Q(first_name__regex=r"^\s*$"),
+            ),
+            models.CheckConstraint(
+                name="assessment_session_form_data_object", condition=is_json_object("form_data")
+            ),
+            models.CheckConstraint(
+                name="assessment_session_responses_object", condition=is_json_object("responses")
+            ),
+        ]
+        indexes = [
+            # admin and stats: a tenant's sessions by date
+            models.Index(fields=["tenant", "created_at"], name="assess_sess_tenant_created"),
+            # dashboard counts by status
+            models.Index(fields=["tenant", "status"], name="assess_sess_tenant_status"),
+            # admin search by email
+            models.Index(fields=["email"], name="assess_sess_email"),
+        ]
+
+    def __str__(self):
+        return f"{self.id} ({self.status})"
