@@ -6,6 +6,7 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 
 from config.api.errors import ApiError
+from config.logging import log_context
 from tenants.services import apikey_authenticate
 from tenants.throttles import IpRateThrottle
 
@@ -49,6 +50,7 @@ class ApiKeyAuthentication(BaseAuthentication):
                 )
         request.tenant_id = principal.tenant_id
         request.api_key = principal
+        log_context.set({**(log_context.get() or {}), "tenant_id": principal.tenant_id})
         return principal, principal
 
     def authenticate_header(self, request):
