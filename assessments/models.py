@@ -72,3 +72,73 @@ class AssessmentSession(TenantOwnedModel):
 
     def __str__(self):
         return f"{self.id} ({self.status})"
+
+
+class Submission(TenantOwnedModel):
+    """A final answer set. The primary key is the client's submissionId: a retried submit
+    with the same id can never create a second row (the database refuses it)."""
+
+    id = models.UUIDField(primary_key=True, help_text="The client's submissionId (no default).")
+    session = models.ForeignKey(
+        AssessmentSession, on_delete=models.PROTECT, related_name="submissions"
+    )
+    answers = models.JSONField(default=dict)
+    result = models.JSONField(null=True, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    request_hash = models.CharField(
+        max_length=64,
+        help_text="SHA-256 of the canonical request: a replay with another payload is refused.",
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                name="assessment_submission_answers_object", condition=is_json_object("answers")
+            ),
+            models.CheckConstraint(
+                name="assessment_submission_metadata_object", condition=is_json_object("metadata")
+            ),
+        ]
+        indexes = [
+            # GET /submissions (cursor on -created_at) for a tenant
+            models.Index(fields=["tenant", "created_at"], name="assess_sub_tenant_created"),
+            # GET /submissions?sessionId=
+            models.Index(fields=["tenant", "session"], name="assess_sub_tenant_session"),
+        ]
+
+    def __str__(self):
+        return f"submission {self.id}"
+
+
+class AnalyticsEvent(TenantOwnedModel):
+    """A best-effort analytics event from the browser, stored once per messageId."""
+
+    id = models.BigAutoField(primary_key=True)
+    message_id = models.CharField(max_length=100, help_text="Client id; duplicates are dropped.")
+    name = models.CharField(max_length=100)
+    # No FK: events may arrive before (or without) their session row; best-effort by design.
+    session_id = models.UUIDField(null=True, blank=True)
+    properties = models.JSONField(default=dict, blank=True)
+    occurred_at = models.DateTimeField(help_text="The client's timestamp.")
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # the dedupe: INSERT … ON CONFLICT (tenant_id, message_id) DO NOTHING
+            models.UniqueConstraint(
+                fields=["tenant", "message_id"], name="assess_event_tenant_message_uniq"
+            ),
+            models.CheckConstraint(
+                name="assessment_event_properties_object", condition=is_json_object("properties")
+            ),
+        ]
+        indexes = [
+            # admin: newest events of a tenant
+            models.Index(fields=["tenant", "created_at"], name="assess_event_tenant_created"),
+            # admin / analysis: the events of one session
+            models.Index(fields=["session_id"], name="assess_event_session"),
+        ]
+
+    def __str__(self):
+        return f"{self.name} {self.message_id}"

@@ -305,6 +305,26 @@ STORAGES["attachments"] = {
     "OPTIONS": {"location": str(UPLOADS_STORAGE_DIR)},
 }
 
+# --- Assessments (issue 3) ---------------------------------------------------------------------
+# Analytics events: per-request count and size caps, per-event size cap (bigger: rejected alone).
+ASSESSMENTS_EVENTS_MAX_PER_REQUEST = env("ASSESSMENTS_EVENTS_MAX_PER_REQUEST", "int", 500)
+ASSESSMENTS_EVENTS_MAX_REQUEST_BYTES = env(
+    "ASSESSMENTS_EVENTS_MAX_REQUEST_BYTES", "int", 512 * 1024
+)
+ASSESSMENTS_EVENT_MAX_BYTES = env("ASSESSMENTS_EVENT_MAX_BYTES", "int", 32 * 1024)
+# Best-effort ingest never holds a web worker long: the insert gives up after this.
+ASSESSMENTS_EVENTS_STATEMENT_TIMEOUT_MS = env(
+    "ASSESSMENTS_EVENTS_STATEMENT_TIMEOUT_MS", "int", 2000
+)
+# Answers: per request (batch) and per answer; a submission's answers + result in total.
+ASSESSMENTS_MAX_ANSWERS_PER_REQUEST = env("ASSESSMENTS_MAX_ANSWERS_PER_REQUEST", "int", 200)
+ASSESSMENTS_ANSWER_MAX_BYTES = env("ASSESSMENTS_ANSWER_MAX_BYTES", "int", 32 * 1024)
+ASSESSMENTS_SUBMISSION_MAX_BYTES = env("ASSESSMENTS_SUBMISSION_MAX_BYTES", "int", 200 * 1024)
+# Sessions idle this long (started / in progress) are marked abandoned by a schedule.
+ASSESSMENTS_ABANDON_AFTER_MINUTES = env("ASSESSMENTS_ABANDON_AFTER_MINUTES", "int", 24 * 60)
+# The /demo/ page's publishable key; unset: read from var/demo-credentials.json (atlas_demo).
+ASSESSMENTS_DEMO_PUBLISHABLE_KEY = env("ASSESSMENTS_DEMO_PUBLISHABLE_KEY")
+
 # --- Logging ------------------------------------------------------------------------------------
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
 LOG_FORMAT = env("LOG_FORMAT", default="text")
