@@ -220,12 +220,10 @@ SPECTACULAR_SETTINGS = {
     "CAMELIZE_NAMES": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
-    "APPEND_COMPONENTS": {
-        "securitySchemes": {
-            "ApiKey": {"type": "http", "scheme": "bearer", "description": "pk_… or sk_… key"}
-        }
-    },
-    "SECURITY": [{"ApiKey": []}],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "config.api.schema.add_error_responses",
+    ],
 }
 
 # CORS: a publishable key lists the origins allowed to use it (see tenants.cors); preflight
@@ -292,6 +290,29 @@ STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY", default="")
 STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET", "list", [])
 STRIPE_API_BASE = env("STRIPE_API_BASE", default="https://api.stripe.com")
 STRIPE_TIMEOUT_SECONDS = env("STRIPE_TIMEOUT_SECONDS", "float", 10.0)
+# Webhook signatures older than this are refused (Stripe's SDK default is 300 s).
+STRIPE_WEBHOOK_TOLERANCE_SECONDS = env("STRIPE_WEBHOOK_TOLERANCE_SECONDS", "int", 300)
+# Retries by the SDK itself (same Idempotency-Key) on connection errors, 409 and 5xx.
+STRIPE_MAX_NETWORK_RETRIES = env("STRIPE_MAX_NETWORK_RETRIES", "int", 1)
+# Circuit breaker (state shared in PostgreSQL): open after N consecutive failures, for S seconds.
+STRIPE_CIRCUIT_FAILURE_THRESHOLD = env("STRIPE_CIRCUIT_FAILURE_THRESHOLD", "int", 5)
+STRIPE_CIRCUIT_COOLDOWN_SECONDS = env("STRIPE_CIRCUIT_COOLDOWN_SECONDS", "int", 30)
+STRIPE_DASHBOARD_URL = env("STRIPE_DASHBOARD_URL", default="https://dashboard.stripe.com")
+# payments_reconcile: pending sessions older than this are re-read from Stripe.
+PAYMENTS_RECONCILE_OLDER_THAN_MINUTES = env("PAYMENTS_RECONCILE_OLDER_THAN_MINUTES", "int", 30)
+PAYMENTS_RECONCILE_BATCH_SIZE = env("PAYMENTS_RECONCILE_BATCH_SIZE", "int", 200)
+for _name in (
+    "STRIPE_TIMEOUT_SECONDS",
+    "STRIPE_WEBHOOK_TOLERANCE_SECONDS",
+    "STRIPE_CIRCUIT_FAILURE_THRESHOLD",
+    "STRIPE_CIRCUIT_COOLDOWN_SECONDS",
+    "PAYMENTS_RECONCILE_OLDER_THAN_MINUTES",
+    "PAYMENTS_RECONCILE_BATCH_SIZE",
+):
+    if globals()[_name] <= 0:
+        raise ImproperlyConfigured(f"{_name} must be greater than 0")
+if STRIPE_MAX_NETWORK_RETRIES < 0:
+    raise ImproperlyConfigured("STRIPE_MAX_NETWORK_RETRIES must be 0 or more")
 
 # --- Uploads (issue 6) --------------------------------------------------------------------------
 UPLOADS_MAX_BYTES = env("UPLOADS_MAX_BYTES", "int", 100 * 1024 * 1024)
@@ -304,6 +325,26 @@ STORAGES["attachments"] = {
     ),
     "OPTIONS": {"location": str(UPLOADS_STORAGE_DIR)},
 }
+# Finalisation retries: exponential backoff base * 2**(attempts-1), capped; then `failed`.
+UPLOADS_RETRY_BACKOFF_BASE_SECONDS = env("UPLOADS_RETRY_BACKOFF_BASE_SECONDS", "int", 60)
+UPLOADS_RETRY_BACKOFF_MAX_SECONDS = env("UPLOADS_RETRY_BACKOFF_MAX_SECONDS", "int", 6 * 3600)
+UPLOADS_MAX_ATTEMPTS = env("UPLOADS_MAX_ATTEMPTS", "int", 8)
+# One retry run claims at most this many attachments (keeps a scheduled task short).
+UPLOADS_RETRY_BATCH_SIZE = env("UPLOADS_RETRY_BATCH_SIZE", "int", 100)
+# A claim older than this is considered abandoned (crashed run) and can be claimed again.
+UPLOADS_RETRY_LEASE_SECONDS = env("UPLOADS_RETRY_LEASE_SECONDS", "int", 300)
+# client-sync / manual runs skip attachments attempted less than this many seconds ago.
+UPLOADS_RETRY_MIN_INTERVAL_SECONDS = env("UPLOADS_RETRY_MIN_INTERVAL_SECONDS", "int", 30)
+UPLOADS_RETRY_LOG_RETENTION_DAYS = env("UPLOADS_RETRY_LOG_RETENTION_DAYS", "int", 30)
+# An unfinished tus upload expires (410, then cleaned up) this long after its last byte.
+UPLOADS_TUS_EXPIRY_HOURS = env("UPLOADS_TUS_EXPIRY_HOURS", "int", 24)
+# Health alert: failure rate of the last hour above this (0..1) with at least N attempts.
+UPLOADS_ALERT_FAILURE_RATE = env("UPLOADS_ALERT_FAILURE_RATE", "float", 0.2)
+UPLOADS_ALERT_MIN_ATTEMPTS = env("UPLOADS_ALERT_MIN_ATTEMPTS", "int", 10)
+if UPLOADS_MAX_BYTES <= 0 or UPLOADS_MAX_ATTEMPTS <= 0:
+    raise ImproperlyConfigured("UPLOADS_MAX_BYTES and UPLOADS_MAX_ATTEMPTS must be positive")
+if not 0 < UPLOADS_ALERT_FAILURE_RATE <= 1:
+    raise ImproperlyConfigured("UPLOADS_ALERT_FAILURE_RATE must be in (0, 1]")
 
 # --- Assessments (issue 3) ---------------------------------------------------------------------
 # Analytics events: per-request count and size caps, per-event size cap (bigger: rejected alone).

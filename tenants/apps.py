@@ -9,6 +9,7 @@ class TenantsConfig(AppConfig):
         # CORS preflight carries no key: allow an origin that an active publishable key lists.
         from corsheaders.signals import check_request_enabled
 
+        import tenants.schema  # noqa: F401 - registers the OpenAPI auth extension
         from tenants.cors import origin_allowed_for_preflight
 
         check_request_enabled.connect(origin_allowed_for_preflight, dispatch_uid="atlas_cors")
