@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint format check bench clean-var
+.PHONY: install run test lint format check bench fuzz clean-var
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Atlas needs Python 3.11+ (set PYTHON=python3.11)")'
@@ -23,6 +23,10 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Many more schemathesis examples per operation than the bounded run inside `make test`.
+fuzz: install
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-300} $(BIN)/python -m pytest tests/hardening/test_fuzz.py -p no:cacheprovider
 
 lint: install
 	$(BIN)/ruff check .

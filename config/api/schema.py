@@ -32,6 +32,10 @@ _COMMON = {
     "429": "Rate limited (rate_limited); see Retry-After",
     "500": "Unexpected error (internal_error)",
 }
+_WRITES = {
+    "409": "Conflicts with the stored state (e.g. an id reused with other content)",
+    "422": "Well-formed but refused (e.g. idempotency_key_reused)",
+}
 _AUTHENTICATED = {
     "401": "Missing, invalid or revoked key (authentication_required, invalid_api_key, …)",
     "403": "Key may not call this endpoint (secret_key_required, origin_not_allowed, …)",
@@ -48,6 +52,8 @@ def add_error_responses(result, generator, request, public):
                 continue
             responses = operation.setdefault("responses", {})
             errors = dict(_COMMON)
+            if method in {"post", "put", "patch", "delete"}:
+                errors.update(_WRITES)
             if operation.get("security") != [{}] and operation.get("security", True):
                 errors.update(_AUTHENTICATED)
             for status, description in errors.items():
