@@ -1,0 +1,177 @@
+"""Payments in the operations console: sessions, Stripe events (read-only, reprocess), failed
+Stripe calls and the circuit breaker. Nothing here can be bulk-deleted: it is evidence."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import admin, messages
+from django.utils.html import format_html
+
+from config.api.errors import ApiError
+from payments import services
+from payments.models import CircuitBreakerState, PaymentSession, StripeApiFailure, StripeEvent
+
+
+def stripe_dashboard_url(ps: PaymentSession) -> str:
+    base = settings.STRIPE_DASHBOARD_URL.rstrip("/")
+    mode = "" if ps.livemode else "/test"
+    if ps.stripe_payment_intent_id:
+        return f"{base}{mode}/payments/{ps.stripe_payment_intent_id}"
+    # no payment yet: the dashboard search finds the Checkout Session by its id
+    return f"{base}{mode}/search?query={ps.stripe_checkout_session_id}"
+
+
+class _NoBulkDelete:
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+
+class StripeEventInline(admin.TabularInline):
+    model = StripeEvent
+    fields = ["stripe_event_id", "type", "status", "result_note", "event_created_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    ordering = ["event_created_at"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(PaymentSession)
+class PaymentSessionAdmin(_NoBulkDelete, admin.ModelAdmin):
+    list_display = [
+        "id",
+        "tenant",
+        "email",
+        "status",
+        "amount_display",
+        "amount_refunded",
+        "created_at",
+        "stripe_link",
+    ]
+    list_filter = ["status", "currency", "created_at", "livemode", "tenant"]
+    search_fields = ["=id", "email", "stripe_checkout_session_id", "stripe_payment_intent_id"]
+    list_select_related = ["tenant"]
+    date_hierarchy = "created_at"
+    list_per_page = 50
+    show_full_result_count = False
+    readonly_fields = [f.name for f in PaymentSession._meta.fields if f.name not in {"tenant"}] + [
+        "stripe_link"
+    ]
+    raw_id_fields = ["tenant", "assessment_session"]
+    inlines = [StripeEventInline]
+    actions = ["reconcile_with_stripe"]
+
+    def has_add_permission(self, request):
+        return False  # checkouts are started through the API (Stripe first, then the row)
+
+    @admin.display(description="amount")
+    def amount_display(self, obj):
+        if obj.amount is None:
+            return "—"
+        return f"{obj.amount / 100:.2f} {obj.currency.upper()}"
+
+    @admin.display(description="Stripe")
+    def stripe_link(self, obj):
+        return format_html(
+            '<a href="{}" target="_blank" rel="noopener">open in Stripe</a>',
+            stripe_dashboard_url(obj),
+        )
+
+    @admin.action(description="Reconcile with Stripe (re-read the Checkout Session)")
+    def reconcile_with_stripe(self, request, queryset):
+        changed = errors = 0
+        for ps in queryset:
+            try:
+                _status, note = services.payment_session_reconcile(payment_session=ps)
+            except ApiError as exc:
+                errors += 1
+                self.message_user(request, f"{ps.pk}: {exc.error_code}", messages.ERROR)
+                continue
+            changed += note.startswith("applied")
+        self.message_user(
+            request, f"{changed} session(s) changed, {errors} error(s).", messages.SUCCESS
+        )
+
+
+@admin.register(StripeEvent)
+class StripeEventAdmin(_NoBulkDelete, admin.ModelAdmin):
+    list_display = [
+        "stripe_event_id",
+        "type",
+        "status",
+        "payment_session",
+        "tenant",
+        "attempts",
+        "received_at",
+        "processed_at",
+    ]
+    list_filter = ["status", "type", "received_at", "livemode"]
+    search_fields = [
+        "=stripe_event_id",
+        "=stripe_object_id",
+        "=stripe_payment_intent_id",
+        "payment_session__email",
+    ]
+    list_select_related = ["payment_session", "tenant"]
+    date_hierarchy = "received_at"
+    list_per_page = 50
+    show_full_result_count = False
+    readonly_fields = [f.name for f in StripeEvent._meta.fields]
+    actions = ["reprocess"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.action(description="Reprocess selected events", permissions=["view"])
+    def reprocess(self, request, queryset):
+        ids = list(queryset.values_list("stripe_event_id", flat=True))
+        counts = services.stripe_events_reprocess(ids=ids)
+        level = messages.ERROR if counts["failed"] else messages.SUCCESS
+        summary = ", ".join(f"{k}={v}" for k, v in counts.items())
+        self.message_user(request, f"Reprocessed {counts['total']} event(s): {summary}", level)
+
+
+@admin.register(StripeApiFailure)
+class StripeApiFailureAdmin(_NoBulkDelete, admin.ModelAdmin):
+    list_display = ["created_at", "operation", "error_code", "http_status", "tenant", "message"]
+    list_filter = ["operation", "error_code", "created_at"]
+    search_fields = ["=payment_session_id", "stripe_code", "message"]
+    list_select_related = ["tenant"]
+    list_per_page = 50
+    show_full_result_count = False
+    readonly_fields = [f.name for f in StripeApiFailure._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(CircuitBreakerState)
+class CircuitBreakerStateAdmin(admin.ModelAdmin):
+    list_display = ["name", "consecutive_failures", "opened_until", "last_failure_at", "last_error"]
+    readonly_fields = [f.name for f in CircuitBreakerState._meta.fields]
+    actions = ["close_circuit"]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.action(description="Close the circuit (let calls through again)")
+    def close_circuit(self, request, queryset):
+        from payments.circuit import circuit_record_success
+
+        for row in queryset:
+            circuit_record_success(row.name)
+        self.message_user(request, f"Closed {queryset.count()} circuit(s).", messages.SUCCESS)

@@ -1,0 +1,198 @@
+"""Payments API: start a checkout, read a payment session, receive Stripe's webhooks."""
+
+from __future__ import annotations
+
+import re
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from assessments.models import EMAIL_REGEX
+from config.api.errors import ApiError, error_response
+from payments import selectors, services
+from tenants.permissions import HasAnyKey
+
+_EMAIL = re.compile(EMAIL_REGEX)
+
+
+class CheckoutInSerializer(serializers.Serializer):
+    sessionId = serializers.UUIDField(
+        required=False, allow_null=True, help_text="The assessment session this payment unlocks."
+    )
+    email = serializers.CharField(max_length=254)
+    firstName = serializers.CharField(max_length=200, trim_whitespace=True)
+    formData = serializers.JSONField(required=False, default=dict)
+    priceId = serializers.CharField(max_length=255, required=False, allow_null=True)
+    amount = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=99_999_999
+    )
+    currency = serializers.CharField(required=False, allow_null=True, max_length=3)
+    productName = serializers.CharField(required=False, max_length=200, default="Assessment")
+    successUrl = serializers.URLField(max_length=2000)
+    cancelUrl = serializers.URLField(max_length=2000)
+
+    def validate_email(self, value):
+        if not _EMAIL.match(value):
+            raise serializers.ValidationError("Not a valid email address.", code="invalid_email")
+        return value
+
+    def validate_formData(self, value):
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("formData must be a JSON object.", code="not_object")
+        return value
+
+    def validate_currency(self, value):
+        if value is None:
+            return value
+        if not re.fullmatch(r"[A-Za-z]{3}", value):
+            raise serializers.ValidationError(
+                "currency must be a 3-letter ISO code.", code="invalid_currency"
+            )
+        return value.lower()
+
+    def validate(self, attrs):
+        has_price = bool(attrs.get("priceId"))
+        has_amount = attrs.get("amount") is not None or attrs.get("currency") is not None
+        if has_price and has_amount:
+            raise ApiError(
+                "price_and_amount_conflict", "Send either priceId or amount+currency, not both."
+            )
+        if not has_price and (attrs.get("amount") is None or attrs.get("currency") is None):
+            raise ApiError("price_or_amount_required", "Send priceId, or both amount and currency.")
+        return attrs
+
+
+class CheckoutOutSerializer(serializers.Serializer):
+    paymentSessionId = serializers.UUIDField(source="pk")
+    checkoutUrl = serializers.CharField(source="checkout_url")
+    status = serializers.CharField()
+
+
+class PaymentSessionOutSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    status = serializers.CharField()
+    sessionId = serializers.UUIDField(source="assessment_session_id", allow_null=True)
+    email = serializers.CharField()
+    firstName = serializers.CharField(source="first_name")
+    amount = serializers.IntegerField(allow_null=True)
+    amountRefunded = serializers.IntegerField(source="amount_refunded")
+    currency = serializers.CharField()
+    priceId = serializers.CharField(source="price_id", allow_null=True)
+    stripeCheckoutSessionId = serializers.CharField(source="stripe_checkout_session_id")
+    stripePaymentIntentId = serializers.CharField(
+        source="stripe_payment_intent_id", allow_null=True
+    )
+    checkoutUrl = serializers.CharField(source="checkout_url")
+    livemode = serializers.BooleanField()
+    createdAt = serializers.DateTimeField(source="created_at")
+    updatedAt = serializers.DateTimeField(source="updated_at")
+    completedAt = serializers.DateTimeField(source="completed_at", allow_null=True)
+
+
+class CheckoutView(APIView):
+    """Browsers may start a checkout with a publishable key, but only for a Stripe Price
+    (priceId): a free amount needs a secret key, so a visitor cannot choose what they pay."""
+
+    permission_classes = [HasAnyKey]
+
+    @extend_schema(
+        tags=["payments"],
+        summary="Start a Stripe Checkout",
+        request=CheckoutInSerializer,
+        responses={201: CheckoutOutSerializer, 200: CheckoutOutSerializer},
+        parameters=[
+            OpenApiParameter(
+                "Idempotency-Key",
+                str,
+                OpenApiParameter.HEADER,
+                required=False,
+                description="Retrying with the same key returns the same checkout (200).",
+            )
+        ],
+    )
+    def post(self, request):
+        serializer = CheckoutInSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        if data.get("amount") is not None and not request.auth.is_secret:
+            raise ApiError(
+                "secret_key_required_for_amount",
+                "A publishable key may only start a checkout for a priceId.",
+                status_code=403,
+            )
+        idempotency_key = request.headers.get("Idempotency-Key") or None
+        if idempotency_key is not None and len(idempotency_key) > 255:
+            raise ApiError("invalid_idempotency_key", "Idempotency-Key is longer than 255.")
+        row, replayed = services.payment_checkout_create(
+            tenant_id=request.tenant_id,
+            email=data["email"],
+            first_name=data["firstName"],
+            form_data=data.get("formData") or {},
+            assessment_session_id=data.get("sessionId"),
+            price_id=data.get("priceId") or None,
+            amount=data.get("amount"),
+            currency=data.get("currency"),
+            product_name=data.get("productName") or "Assessment",
+            success_url=data["successUrl"],
+            cancel_url=data["cancelUrl"],
+            idempotency_key=idempotency_key,
+        )
+        response = Response(
+            CheckoutOutSerializer(row).data,
+            status=status.HTTP_200_OK if replayed else status.HTTP_201_CREATED,
+        )
+        if replayed:
+            response["Idempotent-Replayed"] = "true"
+        return response
+
+
+class PaymentSessionView(APIView):
+    @extend_schema(
+        tags=["payments"], summary="A payment session", responses=PaymentSessionOutSerializer
+    )
+    def get(self, request, payment_session_id):
+        row = selectors.payment_session_get(
+            tenant_id=request.tenant_id, payment_session_id=payment_session_id
+        )
+        return Response(PaymentSessionOutSerializer(row).data)
+
+
+class StripeWebhookView(APIView):
+    """Stripe calls this; it has no API key: the Stripe-Signature over the raw body is the
+    authentication. 200 = stored and processed (or a duplicate); 400 = refused, nothing
+    stored; 500 = stored, processing failed (recorded), Stripe retries."""
+
+    authentication_classes: list = []
+    permission_classes: list = []
+    throttle_classes: list = []
+
+    @extend_schema(
+        tags=["payments"],
+        summary="Stripe webhook endpoint",
+        request=None,
+        responses=inline_serializer(
+            "StripeWebhookAck",
+            {
+                "received": serializers.BooleanField(),
+                "duplicate": serializers.BooleanField(),
+                "status": serializers.CharField(),
+            },
+        ),
+    )
+    def post(self, request):
+        body = request.body  # the raw bytes: the signature covers them exactly
+        try:
+            event, duplicate = services.stripe_webhook_receive(
+                body=body, signature=request.headers.get("Stripe-Signature")
+            )
+        except services.WebhookProcessingFailed as exc:
+            return error_response(
+                "webhook_processing_failed",
+                "The event was stored but processing failed; it was recorded and Stripe "
+                "will retry.",
+                500,
+                details={"eventId": exc.event.stripe_event_id},
+            )
+        return Response({"received": True, "duplicate": duplicate, "status": event.status})

@@ -1,0 +1,58 @@
+"""Re-read pending payment sessions from Stripe (covers webhooks that never arrived)."""
+
+from __future__ import annotations
+
+import signal
+
+from django.core.management.base import BaseCommand, CommandError
+
+from payments import services
+
+
+class Command(BaseCommand):
+    help = "Bring pending payment sessions older than --older-than minutes up to date from Stripe."
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--older-than",
+            type=int,
+            default=None,
+            metavar="MINUTES",
+            help="Only sessions pending longer (default: PAYMENTS_RECONCILE_OLDER_THAN_MINUTES).",
+        )
+        parser.add_argument(
+            "--limit", type=int, default=None, help="At most this many sessions (default: batch)."
+        )
+
+    def handle(self, *args, older_than, limit, **options):
+        if older_than is not None and older_than < 0:
+            raise CommandError("--older-than must be 0 or more")
+        stop = {"requested": False}
+
+        def _stop(*_):
+            stop["requested"] = True
+            self.stderr.write("SIGTERM: stopping after the current session")
+
+        previous = signal.signal(signal.SIGTERM, _stop)
+        done = {"n": 0}
+
+        def progress(ps, note):
+            done["n"] += 1
+            self.stdout.write(f"[{done['n']}] {ps.pk} {ps.stripe_checkout_session_id}: {note}")
+
+        try:
+            counts = services.payments_reconcile(
+                older_than_minutes=older_than if older_than is not None else None,
+                limit=limit,
+                progress=progress,
+                should_stop=lambda: stop["requested"],
+            )
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        self.stdout.write(
+            f"reconciled: checked={counts['checked']} changed={counts['changed']} "
+            f"unchanged={counts['unchanged']} errors={counts['errors']}"
+            + (" (stopped early)" if counts.get("stopped") else "")
+        )
+        if counts["errors"]:
+            raise CommandError(f"{counts['errors']} session(s) could not be reconciled")
