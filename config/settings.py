@@ -93,6 +93,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "config.middleware.RequestIdMiddleware",
+    "config.metrics.ApiMetricsMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -382,6 +383,22 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- Metrics (GET /metrics) ------------------------------------------------------------------
+# With a token, scrapers send `Authorization: Bearer <token>`; without, only these networks.
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
+METRICS_ALLOWED_NETWORKS = env(
+    "METRICS_ALLOWED_NETWORKS",
+    "list",
+    ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"],
+)
+try:
+    import ipaddress as _ipaddress
+
+    for _net in METRICS_ALLOWED_NETWORKS:
+        _ipaddress.ip_network(_net)
+except ValueError as _exc:
+    raise ImproperlyConfigured(f"METRICS_ALLOWED_NETWORKS: {_exc}") from _exc
 
 # The admin URL and the demo set-up printed by `make run`.
 ATLAS_BASE_URL = env("ATLAS_BASE_URL", default="http://127.0.0.1:8000")

@@ -1,0 +1,237 @@
+"""Uploads in the operations console: attachments (filters, retry, download), read-only retry
+logs and attempts, health alerts, and the retry health page with a chart per day."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.core.files.storage import storages
+from django.http import FileResponse, Http404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from uploads import selectors, services, staging
+from uploads.models import (
+    Attachment,
+    FinaliseAttempt,
+    HealthAlert,
+    RetryLog,
+    RetrySource,
+)
+
+
+class _ReadOnly:
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class AgeFilter(admin.SimpleListFilter):
+    title = "age"
+    parameter_name = "age"
+    BUCKETS = {
+        "1h": ("last hour", timedelta(hours=1)),
+        "24h": ("last 24 hours", timedelta(days=1)),
+        "7d": ("last 7 days", timedelta(days=7)),
+        "older": ("older than 7 days", timedelta(days=7)),
+    }
+
+    def lookups(self, request, model_admin):
+        return [(key, label) for key, (label, _delta) in self.BUCKETS.items()]
+
+    def queryset(self, request, queryset):
+        if self.value() not in self.BUCKETS:
+            return queryset
+        cutoff = timezone.now() - self.BUCKETS[self.value()][1]
+        if self.value() == "older":
+            return queryset.filter(created_at__lt=cutoff)
+        return queryset.filter(created_at__gte=cutoff)
+
+
+class FinaliseAttemptInline(_ReadOnly, admin.TabularInline):
+    model = FinaliseAttempt
+    extra = 0
+    fields = ("created_at", "source", "succeeded", "error", "retry_log")
+    readonly_fields = fields
+    ordering = ("-created_at",)
+
+
+@admin.register(Attachment)
+class AttachmentAdmin(admin.ModelAdmin):
+    list_display = (
+        "filename",
+        "tenant",
+        "status",
+        "channel",
+        "size",
+        "attempts",
+        "next_retry_at",
+        "short_error",
+        "created_at",
+        "download_link",
+    )
+    list_filter = ("status", "channel", "last_retry_source", AgeFilter, "tenant")
+    list_select_related = ("tenant",)
+    search_fields = ("id", "filename", "sha256", "tenant__name")
+    list_per_page = 100
+    show_full_result_count = False
+    readonly_fields = [f.name for f in Attachment._meta.fields] + ["download_link"]
+    inlines = [FinaliseAttemptInline]
+    actions = ["retry_now"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # deleting loses evidence (and maybe the only copy)
+
+    @admin.display(description="last error")
+    def short_error(self, obj):
+        return (obj.last_error[:80] + "…") if len(obj.last_error) > 80 else obj.last_error
+
+    @admin.display(description="file")
+    def download_link(self, obj):
+        if obj.status == Attachment.Status.RECEIVING:
+            return "-"
+        url = reverse("admin:uploads_attachment_download", args=[obj.pk])
+        return format_html('<a href="{}">download</a>', url)
+
+    @admin.action(description="Retry finalising now (manual retry run)")
+    def retry_now(self, request, queryset):
+        ids = list(
+            queryset.filter(
+                status__in=[Attachment.Status.PENDING, Attachment.Status.FAILED]
+            ).values_list("pk", flat=True)
+        )
+        if not ids:
+            self.message_user(request, "None of those is pending or failed.", messages.WARNING)
+            return
+        log = services.retry_run(source=RetrySource.MANUAL, attachment_ids=ids)
+        level = messages.SUCCESS if not log.failed else messages.WARNING
+        self.message_user(
+            request,
+            f"Retried {log.attempted}: {log.succeeded} stored, {log.failed} failed "
+            f"({len(ids) - log.attempted} skipped: held by another run or attempted just now).",
+            level,
+        )
+
+    def get_urls(self):
+        extra = [
+            path(
+                "<uuid:attachment_id>/download/",
+                self.admin_site.admin_view(self.download_view),
+                name="uploads_attachment_download",
+            )
+        ]
+        return extra + super().get_urls()
+
+    def download_view(self, request, attachment_id):
+        if not (request.user.is_staff and self.has_view_permission(request)):
+            raise PermissionDenied
+        attachment = Attachment.objects.filter(pk=attachment_id).first()
+        if attachment is None:
+            raise Http404("No such attachment")
+        if attachment.status == Attachment.Status.STORED:
+            handle = storages["attachments"].open(attachment.storage_name, "rb")
+        else:
+            path_ = staging.staging_path(
+                tenant_id=attachment.tenant_id, attachment_id=attachment.pk
+            )
+            if not path_.exists():
+                raise Http404("The staged bytes are gone")
+            handle = path_.open("rb")
+        return FileResponse(
+            handle,
+            as_attachment=True,
+            filename=attachment.filename,
+            content_type=attachment.content_type,
+        )
+
+
+@admin.register(RetryLog)
+class RetryLogAdmin(_ReadOnly, admin.ModelAdmin):
+    list_display = (
+        "started_at",
+        "source",
+        "tenant",
+        "attempted",
+        "succeeded",
+        "failed",
+        "finished_at",
+        "error",
+    )
+    list_filter = ("source", "tenant")
+    list_select_related = ("tenant",)
+    list_per_page = 100
+    show_full_result_count = False
+    date_hierarchy = "started_at"
+    change_list_template = "admin/uploads/retrylog/change_list.html"
+
+    def get_urls(self):
+        extra = [
+            path(
+                "health/",
+                self.admin_site.admin_view(self.health_view),
+                name="uploads_retrylog_health",
+            )
+        ]
+        return extra + super().get_urls()
+
+    def health_view(self, request):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        try:
+            days = max(1, min(90, int(request.GET.get("days", 7))))
+        except ValueError:
+            days = 7
+        daily = selectors.retry_health_daily(days=days)
+        peak = max([d["attempted"] for d in daily] + [1])
+        bar_width, gap, height = 36, 12, 160
+        for index, day in enumerate(daily):
+            day["x"] = index * (bar_width + gap) + 40
+            day["ok_h"] = round(height * day["succeeded"] / peak)
+            day["fail_h"] = round(height * day["failed"] / peak)
+            day["ok_y"] = 10 + height - day["ok_h"]
+            day["fail_y"] = day["ok_y"] - day["fail_h"]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Upload retry health — last {days} days",
+            "opts": self.model._meta,
+            "days": days,
+            "report": selectors.retry_health(days=days),
+            "daily": daily,
+            "chart": {
+                "width": len(daily) * (bar_width + gap) + 60,
+                "height": height + 40,
+                "bar": bar_width,
+                "base": 10 + height,
+                "peak": peak,
+            },
+            "alerts": HealthAlert.objects.select_related("tenant")[:20],
+        }
+        return TemplateResponse(request, "admin/uploads/health.html", context)
+
+
+@admin.register(FinaliseAttempt)
+class FinaliseAttemptAdmin(_ReadOnly, admin.ModelAdmin):
+    list_display = ("created_at", "tenant", "attachment", "source", "succeeded", "error")
+    list_filter = ("succeeded", "source", "tenant")
+    list_select_related = ("tenant", "attachment")
+    list_per_page = 100
+    show_full_result_count = False
+
+
+@admin.register(HealthAlert)
+class HealthAlertAdmin(_ReadOnly, admin.ModelAdmin):
+    list_display = ("hour", "tenant", "outcome", "reason", "attempted", "failed", "failure_rate")
+    list_filter = ("outcome", "tenant")
+    list_select_related = ("tenant",)

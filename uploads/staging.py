@@ -1,0 +1,156 @@
+"""The durable staging area: bytes are written here (fsync'd) before any row says they exist.
+
+Layout under UPLOADS_STAGING_DIR:
+    incoming/<random>.part      a multipart body being received (no row yet)
+    <tenant id>/<attachment id>  the staged bytes of an attachment until it is stored
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.core.files.uploadhandler import FileUploadHandler, SkipFile, StopUpload
+
+CHUNK = 64 * 1024
+
+
+def staging_root() -> Path:
+    return Path(settings.UPLOADS_STAGING_DIR)
+
+
+def staging_path(*, tenant_id, attachment_id) -> Path:
+    return staging_root() / str(tenant_id) / str(attachment_id)
+
+
+def incoming_path() -> Path:
+    folder = staging_root() / "incoming"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{uuid.uuid4().hex}.part"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def move_durably(src: Path, dst: Path) -> None:
+    """Rename within the staging file system and make the rename itself durable."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(src, dst)
+    fsync_dir(dst.parent)
+
+
+def create_empty(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as fh:
+        os.fsync(fh.fileno())
+    fsync_dir(path.parent)
+
+
+def remove_quietly(path: Path | None) -> None:
+    if path is None:
+        return
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def content_type_allowed(content_type: str) -> bool:
+    allowed = [item.lower() for item in settings.UPLOADS_ALLOWED_CONTENT_TYPES]
+    if not allowed:
+        return True
+    value = (content_type or "").split(";")[0].strip().lower()
+    major = value.split("/")[0]
+    return value in allowed or f"{major}/*" in allowed
+
+
+@dataclass
+class StagedFile:
+    """What the multipart handler leaves in request.FILES: the bytes are already on disk."""
+
+    path: Path
+    name: str
+    content_type: str
+    size: int
+    sha256: str
+
+
+class StagingUploadHandler(FileUploadHandler):
+    """Streams the multipart `file` field straight into the staging area while hashing it.
+
+    Nothing is held in memory; an oversized file stops the parse at once (413), a content
+    type outside the allow-list is skipped without writing a byte (415).
+    """
+
+    field = "file"
+
+    def __init__(self, request=None):
+        super().__init__(request)
+        self.too_large = False
+        self.type_refused: str | None = None
+        self.path: Path | None = None
+        self._fh = None
+        self._digest = None
+        self._size = 0
+
+    def new_file(self, field_name, file_name, content_type, content_length, charset=None,
+                 content_type_extra=None):  # fmt: skip
+        super().new_file(field_name, file_name, content_type, content_length, charset)
+        if field_name != self.field or self.path is not None:
+            raise SkipFile()
+        if not content_type_allowed(content_type):
+            self.type_refused = content_type or ""
+            raise SkipFile()
+        self.path = incoming_path()
+        self._fh = self.path.open("wb")
+        self._digest = hashlib.sha256()
+
+    def receive_data_chunk(self, raw_data, start):
+        self._size += len(raw_data)
+        if self._size > settings.UPLOADS_MAX_BYTES:
+            self.too_large = True
+            self.cleanup()
+            raise StopUpload(connection_reset=True)
+        self._fh.write(raw_data)
+        self._digest.update(raw_data)
+        return None
+
+    def file_complete(self, file_size):
+        if self._fh is None:
+            return None
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        self._fh = None
+        return StagedFile(
+            path=self.path,
+            name=self.file_name or "upload",
+            content_type=self.content_type or "application/octet-stream",
+            size=self._size,
+            sha256=self._digest.hexdigest(),
+        )
+
+    def upload_interrupted(self):
+        self.cleanup()
+
+    def cleanup(self):
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        remove_quietly(self.path)

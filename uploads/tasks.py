@@ -1,0 +1,55 @@
+"""django-q2 entry points (thin: each calls one service) and the schedules that run them."""
+
+from __future__ import annotations
+
+from config.schedules import ScheduleSpec
+from uploads import services
+from uploads.models import RetrySource
+
+
+def retry_sweep() -> dict:
+    log = services.retry_run(source=RetrySource.SCHEDULED)
+    return {"attempted": log.attempted, "succeeded": log.succeeded, "failed": log.failed}
+
+
+def prune_retry_logs() -> int:
+    return services.retry_logs_prune()
+
+
+def health_alert_check() -> int:
+    return len(services.health_alert_check())
+
+
+def expired_uploads_cleanup() -> int:
+    return services.uploads_expired_cleanup()
+
+
+SCHEDULES = [
+    ScheduleSpec(
+        name="uploads.retry_sweep",
+        func="uploads.tasks.retry_sweep",
+        minutes=10,
+        why="The safety net: pending attachments whose backoff is due get finalised again; "
+        "10 minutes bounds how long a file waits after storage comes back.",
+    ),
+    ScheduleSpec(
+        name="uploads.prune_retry_logs",
+        func="uploads.tasks.prune_retry_logs",
+        minutes=24 * 60,
+        why="Retry logs are kept 30 days (UPLOADS_RETRY_LOG_RETENTION_DAYS); daily is enough.",
+    ),
+    ScheduleSpec(
+        name="uploads.health_alert_check",
+        func="uploads.tasks.health_alert_check",
+        minutes=10,
+        why="Looks at the last hour's failure rate; every 10 minutes notices a degradation "
+        "quickly, and the alert itself fires at most once per tenant and hour.",
+    ),
+    ScheduleSpec(
+        name="uploads.expired_uploads_cleanup",
+        func="uploads.tasks.expired_uploads_cleanup",
+        minutes=60,
+        why="Unfinished tus uploads expire after UPLOADS_TUS_EXPIRY_HOURS; hourly cleanup "
+        "keeps staged bytes from piling up.",
+    ),
+]
