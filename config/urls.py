@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from config import health, views
+from config import health, metrics, views
 
 api_patterns = [
     path("", include("tenants.urls")),
@@ -18,6 +18,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include(api_patterns)),
     path("health", health.HealthView.as_view(), name="health"),
+    path("metrics", metrics.metrics_view, name="metrics"),
     path("", include("config.site_urls")),
 ]
 
