@@ -1,16 +1,19 @@
 import uuid
 
 from django.db import models
-from django.db.models import Q
+from django.db.models import Func, Q, Value
 
 from assessments.models import is_json_object
 from tenants.models import TenantOwnedModel
+
+# A dedicated sequence numbers events in insert order: the realtime stream's resume cursor.
+EVENT_SEQ_NAME = "outbox_event_seq"
 
 
 class OutboxEvent(TenantOwnedModel):
     """A business fact written in the same transaction as the data it describes.
 
-    One row per publish. Delivery state per target is tracked by the outbox's delivery rows.
+    One row per publish. Delivery state per target is tracked by `Delivery` rows.
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -22,6 +25,12 @@ class OutboxEvent(TenantOwnedModel):
     )
     ordering_key = models.CharField(max_length=255, null=True, blank=True)
     occurred_at = models.DateTimeField()
+    seq = models.BigIntegerField(
+        unique=True,
+        editable=False,
+        db_default=Func(Value(EVENT_SEQ_NAME), function="nextval"),
+        help_text="Insert order (realtime stream cursor, Last-Event-ID).",
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -37,7 +46,174 @@ class OutboxEvent(TenantOwnedModel):
         indexes = [
             # admin and realtime replay: a tenant's events in time order
             models.Index(fields=["tenant", "created_at"], name="outbox_event_tenant_created"),
+            # realtime replay after Last-Event-ID: a tenant's events by seq
+            models.Index(fields=["tenant", "seq"], name="outbox_event_tenant_seq"),
         ]
 
     def __str__(self):
         return f"{self.event_type} {self.id}"
+
+
+class Target(TenantOwnedModel):
+    """Where a tenant's events go: a signed webhook (n8n…), a Slack webhook, or realtime."""
+
+    class Kind(models.TextChoices):
+        WEBHOOK = "webhook", "Webhook (signed)"
+        SLACK = "slack", "Slack incoming webhook"
+        REALTIME = "realtime", "Realtime (SSE)"
+
+    class Circuit(models.TextChoices):
+        CLOSED = "closed", "Closed"
+        OPEN = "open", "Open"
+        HALF_OPEN = "half_open", "Half-open"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.SlugField(max_length=64, help_text="Unique per tenant; the API's `target`.")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    url = models.URLField(max_length=2000, blank=True)
+    secret = models.CharField(max_length=100, help_text="Signing secret (whsec_…).")
+    previous_secret = models.CharField(max_length=100, blank=True)
+    previous_secret_expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="The old secret signs alongside the new one until then."
+    )
+    is_enabled = models.BooleanField(
+        default=True, help_text="Disabled: new events are not routed to this target."
+    )
+    paused_at = models.DateTimeField(
+        null=True, blank=True, help_text="Paused: deliveries wait (e.g. after a 410 Gone)."
+    )
+    paused_reason = models.CharField(max_length=255, blank=True)
+    timeout_seconds = models.FloatField(default=10.0)
+    max_attempts = models.PositiveIntegerField(null=True, blank=True, help_text="Empty: default.")
+    backoff_base_seconds = models.PositiveIntegerField(null=True, blank=True)
+    backoff_max_seconds = models.PositiveIntegerField(null=True, blank=True)
+    rate_limit_per_second = models.FloatField(
+        null=True, blank=True, help_text="Per worker process; empty = unlimited."
+    )
+    circuit_state = models.CharField(max_length=20, choices=Circuit.choices, default=Circuit.CLOSED)
+    circuit_failures = models.PositiveIntegerField(default=0, help_text="Consecutive failures.")
+    circuit_successes = models.PositiveIntegerField(default=0, help_text="Successes half-open.")
+    circuit_opened_at = models.DateTimeField(null=True, blank=True)
+    circuit_probe_until = models.DateTimeField(
+        null=True, blank=True, help_text="Half-open: the one probe in flight holds this lease."
+    )
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "name"], name="outbox_target_tenant_name_uniq"
+            ),
+            models.CheckConstraint(
+                name="outbox_target_url_required",
+                condition=Q(kind="realtime") | ~Q(url=""),
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.name} ({self.kind})"
+
+
+class Delivery(TenantOwnedModel):
+    """One event on its way to one target: the retry state lives here, in our rows."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RETRYING = "retrying", "Retrying"
+        DELIVERED = "delivered", "Delivered"
+        DEAD = "dead", "Dead"
+        CANCELLED = "cancelled", "Cancelled"
+
+    OPEN_STATUSES = (Status.PENDING, Status.RETRYING)
+
+    event = models.ForeignKey(OutboxEvent, on_delete=models.CASCADE, related_name="deliveries")
+    target = models.ForeignKey(Target, on_delete=models.PROTECT, related_name="deliveries")
+    ordering_key = models.CharField(max_length=255, null=True, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField()
+    locked_until = models.DateTimeField(null=True, blank=True)
+    locked_by = models.CharField(max_length=100, blank=True)
+    last_error = models.TextField(blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "deliveries"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["event", "target"], name="outbox_delivery_event_target"
+            ),
+        ]
+        indexes = [
+            # the worker's claim: open deliveries by due time
+            models.Index(
+                fields=["next_attempt_at"],
+                name="outbox_delivery_due",
+                condition=Q(status__in=["pending", "retrying"]),
+            ),
+            # ordering check: an earlier open delivery of the same target and key
+            models.Index(
+                fields=["target", "ordering_key", "id"],
+                name="outbox_delivery_ordering",
+                condition=Q(status__in=["pending", "retrying"], ordering_key__isnull=False),
+            ),
+            # stats and admin: a target's deliveries by status
+            models.Index(fields=["target", "status", "created_at"], name="outbox_delivery_tgt_st"),
+        ]
+
+    def __str__(self):
+        return f"{self.event_id} → {self.target_id} ({self.status})"
+
+
+class DeliveryAttempt(TenantOwnedModel):
+    """One HTTP try (or broadcast): read-only evidence shown in the admin."""
+
+    class Outcome(models.TextChoices):
+        DELIVERED = "delivered", "Delivered"
+        RETRY = "retry", "Retryable failure"
+        PERMANENT = "permanent", "Permanent failure"
+
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempt_rows")
+    number = models.PositiveIntegerField()
+    outcome = models.CharField(max_length=20, choices=Outcome.choices)
+    status_code = models.PositiveIntegerField(null=True, blank=True)
+    duration_ms = models.FloatField()
+    response_excerpt = models.TextField(blank=True, help_text="First 2 KB of the response.")
+    error = models.TextField(blank=True)
+    worker = models.CharField(max_length=100, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["delivery", "number"], name="outbox_attempt_delivery")]
+
+    def __str__(self):
+        return f"attempt {self.number} {self.outcome}"
+
+
+class CircuitTransition(TenantOwnedModel):
+    """Every circuit-breaker state change of a target (logged and shown in the admin)."""
+
+    target = models.ForeignKey(Target, on_delete=models.CASCADE, related_name="transitions")
+    from_state = models.CharField(max_length=20)
+    to_state = models.CharField(max_length=20)
+    reason = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.from_state} → {self.to_state}"
+
+
+class WorkerHeartbeat(models.Model):
+    """One row per running outbox worker, refreshed every few seconds (health check)."""
+
+    worker_id = models.CharField(max_length=100, primary_key=True)
+    started_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField()
+    delivered = models.PositiveBigIntegerField(default=0)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self):
+        return self.worker_id

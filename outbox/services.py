@@ -2,12 +2,44 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import secrets
 import uuid
+from datetime import timedelta
 
-from django.db import transaction
+from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from outbox.models import OutboxEvent
+from config.api.errors import ApiError
+from outbox import conf
+from outbox.models import CircuitTransition, Delivery, OutboxEvent, Target
+from tenants.scoping import tenant_get_or_404, tenant_queryset
+
+# One round trip: the event, one delivery per routed target, and the NOTIFY that fires on
+# commit (so nothing is announced before the caller's transaction commits).
+_PUBLISH_SQL = f"""
+WITH ev AS (
+    INSERT INTO outbox_outboxevent (id, tenant_id, topic, event_type, payload, idempotency_key,
+                                    ordering_key, occurred_at, created_at, updated_at)
+    VALUES (%(id)s, %(tenant)s, %(topic)s, %(event_type)s, %(payload)s::jsonb, %(key)s,
+            %(ordering_key)s, %(now)s, %(now)s, %(now)s)
+    ON CONFLICT ON CONSTRAINT outbox_event_tenant_idem_key_uniq DO NOTHING
+    RETURNING id, seq
+), routed AS (
+    INSERT INTO outbox_delivery (tenant_id, event_id, target_id, ordering_key, status, attempts,
+                                 next_attempt_at, locked_by, last_error, created_at, updated_at)
+    SELECT %(tenant)s, ev.id, t.id, %(ordering_key)s, 'pending', 0, %(now)s, '', '',
+           %(now)s, %(now)s
+    FROM ev JOIN outbox_target t
+      ON t.tenant_id = %(tenant)s AND t.is_enabled
+     AND (%(target)s::uuid IS NULL OR t.id = %(target)s::uuid)
+    RETURNING id
+)
+SELECT ev.seq, pg_notify('{conf.CHANNEL_EVENTS}', ev.seq::text) FROM ev
+"""
 
 
 def event_publish(
@@ -22,22 +54,294 @@ def event_publish(
 ) -> OutboxEvent:
     """Write an event inside the caller's transaction (rolled back with it).
 
-    A repeated idempotency_key (unique per tenant) returns the existing event.
-    `tenant` may be a Tenant or a tenant id. `target` is a target name (None: the tenant's
-    default routing).
+    A repeated idempotency_key (unique per tenant) returns the existing event. `tenant` may be
+    a Tenant or a tenant id. `target` is a target name: None routes to every enabled target.
     """
-    tenant_id = getattr(tenant, "pk", tenant)
+    event, _created = event_publish_created(
+        tenant=tenant,
+        event_type=event_type,
+        topic=topic,
+        payload=payload,
+        target=target,
+        idempotency_key=idempotency_key,
+        ordering_key=ordering_key,
+    )
+    return event
+
+
+def event_publish_created(
+    *, tenant, event_type, topic, payload, target=None, idempotency_key=None, ordering_key=None
+) -> tuple[OutboxEvent, bool]:
+    """`event_publish` that also says whether the row is new (the API answers 201 vs 200)."""
+    tenant_id = str(getattr(tenant, "pk", tenant))
+    body = _payload_json(payload)
+    if not (event_type or "").strip() or not (topic or "").strip():
+        raise ApiError("invalid_event", "event_type and topic must not be blank.")
+    target_id = _target_id_for(tenant_id, target) if target else None
     key = idempotency_key or str(uuid.uuid4())
-    with transaction.atomic():
-        event, _created = OutboxEvent.objects.get_or_create(
-            tenant_id=tenant_id,
-            idempotency_key=key,
-            defaults={
-                "event_type": event_type,
+    now = timezone.now()
+    event_id = uuid.uuid4()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _PUBLISH_SQL,
+            {
+                "id": event_id,
+                "tenant": tenant_id,
                 "topic": topic,
-                "payload": payload,
-                "ordering_key": ordering_key,
-                "occurred_at": timezone.now(),
+                "event_type": event_type,
+                "payload": body,
+                "key": key,
+                "ordering_key": ordering_key or None,
+                "now": now,
+                "target": target_id,
             },
         )
-    return event
+        row = cursor.fetchone()
+    if row is None:  # the key exists: return the original event, unchanged
+        existing = tenant_queryset(OutboxEvent, tenant_id=tenant_id).get(idempotency_key=key)
+        return existing, False
+    event = OutboxEvent(
+        id=event_id,
+        tenant_id=tenant_id,
+        topic=topic,
+        event_type=event_type,
+        payload=json.loads(body),
+        idempotency_key=key,
+        ordering_key=ordering_key or None,
+        occurred_at=now,
+        created_at=now,
+        updated_at=now,
+        seq=row[0],
+    )
+    event._state.adding = False
+    event._state.db = "default"
+    return event, True
+
+
+def _payload_json(payload) -> str:
+    if not isinstance(payload, dict):
+        raise ApiError("payload_not_object", "payload must be a JSON object.")
+    body = json.dumps(payload, cls=DjangoJSONEncoder, separators=(",", ":"))
+    limit = conf.get("OUTBOX_MAX_PAYLOAD_BYTES")
+    if len(body.encode()) > limit:
+        raise ApiError(
+            "payload_too_large",
+            f"payload is larger than {limit} bytes.",
+            status_code=413,
+            details={"limitBytes": limit},
+        )
+    return body
+
+
+def _target_id_for(tenant_id: str, name: str) -> str:
+    row = (
+        tenant_queryset(Target, tenant_id=tenant_id)
+        .filter(name=name)
+        .values_list("id", "is_enabled")
+        .first()
+    )
+    if row is None:
+        raise ApiError(
+            "unknown_target", f"No target named {name!r}.", details={"target": str(name)}
+        )
+    if not row[1]:
+        raise ApiError("target_disabled", f"Target {name!r} is disabled.")
+    return str(row[0])
+
+
+# --- Targets ---------------------------------------------------------------------------------
+
+
+def secret_generate() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def target_create(
+    *,
+    tenant,
+    name: str,
+    kind: str,
+    url: str = "",
+    secret: str | None = None,
+    timeout_seconds: float = 10.0,
+    max_attempts: int | None = None,
+    rate_limit_per_second: float | None = None,
+    backoff_base_seconds: int | None = None,
+    backoff_max_seconds: int | None = None,
+) -> Target:
+    tenant_id = getattr(tenant, "pk", tenant)
+    if kind not in Target.Kind.values:
+        raise ApiError("invalid_target_kind", "kind must be webhook, slack or realtime.")
+    if kind != Target.Kind.REALTIME and not url:
+        raise ApiError("target_url_required", f"A {kind} target needs a url.")
+    if secret is not None and not _valid_secret(secret):
+        raise ApiError("invalid_secret", "secret must be whsec_ followed by base64.")
+    if rate_limit_per_second is None and kind == Target.Kind.SLACK:
+        rate_limit_per_second = conf.get("OUTBOX_SLACK_RATE_PER_SECOND")
+    try:
+        with transaction.atomic():
+            return Target.objects.create(
+                tenant_id=tenant_id,
+                name=name,
+                kind=kind,
+                url=url or "",
+                secret=secret or secret_generate(),
+                timeout_seconds=timeout_seconds,
+                max_attempts=max_attempts,
+                rate_limit_per_second=rate_limit_per_second,
+                backoff_base_seconds=backoff_base_seconds,
+                backoff_max_seconds=backoff_max_seconds,
+            )
+    except IntegrityError as exc:
+        raise ApiError(
+            "target_exists", f"A target named {name!r} exists already.", status_code=409
+        ) from exc
+
+
+def _valid_secret(secret: str) -> bool:
+    if not secret.startswith("whsec_"):
+        return False
+    try:
+        return len(base64.b64decode(secret[6:], validate=True)) >= 16
+    except ValueError:
+        return False
+
+
+def target_defaults_create(*, tenant) -> list[Target]:
+    """Called by tenants.services.tenant_create: default n8n / slack targets from settings."""
+    created = []
+    if settings.N8N_WEBHOOK_URL:
+        created.append(
+            target_create(
+                tenant=tenant,
+                name="n8n",
+                kind=Target.Kind.WEBHOOK,
+                url=settings.N8N_WEBHOOK_URL,
+                secret=settings.N8N_WEBHOOK_SECRET or None,
+            )
+        )
+    if settings.SLACK_WEBHOOK_URL:
+        created.append(
+            target_create(
+                tenant=tenant, name="slack", kind=Target.Kind.SLACK, url=settings.SLACK_WEBHOOK_URL
+            )
+        )
+    return created
+
+
+def target_rotate_secret(*, tenant_id, name: str) -> Target:
+    """A new secret; the old one keeps signing alongside it for the rotation window."""
+    with transaction.atomic():
+        target = tenant_get_or_404(
+            tenant_queryset(Target, tenant_id=tenant_id).select_for_update(),
+            tenant_id=tenant_id,
+            name=name,
+        )
+        target.previous_secret = target.secret
+        target.previous_secret_expires_at = timezone.now() + timedelta(
+            hours=conf.get("OUTBOX_SECRET_ROTATION_HOURS")
+        )
+        target.secret = secret_generate()
+        target.save(
+            update_fields=["secret", "previous_secret", "previous_secret_expires_at", "updated_at"]
+        )
+    return target
+
+
+def target_pause(*, target: Target, reason: str = "paused by staff") -> bool:
+    return bool(
+        Target.objects.filter(pk=target.pk, paused_at__isnull=True).update(
+            paused_at=timezone.now(), paused_reason=reason[:255], updated_at=timezone.now()
+        )
+    )
+
+
+def target_resume(*, target: Target) -> bool:
+    return bool(
+        Target.objects.filter(pk=target.pk, paused_at__isnull=False).update(
+            paused_at=None, paused_reason="", updated_at=timezone.now()
+        )
+    )
+
+
+def target_circuit_reset(*, target: Target) -> bool:
+    with transaction.atomic():
+        locked = Target.objects.select_for_update().get(pk=target.pk)
+        if locked.circuit_state == Target.Circuit.CLOSED and not locked.circuit_failures:
+            return False
+        CircuitTransition.objects.create(
+            tenant_id=locked.tenant_id,
+            target=locked,
+            from_state=locked.circuit_state,
+            to_state=Target.Circuit.CLOSED,
+            reason="reset by staff",
+        )
+        Target.objects.filter(pk=locked.pk).update(
+            circuit_state=Target.Circuit.CLOSED,
+            circuit_failures=0,
+            circuit_successes=0,
+            circuit_opened_at=None,
+            circuit_probe_until=None,
+            updated_at=timezone.now(),
+        )
+    return True
+
+
+def target_test_send(*, target: Target) -> OutboxEvent:
+    """Admin's "send a test event": an ordinary event routed to this one target."""
+    with transaction.atomic():
+        return event_publish(
+            tenant=target.tenant_id,
+            event_type="outbox.test",
+            topic="outbox",
+            payload={"message": f"Test event for target {target.name}"},
+            target=target.name,
+        )
+
+
+# --- Deliveries --------------------------------------------------------------------------------
+
+
+def delivery_requeue(*, deliveries) -> int:
+    """Back to pending, due now, with a fresh attempt budget (dead/cancelled/retrying)."""
+    now = timezone.now()
+    return deliveries.exclude(status=Delivery.Status.DELIVERED).update(
+        status=Delivery.Status.PENDING,
+        attempts=0,
+        next_attempt_at=now,
+        locked_until=None,
+        locked_by="",
+        updated_at=now,
+    )
+
+
+def delivery_cancel(*, deliveries) -> int:
+    """Stop trying (kept as evidence, never deleted). Leased rows finish their try first."""
+    now = timezone.now()
+    return deliveries.filter(status__in=Delivery.OPEN_STATUSES).update(
+        status=Delivery.Status.CANCELLED, last_error="cancelled by staff", updated_at=now
+    )
+
+
+def events_prune(*, older_than_days: int, batch_size: int = 1000, progress=None) -> int:
+    """Delete events whose every delivery was delivered, older than N days, in batches."""
+    from django.db.models import Exists, OuterRef
+
+    cutoff = timezone.now() - timedelta(days=older_than_days)
+    open_or_failed = Delivery.objects.filter(event=OuterRef("pk")).exclude(
+        status=Delivery.Status.DELIVERED
+    )
+    total = 0
+    while True:
+        ids = list(
+            OutboxEvent.objects.filter(created_at__lt=cutoff)
+            .exclude(Exists(open_or_failed))
+            .values_list("id", flat=True)[:batch_size]
+        )
+        if not ids:
+            return total
+        with transaction.atomic():
+            Delivery.objects.filter(event_id__in=ids).delete()  # attempts cascade
+            total += OutboxEvent.objects.filter(id__in=ids).delete()[1].get("outbox.OutboxEvent", 0)
+        if progress:
+            progress(total)

@@ -1,0 +1,131 @@
+"""Circuit breaker per target, shared by every worker: the state is the target's row.
+
+closed --5 consecutive failures--> open --60 s--> half_open (one probe at a time)
+half_open --3 successes--> closed;  half_open --a failure--> open.
+Every change is one locking UPDATE (old state read under the row lock), logged as a
+CircuitTransition row and a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.db import connection
+
+from outbox import conf
+from outbox.models import CircuitTransition
+
+logger = logging.getLogger("outbox.circuit")
+
+_FAILURE_SQL = """
+UPDATE outbox_target t SET
+    circuit_failures = t.circuit_failures + %(n)s,
+    circuit_successes = 0,
+    circuit_state = CASE
+        WHEN o.old = 'half_open' OR t.circuit_failures + %(n)s >= %(threshold)s THEN 'open'
+        ELSE t.circuit_state END,
+    circuit_opened_at = CASE
+        WHEN o.old <> 'open'
+         AND (o.old = 'half_open' OR t.circuit_failures + %(n)s >= %(threshold)s)
+        THEN %(now)s ELSE t.circuit_opened_at END,
+    circuit_probe_until = NULL
+FROM (SELECT id, circuit_state AS old FROM outbox_target WHERE id = %(id)s FOR UPDATE) o
+WHERE t.id = o.id
+RETURNING t.tenant_id, o.old, t.circuit_state
+"""
+
+# Writes only when there is something to reset: a healthy target costs no row write.
+_SUCCESS_SQL = """
+UPDATE outbox_target t SET
+    circuit_failures = 0,
+    circuit_successes = CASE WHEN o.old = 'half_open' THEN t.circuit_successes + %(n)s ELSE 0 END,
+    circuit_state = CASE
+        WHEN o.old = 'half_open' AND t.circuit_successes + %(n)s >= %(close)s THEN 'closed'
+        ELSE t.circuit_state END,
+    circuit_opened_at = CASE
+        WHEN o.old = 'half_open' AND t.circuit_successes + %(n)s >= %(close)s THEN NULL
+        ELSE t.circuit_opened_at END,
+    circuit_probe_until = NULL
+FROM (SELECT id, circuit_state AS old FROM outbox_target
+      WHERE id = %(id)s AND (circuit_failures > 0 OR circuit_state <> 'closed') FOR UPDATE) o
+WHERE t.id = o.id
+RETURNING t.tenant_id, o.old, t.circuit_state
+"""
+
+# Open long enough (or a half-open probe lease expired): this worker takes the one probe.
+_PROBE_SQL = """
+UPDATE outbox_target t SET circuit_state = 'half_open', circuit_probe_until = %(lease_until)s,
+    circuit_successes = CASE WHEN o.old = 'open' THEN 0 ELSE t.circuit_successes END
+FROM (SELECT id, circuit_state AS old FROM outbox_target
+      WHERE paused_at IS NULL AND (
+          (circuit_state = 'open' AND circuit_opened_at <= %(reopen_before)s)
+       OR (circuit_state = 'half_open'
+           AND (circuit_probe_until IS NULL OR circuit_probe_until < %(now)s)))
+      FOR UPDATE SKIP LOCKED) o
+WHERE t.id = o.id
+RETURNING t.id, t.tenant_id, o.old, t.circuit_state
+"""
+
+
+def _log(rows, target_id, reason):
+    for tenant_id, old, new in rows:
+        if old != new:
+            logger.warning("circuit %s: %s -> %s (%s)", target_id, old, new, reason)
+            CircuitTransition.objects.create(
+                tenant_id=tenant_id,
+                target_id=target_id,
+                from_state=old,
+                to_state=new,
+                reason=reason[:255],
+            )
+
+
+def record_failures(*, target_id, count: int, now, reason: str) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _FAILURE_SQL,
+            {
+                "id": target_id,
+                "n": count,
+                "now": now,
+                "threshold": conf.get("OUTBOX_CIRCUIT_FAILURES"),
+            },
+        )
+        _log(cursor.fetchall(), target_id, reason)
+
+
+def record_successes(*, target_id, count: int) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _SUCCESS_SQL,
+            {"id": target_id, "n": count, "close": conf.get("OUTBOX_CIRCUIT_CLOSE_SUCCESSES")},
+        )
+        _log(cursor.fetchall(), target_id, f"{count} successful deliveries")
+
+
+def probes_take(*, now, lease_seconds: float) -> list[str]:
+    """Targets whose single half-open probe this worker now owns."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _PROBE_SQL,
+            {
+                "now": now,
+                "lease_until": now + timedelta(seconds=lease_seconds),
+                "reopen_before": now - timedelta(seconds=conf.get("OUTBOX_CIRCUIT_OPEN_SECONDS")),
+            },
+        )
+        rows = cursor.fetchall()
+    for target_id, tenant_id, old, new in rows:
+        _log([(tenant_id, old, new)], target_id, "open period over: one probe")
+    return [str(r[0]) for r in rows]
+
+
+def probe_release(*, target_id) -> None:
+    """No due delivery to probe with: let the next worker (or the next event) take it."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE outbox_target SET circuit_probe_until = NULL "
+            "WHERE id = %s AND circuit_state = 'half_open'",
+            [target_id],
+        )
