@@ -68,6 +68,12 @@ class AssessmentSession(TenantOwnedModel):
             models.Index(fields=["tenant", "status"], name="assess_sess_tenant_status"),
             # admin search by email
             models.Index(fields=["email"], name="assess_sess_email"),
+            # the abandon sweep: idle sessions that are still open
+            models.Index(
+                fields=["last_activity_at"],
+                name="assess_sess_open_idle",
+                condition=Q(status__in=["started", "in_progress"]),
+            ),
         ]
 
     def __str__(self):

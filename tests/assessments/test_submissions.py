@@ -78,9 +78,7 @@ def test_reused_submission_id_with_other_payload_is_422(browser_api):
 
 
 @pytest.mark.django_db
-def test_other_tenant_reusing_a_submission_id_gets_422_and_sees_nothing(
-    browser_api, other_api
-):
+def test_other_tenant_reusing_a_submission_id_gets_422_and_sees_nothing(browser_api, other_api):
     body = submit_body()
     browser_api.post(URL, body, format="json")
     response = other_api.post(URL, body, format="json")

@@ -1,0 +1,161 @@
+"""Operations console for assessments: sessions to inspect, read-only evidence tables."""
+
+from __future__ import annotations
+
+import json
+
+from django.contrib import admin, messages
+from django.core.paginator import Paginator
+from django.utils.functional import cached_property
+from django.utils.html import format_html
+
+from assessments import metrics
+from assessments.models import AnalyticsEvent, AssessmentSession, Submission
+
+
+def pretty_json(value) -> str:
+    return format_html(
+        '<pre style="white-space:pre-wrap;max-width:70em">{}</pre>',
+        json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True),
+    )
+
+
+class CappedPaginator(Paginator):
+    """Counts at most CAP rows (COUNT over a LIMIT subquery): an exact COUNT(*) over
+    millions of events would make every admin page slow."""
+
+    CAP = 10_000
+
+    @cached_property
+    def count(self):
+        return self.object_list[: self.CAP].count()
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Evidence: never added, edited or deleted by hand."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class SubmissionInline(admin.TabularInline):
+    model = Submission
+    extra = 0
+    can_delete = False
+    fields = ("id", "created_at")
+    readonly_fields = fields
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(AssessmentSession)
+class AssessmentSessionAdmin(admin.ModelAdmin):
+    list_display = ("id", "tenant", "status", "email", "created_at", "last_activity_at")
+    list_filter = ("status", "tenant", ("created_at", admin.DateFieldListFilter))
+    list_select_related = ("tenant",)
+    search_fields = ("email",)
+    date_hierarchy = "created_at"
+    list_per_page = 50
+    show_full_result_count = False  # no COUNT(*) over a big table on every page
+    fields = (
+        "id",
+        "tenant",
+        "status",
+        "email",
+        "first_name",
+        "responses_pretty",
+        "form_data_pretty",
+        "metadata_pretty",
+        "created_at",
+        "updated_at",
+        "last_activity_at",
+        "completed_at",
+        "abandoned_at",
+    )
+    # Status and answers change only through the API's guarded statements.
+    readonly_fields = tuple(f for f in fields if f not in {"email", "first_name"})
+    inlines = [SubmissionInline]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # deleting a session loses evidence (and submissions point at it)
+
+    @admin.display(description="responses")
+    def responses_pretty(self, obj):
+        return pretty_json(obj.responses)
+
+    @admin.display(description="form data")
+    def form_data_pretty(self, obj):
+        return pretty_json(obj.form_data)
+
+    @admin.display(description="metadata")
+    def metadata_pretty(self, obj):
+        return pretty_json(obj.metadata)
+
+
+@admin.register(Submission)
+class SubmissionAdmin(ReadOnlyAdmin):
+    list_display = ("id", "tenant", "session", "created_at")
+    list_filter = ("tenant", ("created_at", admin.DateFieldListFilter))
+    list_select_related = ("tenant", "session")
+    search_fields = ("=id", "=session__id", "session__email")
+    date_hierarchy = "created_at"
+    show_full_result_count = False
+    fields = (
+        "id",
+        "tenant",
+        "session",
+        "answers_pretty",
+        "result_pretty",
+        "metadata",
+        "request_hash",
+        "created_at",
+    )
+    readonly_fields = fields
+
+    @admin.display(description="answers")
+    def answers_pretty(self, obj):
+        return pretty_json(obj.answers)
+
+    @admin.display(description="result")
+    def result_pretty(self, obj):
+        return pretty_json(obj.result)
+
+
+@admin.register(AnalyticsEvent)
+class AnalyticsEventAdmin(ReadOnlyAdmin):
+    list_display = ("name", "tenant", "session_id", "occurred_at", "created_at")
+    list_filter = ("name", "tenant")
+    list_select_related = ("tenant",)
+    search_fields = ("=message_id", "=session_id")
+    # Capped pagination: millions of rows; no full COUNT(*) and a fixed page size.
+    list_per_page = 100
+    list_max_show_all = 100
+    show_full_result_count = False
+    paginator = CappedPaginator
+    fields = ("message_id", "tenant", "name", "session_id", "properties", "occurred_at")
+    readonly_fields = fields
+
+    def changelist_view(self, request, extra_context=None):
+        # Best-effort storage failures leave no rows: surface the counter here.
+        failures = metrics.events_store_failures()
+        if failures["failures"]:
+            last = failures["last"] or {}
+            self.message_user(
+                request,
+                f"{failures['failures']} event batches could not be stored "
+                f"({failures['lost_events']} events lost); last at {last.get('at')}: "
+                f"{last.get('error')}",
+                messages.ERROR,
+            )
+        return super().changelist_view(request, extra_context)
