@@ -1,0 +1,240 @@
+"""Delivery rounds against a real HTTP receiver on 127.0.0.1, time controlled."""
+
+from datetime import timedelta
+
+import pytest
+import time_machine
+from django.utils import timezone
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from outbox.models import Delivery, DeliveryAttempt, Target
+from outbox.services import target_rotate_secret
+from tests.outbox.factories import make_target, publish
+from tests.outbox.helpers import deliver_round
+
+pytestmark = pytest.mark.django_db
+
+
+def answer(status, headers=None, body=""):
+    return lambda received, index: (status, headers or {}, body)
+
+
+def test_webhook_is_signed_and_verified_by_standardwebhooks(tenant, receiver):
+    target = make_target(tenant, url=receiver.url)
+    event = publish(tenant, event_type="order.paid", topic="payments", idempotency_key="k-1")[0]
+    assert deliver_round() == 1
+    (request,) = receiver.requests
+    body = Webhook(target.secret).verify(request.body, request.headers)
+    assert body == {
+        "id": str(event.id),
+        "topic": "payments",
+        "eventType": "order.paid",
+        "payload": {"n": 0},
+        "tenantId": str(tenant.id),
+        "occurredAt": event.occurred_at.isoformat().replace("+00:00", "Z"),
+    }
+    assert request.headers["webhook-id"] == str(event.id)
+    assert request.headers["x-event-type"] == "order.paid"
+    assert request.headers["x-idempotency-key"] == "k-1"
+    with pytest.raises(WebhookVerificationError):
+        Webhook("whsec_" + "A" * 44).verify(request.body, request.headers)
+    delivery = Delivery.objects.get()
+    assert (delivery.status, delivery.attempts) == ("delivered", 1)
+    attempt = DeliveryAttempt.objects.get()
+    assert (attempt.status_code, attempt.outcome, attempt.response_excerpt) == (
+        200,
+        "delivered",
+        "ok",
+    )
+
+
+def test_both_secrets_sign_while_a_secret_rotates(tenant, receiver):
+    old = make_target(tenant, url=receiver.url).secret
+    new = target_rotate_secret(tenant_id=tenant.id, name="hook").secret
+    publish(tenant)
+    deliver_round()
+    (request,) = receiver.requests
+    assert len(request.headers["webhook-signature"].split(" ")) == 2
+    Webhook(old).verify(request.body, request.headers)
+    Webhook(new).verify(request.body, request.headers)
+
+
+def test_expired_previous_secret_no_longer_signs(tenant, receiver):
+    make_target(tenant, url=receiver.url)
+    target_rotate_secret(tenant_id=tenant.id, name="hook")
+    publish(tenant)
+    with time_machine.travel(timezone.now() + timedelta(hours=25)):
+        deliver_round()
+    assert len(receiver.requests[0].headers["webhook-signature"].split(" ")) == 1
+
+
+@pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503])
+def test_retryable_statuses_schedule_a_retry_with_jittered_backoff(tenant, receiver, status):
+    make_target(tenant, url=receiver.url)
+    receiver.answer = answer(status, body="busy")
+    publish(tenant)
+    before = timezone.now()
+    deliver_round()
+    delivery = Delivery.objects.get()
+    assert (delivery.status, delivery.attempts) == ("retrying", 1)
+    delay = (delivery.next_attempt_at - before).total_seconds()
+    assert 0.8 * 60 - 1 <= delay <= 1.2 * 60 + 1
+    assert DeliveryAttempt.objects.get().status_code == status
+    assert delivery.last_error == f"HTTP {status}"
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+def test_other_4xx_are_permanent_and_dead_at_once(tenant, receiver, status):
+    target = make_target(tenant, url=receiver.url)
+    receiver.answer = answer(status)
+    publish(tenant)
+    deliver_round()
+    delivery = Delivery.objects.get()
+    assert (delivery.status, delivery.attempts) == ("dead", 1)
+    target.refresh_from_db()
+    assert target.paused_at is None and target.circuit_failures == 0
+
+
+def test_410_is_dead_and_pauses_the_target(tenant, receiver):
+    target = make_target(tenant, url=receiver.url)
+    receiver.answer = answer(410)
+    publish(tenant, n=1)
+    deliver_round()
+    publish(tenant, n=1)
+    assert deliver_round() == 0  # paused: the next event waits
+    target.refresh_from_db()
+    assert target.paused_at is not None and "410" in target.paused_reason
+    assert sorted(Delivery.objects.values_list("status", flat=True)) == ["dead", "pending"]
+
+
+def test_retry_after_seconds_is_honoured_on_429(tenant, receiver):
+    make_target(tenant, url=receiver.url)
+    receiver.answer = answer(429, {"Retry-After": "120"})
+    publish(tenant)
+    before = timezone.now()
+    deliver_round()
+    delay = (Delivery.objects.get().next_attempt_at - before).total_seconds()
+    assert 119 <= delay <= 122
+
+
+def test_retry_after_http_date_is_honoured_on_503(tenant, receiver):
+    from email.utils import format_datetime
+
+    make_target(tenant, url=receiver.url)
+    when = timezone.now() + timedelta(minutes=30)
+    receiver.answer = answer(503, {"Retry-After": format_datetime(when, usegmt=True)})
+    publish(tenant)
+    deliver_round()
+    assert abs((Delivery.objects.get().next_attempt_at - when).total_seconds()) < 3
+
+
+def test_backoff_doubles_until_max_attempts_then_dead(tenant, receiver, settings):
+    settings.OUTBOX_CIRCUIT_FAILURES = 100  # this test is about backoff, not the breaker
+    make_target(tenant, url=receiver.url)
+    receiver.answer = answer(500)
+    publish(tenant)
+    delays = []
+    with time_machine.travel(timezone.now(), tick=False) as clock:
+        for _ in range(8):
+            deliver_round()
+            delivery = Delivery.objects.get()
+            if delivery.status == "dead":
+                break
+            delays.append((delivery.next_attempt_at - timezone.now()).total_seconds())
+            clock.move_to(delivery.next_attempt_at)
+    assert delivery.status == "dead" and delivery.attempts == 8
+    assert len(delays) == 7 and len(receiver.requests) == 8
+    for n, delay in enumerate(delays):
+        assert 0.8 * 60 * 2**n <= delay <= 1.2 * 60 * 2**n, (n, delay)
+
+
+def test_backoff_is_capped_and_configurable_per_target(tenant, receiver, settings):
+    settings.OUTBOX_CIRCUIT_FAILURES = 100
+    make_target(tenant, url=receiver.url, backoff_base_seconds=10, backoff_max_seconds=30)
+    receiver.answer = answer(500)
+    publish(tenant)
+    delays = []
+    with time_machine.travel(timezone.now(), tick=False) as clock:
+        for _ in range(5):
+            deliver_round()
+            delivery = Delivery.objects.get()
+            delays.append((delivery.next_attempt_at - timezone.now()).total_seconds())
+            clock.move_to(delivery.next_attempt_at)
+    assert 8 <= delays[0] <= 12 and 16 <= delays[1] <= 24
+    assert all(d <= 30 for d in delays) and delays[-1] == 30
+
+
+def test_jitter_spreads_within_twenty_percent():
+    import random
+
+    from outbox.backoff import backoff_seconds
+
+    rng = random.Random(7)
+    samples = [backoff_seconds(attempt=3, base=60, cap=21600, rng=rng) for _ in range(2000)]
+    assert 192 <= min(samples) < 200 and 280 < max(samples) <= 288
+    assert backoff_seconds(attempt=30, base=60, cap=21600) == 21600
+
+
+def test_connection_refused_and_timeouts_are_retried(tenant, receiver):
+    from tests.outbox.helpers import free_port
+
+    make_target(tenant, "down", url=f"http://127.0.0.1:{free_port()}/x")
+    make_target(tenant, "slow", url=receiver.url, timeout_seconds=0.2)
+    receiver.delay = 1.0
+    publish(tenant)
+    deliver_round()
+    errors = dict(Delivery.objects.values_list("target__name", "last_error"))
+    assert set(Delivery.objects.values_list("status", flat=True)) == {"retrying"}
+    assert "ConnectionError" in errors["down"] and "timeout" in errors["slow"]
+
+
+def test_max_attempts_per_target(tenant, receiver):
+    make_target(tenant, url=receiver.url, max_attempts=1)
+    receiver.answer = answer(500)
+    publish(tenant)
+    deliver_round()
+    assert Delivery.objects.get().status == "dead"
+
+
+def test_events_with_one_ordering_key_go_out_in_order(tenant, receiver, settings):
+    make_target(tenant, url=receiver.url)
+    events = publish(tenant, n=4, ordering_key="order-7")
+    unordered = publish(tenant, n=1)[0]
+    receiver.answer = lambda received, index: (500 if index == 0 else 200, {}, "")
+    deliver_round()  # first of the key fails; the others of the key wait behind it
+    assert sorted(receiver.ids()) == sorted([str(events[0].id), str(unordered.id)])
+    with time_machine.travel(timezone.now() + timedelta(minutes=5), tick=False):
+        for _ in range(6):
+            deliver_round()
+    keyed = [i for i in receiver.ids() if i != str(unordered.id)]
+    assert keyed == [str(events[0].id)] + [str(e.id) for e in events]
+    assert set(Delivery.objects.values_list("status", flat=True)) == {"delivered"}
+
+
+def test_realtime_target_is_delivered_when_broadcast(tenant):
+    make_target(tenant, "live", kind="realtime", url="")
+    publish(tenant)
+    deliver_round()
+    assert Delivery.objects.get().status == "delivered"
+    assert DeliveryAttempt.objects.get().outcome == "delivered"
+
+
+def test_cancelled_delivery_is_not_sent(tenant, receiver):
+    from outbox.services import delivery_cancel
+
+    make_target(tenant, url=receiver.url)
+    publish(tenant)
+    assert delivery_cancel(deliveries=Delivery.objects.all()) == 1
+    assert deliver_round() == 0 and receiver.requests == []
+
+
+def test_paused_target_holds_events_until_resumed(tenant, receiver):
+    from outbox.services import target_pause, target_resume
+
+    target = make_target(tenant, url=receiver.url)
+    target_pause(target=target)
+    publish(tenant, n=2)
+    assert deliver_round() == 0
+    target_resume(target=target)
+    assert deliver_round() == 2 and len(receiver.requests) == 2
+    assert Target.objects.get().paused_at is None
