@@ -1,0 +1,35 @@
+"""Uploads tests: staging and storage under tmp_path, a storage that fails on demand."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.uploads.storage import StorageSwitch
+
+
+@pytest.fixture(autouse=True)
+def upload_dirs(settings, tmp_path):
+    root = tmp_path / "uploads"
+    root.mkdir()
+    settings.UPLOADS_STAGING_DIR = root / "staging"
+    settings.UPLOADS_STORAGE_DIR = root / "attachments"
+    switch = StorageSwitch(root)
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "attachments": {
+            "BACKEND": "tests.uploads.storage.FlakyStorage",
+            "OPTIONS": {
+                "location": str(root / "attachments"),
+                "fail_flag": str(switch.fail_flag),
+                "slow_flag": str(switch.slow_flag),
+            },
+        },
+    }
+    settings.UPLOADS_MAX_BYTES = 5 * 1024 * 1024
+    settings.UPLOADS_ALLOWED_CONTENT_TYPES = []
+    return switch
+
+
+@pytest.fixture
+def storage_switch(upload_dirs) -> StorageSwitch:
+    return upload_dirs
