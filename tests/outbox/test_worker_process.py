@@ -1,0 +1,111 @@
+"""The real `manage.py outbox_worker` process: NOTIFY wake-up, SIGTERM, SIGKILL, two workers,
+database connections dropped under it."""
+
+import signal
+import time
+
+import pytest
+from django.db import connection
+
+from outbox.models import Delivery, WorkerHeartbeat
+from tests.outbox.factories import make_target, publish
+from tests.processes import manage_popen
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+@pytest.fixture
+def workers():
+    started = []
+
+    def start(*args, **env):
+        proc = manage_popen("outbox_worker", *args, **{"OUTBOX_LEASE_SECONDS": "60", **env})
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+def wait_until(predicate, timeout=30.0, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def delivered() -> int:
+    return Delivery.objects.filter(status="delivered").count()
+
+
+def test_worker_wakes_on_notify_long_before_its_poll(tenant, receiver, workers):
+    make_target(tenant, url=receiver.url)
+    workers("--poll", "60")
+    assert wait_until(lambda: WorkerHeartbeat.objects.exists())
+    time.sleep(0.5)  # let the first idle poll start: only a NOTIFY can wake it now
+    publish(tenant, n=1)
+    assert receiver.wait_for(1, timeout=15), "not woken by NOTIFY (poll is 60 s)"
+    assert wait_until(lambda: delivered() == 1)
+
+
+def test_sigterm_finishes_in_flight_deliveries_and_releases_leases(tenant, receiver, workers):
+    make_target(tenant, url=receiver.url)
+    receiver.delay = 1.5
+    publish(tenant, n=5)
+    proc = workers("--poll", "60", "--concurrency", "8")
+    assert receiver.wait_for(1, timeout=20)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0, proc.stdout.read()
+    assert delivered() == 5  # in flight when SIGTERM came: finished and recorded
+    assert not Delivery.objects.exclude(locked_by="").exists()
+    assert WorkerHeartbeat.objects.get().stopped_at is not None
+
+
+def test_sigkill_mid_batch_loses_nothing(tenant, receiver, workers):
+    make_target(tenant, url=receiver.url)
+    receiver.delay = 2.0
+    events = publish(tenant, n=12)
+    first = workers("--poll", "60", "--concurrency", "4", OUTBOX_LEASE_SECONDS="3")
+    assert receiver.wait_for(1, timeout=20)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    assert delivered() == 0 and Delivery.objects.exclude(locked_by="").count() == 12
+    receiver.delay = 0
+    workers("--poll", "1", "--concurrency", "8", OUTBOX_LEASE_SECONDS="3")
+    assert wait_until(lambda: delivered() == 12, timeout=40)
+    assert set(receiver.ids()) == {str(e.id) for e in events}
+
+
+def test_two_workers_never_deliver_one_event_twice(tenant, receiver, workers):
+    make_target(tenant, url=receiver.url)
+    receiver.delay = 0.01
+    workers("--poll", "1", "--batch-size", "10")
+    workers("--poll", "1", "--batch-size", "10")
+    assert wait_until(lambda: WorkerHeartbeat.objects.count() == 2)
+    events = []
+    for _ in range(10):
+        events += publish(tenant, n=15)
+    assert wait_until(lambda: delivered() == 150, timeout=60)
+    ids = receiver.ids()
+    assert len(ids) == 150 and set(ids) == {str(e.id) for e in events}
+
+
+def test_worker_survives_its_database_connections_being_killed(tenant, receiver, workers):
+    make_target(tenant, url=receiver.url)
+    proc = workers("--poll", "1")
+    publish(tenant, n=1)
+    assert wait_until(lambda: delivered() == 1)
+    with connection.cursor() as cursor:  # what a PostgreSQL restart looks like to the worker
+        cursor.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        assert cursor.fetchone()[0] >= 1
+    publish(tenant, n=3)
+    assert wait_until(lambda: delivered() == 4, timeout=40)
+    assert proc.poll() is None  # reconnected, did not crash
