@@ -65,7 +65,7 @@ ON CONFLICT (id) DO UPDATE SET
     updated_at = EXCLUDED.updated_at
 -- another tenant's id is never touched; a completed session is final (fields included)
 WHERE s.tenant_id = EXCLUDED.tenant_id AND s.status <> 'completed'
-RETURNING (xmax = 0) AS inserted
+RETURNING s.*, (xmax = 0) AS inserted
 """
 
 
@@ -100,12 +100,12 @@ def session_upsert(
         "now": timezone.now(),
         "moves": _MOVES,
     }
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(_SESSION_UPSERT, params)
-        row = cursor.fetchone()
+    # raw() applies the model's field converters to the RETURNING row: no second SELECT.
+    rows = list(AssessmentSession.objects.raw(_SESSION_UPSERT, params))
+    if rows:
+        return rows[0], rows[0].inserted
     # No row returned: the session is completed (unchanged) or belongs to another tenant (404).
-    session = tenant_get_or_404(AssessmentSession, tenant_id=tenant_id, pk=session_id)
-    return session, bool(row and row[0])
+    return tenant_get_or_404(AssessmentSession, tenant_id=tenant_id, pk=session_id), False
 
 
 def session_answers_merge(*, tenant_id, session_id, answers: dict) -> AssessmentSession:
@@ -152,7 +152,7 @@ INSERT INTO {Submission._meta.db_table}
     (id, tenant_id, session_id, answers, result, metadata, request_hash, created_at, updated_at)
 VALUES (%s, %s, %s, %s::jsonb, %s::jsonb, %s::jsonb, %s, %s, %s)
 ON CONFLICT (id) DO NOTHING
-RETURNING id
+RETURNING *
 """
 
 
@@ -175,25 +175,22 @@ def submission_create(
     other 19 read the winner's row and compare payload hashes.
     """
     now = timezone.now()
+    params = [
+        submission_id,
+        tenant_id,
+        session_id,  # the FK is DEFERRABLE: the session row follows below
+        _json(answers),
+        None if result is None else _json(result),
+        _json(metadata or {}),
+        body_hash,
+        now,
+        now,
+    ]
     with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute(
-                _SUBMISSION_INSERT,
-                [
-                    submission_id,
-                    tenant_id,
-                    session_id,  # the FK is DEFERRABLE: the session row follows below
-                    _json(answers),
-                    None if result is None else _json(result),
-                    _json(metadata or {}),
-                    body_hash,
-                    now,
-                    now,
-                ],
-            )
-            inserted = cursor.fetchone() is not None
+        inserted = list(Submission.objects.raw(_SUBMISSION_INSERT, params))
         if not inserted:
             return _submission_replay(tenant_id, submission_id, body_hash), False
+        submission = inserted[0]
 
         session, _created = session_upsert(
             tenant_id=tenant_id,
@@ -203,7 +200,6 @@ def submission_create(
             first_name=first_name,
             responses=answers,
         )
-        submission = tenant_get_or_404(Submission, tenant_id=tenant_id, pk=submission_id)
         event_publish(
             tenant=tenant_id,
             event_type="assessment.submitted",
@@ -271,8 +267,14 @@ def events_store(*, tenant_id, events: list[dict]) -> tuple[bool, int]:
     ]
     try:
         with transaction.atomic(), connection.cursor() as cursor:
-            timeout = int(settings.ASSESSMENTS_EVENTS_STATEMENT_TIMEOUT_MS)
-            cursor.execute(f"SET LOCAL statement_timeout = {timeout}")
+            # Best-effort data: no fsync wait (a crash may lose the last moments of events,
+            # never a submission), and a bounded wait so a web worker is never held long.
+            timeout = f"{int(settings.ASSESSMENTS_EVENTS_STATEMENT_TIMEOUT_MS)}ms"
+            cursor.execute(
+                "SELECT set_config('statement_timeout', %s, true), "
+                "set_config('synchronous_commit', 'off', true)",
+                [timeout],
+            )
             cursor.execute(_EVENTS_INSERT, [tenant_id, _json(rows)])
             return True, cursor.rowcount
     except DatabaseError as exc:
