@@ -28,7 +28,7 @@ class CheckoutInSerializer(serializers.Serializer):
     amount = serializers.IntegerField(
         required=False, allow_null=True, min_value=1, max_value=99_999_999
     )
-    currency = serializers.CharField(required=False, allow_null=True, max_length=3)
+    currency = serializers.CharField(required=False, allow_null=True, max_length=10)
     productName = serializers.CharField(required=False, max_length=200, default="Assessment")
     successUrl = serializers.URLField(max_length=2000)
     cancelUrl = serializers.URLField(max_length=2000)
