@@ -691,6 +691,13 @@ def retry_logs_prune(*, now=None) -> int:
 # --- Health alert ---------------------------------------------------------------------------
 
 
+# outbox error codes for a tenant whose Slack target cannot take the alert → recorded reason
+SKIP_ALERT_REASONS = {
+    "unknown_target": "tenant has no slack target",
+    "target_disabled": "the tenant's slack target is disabled",
+}
+
+
 def health_alert_check(*, now=None) -> list[HealthAlert]:
     """For each tenant: if the finalisation failure rate of the last hour is above the
     threshold (with enough attempts), publish uploads.health_degraded to its Slack target —
@@ -753,10 +760,10 @@ def health_alert_check(*, now=None) -> list[HealthAlert]:
                         )
                     event_id = event.pk
                 except ApiError as exc:
-                    if exc.error_code != "unknown_target":
+                    if exc.error_code not in SKIP_ALERT_REASONS:
                         raise
                     outcome = HealthAlert.Outcome.SKIPPED
-                    reason = "tenant has no slack target"
+                    reason = SKIP_ALERT_REASONS[exc.error_code]
                 alert.outcome, alert.reason, alert.event_id = outcome, reason, event_id
                 alert.save(update_fields=["outcome", "reason", "event_id", "updated_at"])
         except IntegrityError:  # a concurrent check recorded this hour already
