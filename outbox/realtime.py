@@ -1,0 +1,189 @@
+"""The realtime hub: one per ASGI process, shared by every open SSE stream.
+
+One LISTEN connection wakes it on each publish commit (and on realtime-target broadcasts); it
+then reads the new events once, in `seq` order, and hands each to the streams of its tenant.
+Hundreds of streams cost hundreds of small queues, not hundreds of connections or threads.
+
+Gaps: `seq` comes from a sequence, so a transaction that committed later than a neighbour
+leaves a hole for a moment. The hub waits for a hole to fill for up to
+OUTBOX_REALTIME_SETTLE_SECONDS (after that it was a rollback) so that streams, and the
+Last-Event-ID cursor they give out, never skip an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import psycopg
+from django.db import connection
+
+from outbox import conf
+
+logger = logging.getLogger("outbox.realtime")
+QUEUE_SIZE = 1000
+
+# System-level read (all tenants): the hub routes each row to its tenant's streams.
+_FETCH_SQL = """
+SELECT seq, tenant_id::text, id::text, topic, event_type, payload::text, occurred_at
+FROM outbox_outboxevent WHERE seq > %s ORDER BY seq LIMIT 1000
+"""
+
+
+def event_message(seq, tenant_id, event_id, topic, event_type, payload_text, occurred_at) -> dict:
+    occurred = occurred_at.isoformat().replace("+00:00", "Z")
+    return {
+        "seq": seq,
+        "tenant_id": str(tenant_id),
+        "topic": topic,
+        "event_type": event_type,
+        "data": (
+            f'{{"id":"{event_id}","topic":{json.dumps(topic)},'
+            f'"eventType":{json.dumps(event_type)},"payload":{payload_text},'
+            f'"tenantId":"{tenant_id}","occurredAt":"{occurred}"}}'
+        ),
+    }
+
+
+@dataclass(eq=False)
+class Subscriber:
+    tenant_id: str
+    topics: frozenset[str]
+    queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(QUEUE_SIZE))
+    overflowed: bool = False
+
+    def wants(self, message: dict) -> bool:
+        return message["tenant_id"] == self.tenant_id and (
+            not self.topics or message["topic"] in self.topics
+        )
+
+
+class Hub:
+    def __init__(self):
+        self.subscribers: set[Subscriber] = set()
+        self.cursor: int | None = None
+        self.wake = asyncio.Event()
+        self.ready = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._gap_since: float | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def ensure_running(self):
+        if not self._tasks or any(t.done() for t in self._tasks):
+            for task in self._tasks:
+                task.cancel()
+            self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._pump())]
+
+    @staticmethod
+    async def _connect() -> psycopg.AsyncConnection:
+        params = connection.get_connection_params()
+        for key in ("cursor_factory", "context"):
+            params.pop(key, None)
+        return await psycopg.AsyncConnection.connect(**params, autocommit=True)
+
+    async def _listen(self):
+        delay = 0.5
+        while True:
+            try:
+                conn = await self._connect()
+                async with conn:
+                    await conn.execute(f"LISTEN {conf.CHANNEL_EVENTS}")
+                    await conn.execute(f"LISTEN {conf.CHANNEL_REALTIME}")
+                    delay = 0.5
+                    self.wake.set()
+                    async for _ in conn.notifies():
+                        self.wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # database restart: reconnect, streams keep waiting
+                logger.warning("realtime listener lost its connection (%s)", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _pump(self):
+        conn = None
+        while True:
+            try:
+                if conn is None or conn.closed:
+                    conn = await self._connect()
+                if self.cursor is None:
+                    self.cursor = await self._start_cursor(conn)
+                    self.ready.set()
+                waiting = await self._fetch_and_dispatch(conn)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("realtime hub query failed (%s); retrying", exc)
+                conn = None
+                await asyncio.sleep(1.0)
+                continue
+            # a hole waiting to fill: look again soon; otherwise sleep until NOTIFY (or 1 s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), 0.1 if waiting else 1.0)
+            self.wake.clear()
+
+    @staticmethod
+    async def _start_cursor(conn) -> int:
+        cur = await conn.execute(
+            "SELECT GREATEST(COALESCE((SELECT max(seq) FROM outbox_outboxevent), 0),"
+            " (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM outbox_event_seq))"
+        )
+        return (await cur.fetchone())[0]
+
+    async def _fetch_and_dispatch(self, conn) -> bool:
+        """Dispatch rows in seq order; stop at a hole younger than the settle time."""
+        while True:
+            cur = await conn.execute(_FETCH_SQL, [self.cursor])
+            rows = await cur.fetchall()
+            if not rows:
+                return False
+            for row in rows:
+                if row[0] != self.cursor + 1:
+                    now = time.monotonic()
+                    self._gap_since = self._gap_since or now
+                    if now - self._gap_since < conf.get("OUTBOX_REALTIME_SETTLE_SECONDS"):
+                        return True
+                self._gap_since = None
+                self.cursor = row[0]
+                self._dispatch(event_message(*row))
+            if len(rows) < 1000:
+                return False
+
+    def _dispatch(self, message: dict):
+        for sub in list(self.subscribers):
+            if sub.wants(message):
+                try:
+                    sub.queue.put_nowait(message)
+                except asyncio.QueueFull:
+                    # a slow reader: end its stream; it resumes from Last-Event-ID, no gap
+                    sub.overflowed = True
+                    self.subscribers.discard(sub)
+
+    # --- streams -----------------------------------------------------------------------------
+
+    async def subscribe(self, tenant_id: str, topics: frozenset[str]) -> tuple[Subscriber, int]:
+        """Register a stream; returns it and the cursor from which live messages start."""
+        self.ensure_running()
+        await self.ready.wait()
+        sub = Subscriber(tenant_id, topics)
+        self.subscribers.add(sub)  # no await between: cursor and subscription agree
+        return sub, self.cursor
+
+    def unsubscribe(self, sub: Subscriber):
+        self.subscribers.discard(sub)
+
+
+_hubs: dict[int, Hub] = {}
+
+
+def hub() -> Hub:
+    """The hub of the running event loop (one per ASGI process)."""
+    loop = asyncio.get_running_loop()
+    if id(loop) not in _hubs:
+        _hubs[id(loop)] = Hub()
+    return _hubs[id(loop)]

@@ -1,0 +1,114 @@
+"""GET /api/realtime/stream: Server-Sent Events of the caller's tenant (secret key).
+
+Served by the ASGI process (uvicorn): each open stream is a coroutine waiting on a queue, so
+hundreds of them hold no thread and no database connection. Under WSGI the view refuses with
+501 realtime_needs_asgi instead of pinning a worker thread per stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+from asgiref.sync import sync_to_async
+from django.core.handlers.asgi import ASGIRequest
+from django.http import StreamingHttpResponse
+
+from config.api.errors import ApiError, error_response
+from outbox import conf
+from outbox.models import OutboxEvent
+from outbox.realtime import event_message, hub
+from tenants.scoping import tenant_queryset
+from tenants.services import apikey_authenticate
+
+REPLAY_PAGE = 500
+
+
+def _authenticate(request):
+    header = request.headers.get("authorization", "")
+    if not header.lower().startswith("bearer "):
+        raise ApiError(
+            "authentication_required",
+            "An API key is required: 'Authorization: Bearer <key>'.",
+            status_code=401,
+        )
+    principal = apikey_authenticate(raw_key=header[7:].strip())
+    if not principal.is_secret:
+        raise ApiError(
+            "secret_key_required",
+            "The event stream carries every business event: it needs a secret key (sk_…).",
+            status_code=403,
+        )
+    return principal
+
+
+def _last_event_id(request) -> int | None:
+    raw = request.headers.get("last-event-id") or request.GET.get("lastEventId")
+    if raw in (None, ""):
+        return None
+    if not raw.isdigit():
+        raise ApiError("invalid_last_event_id", "Last-Event-ID must be an event seq (digits).")
+    return int(raw)
+
+
+def _replay_page(tenant_id, topics, after: int, upto: int) -> list[dict]:
+    queryset = tenant_queryset(OutboxEvent, tenant_id=tenant_id).filter(
+        seq__gt=after, seq__lte=upto
+    )
+    if topics:
+        queryset = queryset.filter(topic__in=topics)
+    rows = queryset.order_by("seq").values_list(
+        "seq", "tenant_id", "id", "topic", "event_type", "payload", "occurred_at"
+    )[:REPLAY_PAGE]
+    return [event_message(s, t, i, tp, et, json.dumps(p), o) for s, t, i, tp, et, p, o in rows]
+
+
+def _frame(message: dict) -> bytes:
+    head = f"id: {message['seq']}\nevent: {message['event_type']}\n"
+    return (head + f"data: {message['data']}\n\n").encode()
+
+
+async def stream(request):
+    if not isinstance(request, ASGIRequest):
+        return error_response(
+            "realtime_needs_asgi",
+            "The realtime stream is served by the ASGI server (see README: realtime).",
+            501,
+        )
+    try:
+        principal = await sync_to_async(_authenticate)(request)
+        after = _last_event_id(request)
+    except ApiError as exc:
+        return error_response(exc.error_code, exc.message, exc.status_code, exc.details)
+    topics = frozenset(t for t in request.GET.get("topic", "").split(",") if t)
+    response = StreamingHttpResponse(
+        _events(principal.tenant_id, topics, after), content_type="text/event-stream"
+    )
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
+    return response
+
+
+async def _events(tenant_id: str, topics: frozenset[str], after: int | None):
+    the_hub = hub()
+    sub, live_from = await the_hub.subscribe(tenant_id, topics)
+    try:
+        yield b"retry: 2000\n: connected\n\n"
+        if after is not None:  # stored events between the client's cursor and the live cursor
+            while after < live_from:
+                page = await sync_to_async(_replay_page)(tenant_id, topics, after, live_from)
+                for message in page:
+                    yield _frame(message)
+                after = page[-1]["seq"] if len(page) == REPLAY_PAGE else live_from
+        keepalive = conf.get("OUTBOX_REALTIME_KEEPALIVE_SECONDS")
+        while not sub.overflowed:
+            try:
+                message = await asyncio.wait_for(sub.queue.get(), keepalive)
+            except TimeoutError:
+                yield b": keepalive\n\n"
+                continue
+            yield _frame(message)
+    finally:
+        with contextlib.suppress(Exception):
+            the_hub.unsubscribe(sub)

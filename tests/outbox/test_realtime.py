@@ -1,0 +1,194 @@
+"""SSE against a real uvicorn process on 127.0.0.1 (the way the stream is served)."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from tests.factories import make_api_key
+from tests.outbox.factories import make_target, publish
+from tests.outbox.helpers import free_port
+from tests.processes import ROOT, subprocess_env
+from tests.tenancy import assert_error
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+@pytest.fixture
+def asgi_url():
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "config.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=subprocess_env(OUTBOX_REALTIME_SETTLE_SECONDS="2"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class Stream:
+    """A real SSE client: reads frames until it has `count` events or times out."""
+
+    def __init__(self, url, key, last_event_id=None, params=None):
+        headers = {"Authorization": f"Bearer {key}"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = str(last_event_id)
+        self.response = requests.get(
+            f"{url}/api/realtime/stream",
+            headers=headers,
+            params=params,
+            stream=True,
+            timeout=(5, 10),
+        )
+        self.lines = self.response.iter_lines(decode_unicode=True)
+        self.connected = False
+
+    def wait_connected(self):
+        for line in self.lines:
+            if line == ": connected":
+                self.connected = True
+                return
+
+    def take(self, count) -> list[dict]:
+        events, frame = [], {}
+        for line in self.lines:
+            if line == "":
+                if "data" in frame:
+                    events.append({**json.loads(frame["data"]), "seq": int(frame["id"])})
+                    if len(events) == count:
+                        return events
+                frame = {}
+            elif not line.startswith(":"):
+                name, _, value = line.partition(": ")
+                frame[name] = value
+        return events
+
+    def close(self):
+        self.response.close()
+
+
+def test_stream_carries_own_tenant_events_with_topic_filter(asgi_url, tenant, other_tenant):
+    key = make_api_key(tenant, "secret")
+    everything = Stream(asgi_url, key)
+    payments = Stream(asgi_url, key, params={"topic": "payments"})
+    everything.wait_connected()
+    payments.wait_connected()
+    publish(other_tenant, topic="payments")
+    mine = publish(tenant, topic="assessments") + publish(tenant, topic="payments")
+    got = everything.take(2)
+    assert [(e["seq"], e["id"]) for e in got] == [(m.seq, str(m.id)) for m in mine]
+    assert [e["tenantId"] for e in got] == [str(tenant.id)] * 2
+    assert got[1]["payload"] == {"n": 0} and got[1]["eventType"] == "thing.happened"
+    assert [e["topic"] for e in payments.take(1)] == ["payments"]
+    everything.close()
+    payments.close()
+
+
+def test_last_event_id_resumes_without_gaps(asgi_url, tenant):
+    key = make_api_key(tenant, "secret")
+    first = Stream(asgi_url, key)
+    first.wait_connected()
+    published = publish(tenant, n=2)
+    seen = first.take(2)
+    first.close()
+    published += publish(tenant, n=3)  # while disconnected
+    resumed = Stream(asgi_url, key, last_event_id=seen[-1]["seq"])
+    resumed.wait_connected()
+    published += publish(tenant, n=1)  # live after the replay
+    rest = resumed.take(4)
+    resumed.close()
+    assert [e["id"] for e in seen + rest] == [str(e.id) for e in published]
+    assert [e["seq"] for e in rest] == [e.seq for e in published[2:]]
+
+
+def test_stream_refuses_missing_and_publishable_keys(asgi_url, tenant):
+    no_key = requests.get(f"{asgi_url}/api/realtime/stream", timeout=5)
+    assert no_key.status_code == 401
+    assert no_key.json()["error"]["code"] == "authentication_required"
+    pk = make_api_key(tenant, "publishable")
+    public = requests.get(
+        f"{asgi_url}/api/realtime/stream", headers={"Authorization": f"Bearer {pk}"}, timeout=5
+    )
+    assert (public.status_code, public.json()["error"]["code"]) == (403, "secret_key_required")
+
+
+def test_under_wsgi_the_stream_says_where_it_is_served(api):
+    assert_error(api.get("/api/realtime/stream"), 501, "realtime_needs_asgi")
+
+
+def test_many_open_streams_leave_the_server_responsive(asgi_url, tenant):
+    key = make_api_key(tenant, "secret")
+    make_target(tenant, "live", kind="realtime", url="")
+    streams = [Stream(asgi_url, key) for _ in range(60)]
+    for stream in streams:
+        stream.wait_connected()
+    api = requests.get(
+        f"{asgi_url}/api/outbox/targets", headers={"Authorization": f"Bearer {key}"}, timeout=10
+    )
+    assert api.status_code == 200 and api.json()["results"][0]["name"] == "live"
+    event = publish(tenant)[0]
+    assert all(s.take(1)[0]["id"] == str(event.id) for s in streams)
+    for stream in streams:
+        stream.close()
+
+
+def test_an_event_committed_late_is_not_skipped(asgi_url, tenant):
+    """A transaction that took its seq first but commits last still reaches the stream."""
+    import threading
+
+    from django.db import connections, transaction
+
+    key = make_api_key(tenant, "secret")
+    stream = Stream(asgi_url, key)
+    stream.wait_connected()
+    holding, release, slow = threading.Event(), threading.Event(), []
+
+    def slow_transaction():
+        with transaction.atomic():
+            slow.extend(publish(tenant, n=1, payload={"slow": True}))
+            holding.set()
+            release.wait(10)
+        connections.close_all()
+
+    thread = threading.Thread(target=slow_transaction)
+    thread.start()
+    holding.wait(10)
+    fast = publish(tenant, n=1, payload={"fast": True})[0]
+    time.sleep(0.5)
+    release.set()
+    thread.join()
+    got = stream.take(2)
+    stream.close()
+    assert [e["id"] for e in got] == [str(slow[0].id), str(fast.id)]
+    assert slow[0].seq < fast.seq
