@@ -8,6 +8,7 @@ api_patterns = [
     path("", include("tenants.urls")),
     path("assessments/", include("assessments.urls")),
     path("outbox/", include("outbox.urls")),
+    path("realtime/", include("outbox.realtime_urls")),
     path("uploads/", include("uploads.urls")),
     path("payments/", include("payments.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
