@@ -232,6 +232,20 @@ def _lock(ps: PaymentSession) -> PaymentSession:
     return PaymentSession.objects.select_for_update().get(pk=ps.pk)
 
 
+def _lock_payment_intent(payment_intent) -> None:
+    """Serialise everything about one PaymentIntent (transaction-scoped advisory lock).
+
+    A refund event may only know the PaymentIntent while the completion that records it on
+    our row is in flight: without this lock the refund could find no payment and be deferred
+    after the completion had already replayed the deferred events. Order: this lock first,
+    then the PaymentSession row lock.
+    """
+    pi = _object_id(payment_intent)
+    if pi:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"pi:{pi}"])
+
+
 def _record_payment_intent(ps: PaymentSession, payment_intent) -> None:
     pi = _object_id(payment_intent)
     if pi and ps.stripe_payment_intent_id != pi:
@@ -524,6 +538,7 @@ def _attach(event: StripeEvent, ps: PaymentSession | None) -> PaymentSession | N
 
 
 def _handle_checkout(event: StripeEvent, obj: dict) -> Outcome:
+    _lock_payment_intent(obj.get("payment_intent"))
     ps = _attach(event, selectors.payment_session_for_checkout(checkout_object=obj))
     if ps is None:
         return StripeEvent.Status.IGNORED, f"checkout session {obj.get('id')} is not ours"
@@ -562,6 +577,7 @@ def _handle_refund(event: StripeEvent, obj: dict) -> Outcome:
         refunds = _refund_entry(obj)
     pi = _object_id(obj.get("payment_intent")) or ""
     event.stripe_payment_intent_id = pi
+    _lock_payment_intent(pi)
     ps = _attach(
         event,
         selectors.payment_session_for_payment_intent(
@@ -640,6 +656,7 @@ def payment_session_reconcile(*, payment_session: PaymentSession) -> Outcome:
         payment_session_id=payment_session.pk,
     ).to_dict()
     with transaction.atomic():
+        _lock_payment_intent(checkout.get("payment_intent"))
         ps = _lock(payment_session)
         PaymentSession.objects.filter(pk=ps.pk).update(last_reconciled_at=timezone.now())
         _record_payment_intent(ps, checkout.get("payment_intent"))

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from outbox.models import OutboxEvent
-from payments.models import StripeEvent
+from payments.models import PaymentSession, StripeEvent
 from tests.payments.factories import (
     PaymentSessionFactory,
     charge_refunded,
@@ -110,3 +110,49 @@ def test_refund_for_a_payment_that_never_completes_stays_deferred(webhook_client
     assert post_event(webhook_client, refund).json()["duplicate"] is True
     payment.refresh_from_db()
     assert payment.status == "pending"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_refund_racing_its_completion_is_never_lost(tenant):
+    """Completion and refund of one payment arrive at the same moment, many times over:
+    the refund is applied either directly or by the completion's replay, never left behind."""
+    import threading
+
+    from django.db import connection
+    from django.test import Client
+
+    from tests.payments.factories import body_of, post_raw, sign
+
+    payments = [PaymentSessionFactory(tenant=tenant, amount=1900) for _ in range(12)]
+    for i, payment in enumerate(payments):
+        pi = f"pi_race_{i}"
+        t0 = int(time.time()) - 50
+        pair = [
+            make_event("checkout.session.completed", payment, payment_intent=pi, created=t0),
+            charge_refunded(
+                payment_intent=pi, amount_refunded=1900, refunds=[(f"re_{i}", 1900)], created=t0 + 1
+            ),
+        ]
+        barrier = threading.Barrier(2)
+        statuses = []
+
+        def send(event, barrier=barrier, statuses=statuses):
+            body = body_of(event)
+            header = sign(body)
+            try:
+                barrier.wait(timeout=10)
+                statuses.append(post_raw(Client(), body, header).status_code)
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=send, args=(e,)) for e in pair]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert statuses == [200, 200]
+    states = set(
+        PaymentSession.objects.filter(tenant=tenant).values_list("status", "amount_refunded")
+    )
+    assert states == {("refunded", 1900)}
+    assert StripeEvent.objects.filter(status="deferred").count() == 0
