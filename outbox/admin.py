@@ -1,0 +1,290 @@
+"""The outbox console: find what is stuck, see every try, requeue or cancel, steer targets."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.contrib import admin, messages
+from django.db.models import Count, F, Min, OuterRef, Q, Subquery
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from config.api.errors import ApiError
+from outbox import services
+from outbox.models import (
+    CircuitTransition,
+    Delivery,
+    DeliveryAttempt,
+    OutboxEvent,
+    Target,
+    WorkerHeartbeat,
+)
+
+
+class AgeFilter(admin.SimpleListFilter):
+    title = "age"
+    parameter_name = "age"
+    WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
+
+    def lookups(self, request, model_admin):
+        return [
+            ("1h", "last hour"),
+            ("24h", "last 24 hours"),
+            ("older-24h", "older than 24 hours"),
+            ("older-7d", "older than 7 days"),
+        ]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if not value:
+            return queryset
+        older = value.startswith("older-")
+        cutoff = timezone.now() - self.WINDOWS[value.removeprefix("older-")]
+        return (
+            queryset.filter(created_at__lt=cutoff)
+            if older
+            else queryset.filter(created_at__gte=cutoff)
+        )
+
+
+class ReadOnlyInline(admin.TabularInline):
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+class DeliveryAttemptInline(ReadOnlyInline):
+    model = DeliveryAttempt
+    fields = [
+        "number",
+        "outcome",
+        "status_code",
+        "duration_ms",
+        "error",
+        "response_excerpt",
+        "worker",
+        "created_at",
+    ]
+    readonly_fields = fields
+    ordering = ["number"]
+
+
+class DeliveryInline(ReadOnlyInline):
+    model = Delivery
+    fields = ["target", "status", "attempts", "next_attempt_at", "delivered_at", "last_error"]
+    readonly_fields = fields
+
+
+def _report(modeladmin, request, count, verb):
+    modeladmin.message_user(request, f"{count} deliveries {verb}.", messages.SUCCESS)
+
+
+@admin.register(OutboxEvent)
+class OutboxEventAdmin(admin.ModelAdmin):
+    list_display = ["event_type", "topic", "tenant", "seq", "created_at"]
+    list_filter = [
+        ("deliveries__status", admin.ChoicesFieldListFilter),
+        "deliveries__target__name",
+        "tenant",
+        "topic",
+        "event_type",
+        AgeFilter,
+    ]
+    search_fields = ["id", "idempotency_key", "event_type"]
+    list_select_related = ["tenant"]
+    readonly_fields = [f.name for f in OutboxEvent._meta.fields]
+    inlines = [DeliveryInline]
+    actions = ["requeue_now", "cancel"]
+    list_per_page = 100
+    show_full_result_count = False  # counting a big outbox on every page is slow
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # evidence: pruned by outbox_prune only
+
+    @admin.action(description="Requeue now (dead, cancelled or waiting deliveries)")
+    def requeue_now(self, request, queryset):
+        count = services.delivery_requeue(deliveries=Delivery.objects.filter(event__in=queryset))
+        _report(self, request, count, "requeued")
+
+    @admin.action(description="Cancel open deliveries")
+    def cancel(self, request, queryset):
+        count = services.delivery_cancel(deliveries=Delivery.objects.filter(event__in=queryset))
+        _report(self, request, count, "cancelled")
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(admin.ModelAdmin):
+    list_display = [
+        "event",
+        "target",
+        "tenant",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "last_error_short",
+        "created_at",
+    ]
+    list_filter = [
+        "status",
+        "target__name",
+        "target__kind",
+        "tenant",
+        "event__topic",
+        "event__event_type",
+        AgeFilter,
+    ]
+    search_fields = ["event__id", "event__idempotency_key", "last_error"]
+    list_select_related = ["event", "target", "tenant"]
+    readonly_fields = [f.name for f in Delivery._meta.fields]
+    inlines = [DeliveryAttemptInline]
+    actions = ["requeue_now", "cancel"]
+    list_per_page = 100
+    show_full_result_count = False
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="last error")
+    def last_error_short(self, obj):
+        return obj.last_error[:80]
+
+    @admin.action(description="Requeue now")
+    def requeue_now(self, request, queryset):
+        _report(self, request, services.delivery_requeue(deliveries=queryset), "requeued")
+
+    @admin.action(description="Cancel")
+    def cancel(self, request, queryset):
+        _report(self, request, services.delivery_cancel(deliveries=queryset), "cancelled")
+
+
+class CircuitTransitionInline(ReadOnlyInline):
+    model = CircuitTransition
+    fields = ["created_at", "from_state", "to_state", "reason"]
+    readonly_fields = fields
+    show_change_link = False
+    ordering = ["-created_at"]
+
+
+@admin.register(Target)
+class TargetAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "tenant",
+        "kind",
+        "is_enabled",
+        "paused",
+        "circuit_state",
+        "pending",
+        "dead",
+        "oldest_pending_age",
+        "success_rate_24h",
+    ]
+    list_filter = ["kind", "circuit_state", "is_enabled", "tenant"]
+    search_fields = ["name", "url"]
+    list_select_related = ["tenant"]
+    readonly_fields = [
+        "circuit_state",
+        "circuit_failures",
+        "circuit_successes",
+        "circuit_opened_at",
+        "circuit_probe_until",
+        "previous_secret_expires_at",
+        "paused_at",
+        "paused_reason",
+    ]
+    exclude = ["secret", "previous_secret"]  # shown by the API's secret endpoint, not here
+    inlines = [CircuitTransitionInline]
+    actions = ["pause", "resume", "reset_circuit", "send_test_event"]
+
+    def get_queryset(self, request):
+        since = timezone.now() - timedelta(hours=24)
+        attempts = DeliveryAttempt.objects.filter(
+            delivery__target=OuterRef("pk"), created_at__gte=since
+        ).values("delivery__target")
+        open_q = Q(deliveries__status__in=Delivery.OPEN_STATUSES)
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                n_pending=Count("deliveries", filter=open_q),
+                n_dead=Count("deliveries", filter=Q(deliveries__status="dead")),
+                oldest_pending=Min("deliveries__created_at", filter=open_q),
+                tries_24h=Coalesce(Subquery(attempts.annotate(n=Count("id")).values("n")), 0),
+                ok_24h=Coalesce(
+                    Subquery(
+                        attempts.filter(outcome="delivered").annotate(n=Count("id")).values("n")
+                    ),
+                    0,
+                ),
+            )
+        )
+
+    @admin.display(boolean=True)
+    def paused(self, obj):
+        return obj.paused_at is not None
+
+    @admin.display(ordering="n_pending")
+    def pending(self, obj):
+        return obj.n_pending
+
+    @admin.display(ordering="n_dead")
+    def dead(self, obj):
+        return obj.n_dead
+
+    @admin.display(description="oldest pending", ordering=F("oldest_pending").asc(nulls_last=True))
+    def oldest_pending_age(self, obj):
+        if not obj.oldest_pending:
+            return "—"
+        seconds = int((timezone.now() - obj.oldest_pending).total_seconds())
+        return f"{seconds // 3600}h {seconds % 3600 // 60}m {seconds % 60}s"
+
+    @admin.display(description="success 24 h")
+    def success_rate_24h(self, obj):
+        return f"{100 * obj.ok_24h / obj.tries_24h:.1f}%" if obj.tries_24h else "—"
+
+    @admin.action(description="Pause delivery")
+    def pause(self, request, queryset):
+        n = sum(services.target_pause(target=t) for t in queryset)
+        self.message_user(request, f"{n} targets paused.")
+
+    @admin.action(description="Resume delivery")
+    def resume(self, request, queryset):
+        n = sum(services.target_resume(target=t) for t in queryset)
+        self.message_user(request, f"{n} targets resumed.")
+
+    @admin.action(description="Reset circuit breaker (close it)")
+    def reset_circuit(self, request, queryset):
+        n = sum(services.target_circuit_reset(target=t) for t in queryset)
+        self.message_user(request, f"{n} circuits reset.")
+
+    @admin.action(description="Send a test event")
+    def send_test_event(self, request, queryset):
+        sent = 0
+        for target in queryset:
+            try:
+                services.target_test_send(target=target)
+                sent += 1
+            except ApiError as exc:
+                self.message_user(request, f"{target.name}: {exc.message}", messages.ERROR)
+        self.message_user(request, f"{sent} test events queued.")
+
+
+@admin.register(WorkerHeartbeat)
+class WorkerHeartbeatAdmin(admin.ModelAdmin):
+    list_display = ["worker_id", "started_at", "last_seen_at", "delivered", "stopped_at"]
+    readonly_fields = ["worker_id", "started_at", "last_seen_at", "delivered", "stopped_at"]
+
+    def has_add_permission(self, request):
+        return False
