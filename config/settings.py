@@ -285,6 +285,37 @@ OUTBOX_LAG_ALERT_SECONDS = env("OUTBOX_LAG_ALERT_SECONDS", "int", 300)
 N8N_WEBHOOK_URL = env("N8N_WEBHOOK_URL")
 N8N_WEBHOOK_SECRET = env("N8N_WEBHOOK_SECRET")
 SLACK_WEBHOOK_URL = env("SLACK_WEBHOOK_URL")
+# Worker: parallel HTTP sends per worker, and the poll interval when no NOTIFY arrives.
+OUTBOX_WORKER_CONCURRENCY = env("OUTBOX_WORKER_CONCURRENCY", "int", 32)
+OUTBOX_POLL_SECONDS = env("OUTBOX_POLL_SECONDS", "float", 2.0)
+# Circuit breaker per target (state in PostgreSQL, shared by every worker).
+OUTBOX_CIRCUIT_FAILURES = env("OUTBOX_CIRCUIT_FAILURES", "int", 5)
+OUTBOX_CIRCUIT_OPEN_SECONDS = env("OUTBOX_CIRCUIT_OPEN_SECONDS", "int", 60)
+OUTBOX_CIRCUIT_CLOSE_SUCCESSES = env("OUTBOX_CIRCUIT_CLOSE_SUCCESSES", "int", 3)
+OUTBOX_SECRET_ROTATION_HOURS = env("OUTBOX_SECRET_ROTATION_HOURS", "int", 24)
+OUTBOX_SLACK_RATE_PER_SECOND = env("OUTBOX_SLACK_RATE_PER_SECOND", "float", 1.0)
+# The django-q2 sweep's time budget per run (must stay below Q_TIMEOUT_SECONDS).
+OUTBOX_SWEEP_SECONDS = env("OUTBOX_SWEEP_SECONDS", "int", 40)
+OUTBOX_PRUNE_DAYS = env("OUTBOX_PRUNE_DAYS", "int", 30)
+OUTBOX_HEARTBEAT_STALE_SECONDS = env("OUTBOX_HEARTBEAT_STALE_SECONDS", "int", 60)
+# Realtime (SSE): how long a seq hole may stay open before it counts as a rollback, the
+# keep-alive comment interval, and the port of the ASGI server `make run` starts for streams.
+OUTBOX_REALTIME_SETTLE_SECONDS = env("OUTBOX_REALTIME_SETTLE_SECONDS", "float", 5.0)
+OUTBOX_REALTIME_KEEPALIVE_SECONDS = env("OUTBOX_REALTIME_KEEPALIVE_SECONDS", "float", 15.0)
+OUTBOX_REALTIME_PORT = env("OUTBOX_REALTIME_PORT", "int", 8001)
+for _name in (
+    "OUTBOX_BACKOFF_BASE_SECONDS",
+    "OUTBOX_MAX_ATTEMPTS",
+    "OUTBOX_LEASE_SECONDS",
+    "OUTBOX_BATCH_SIZE",
+    "OUTBOX_WORKER_CONCURRENCY",
+    "OUTBOX_CIRCUIT_FAILURES",
+    "OUTBOX_CIRCUIT_CLOSE_SUCCESSES",
+):
+    if globals()[_name] < 1:
+        raise ImproperlyConfigured(f"{_name} must be at least 1")
+if Q_CLUSTER["timeout"] <= OUTBOX_SWEEP_SECONDS:
+    raise ImproperlyConfigured("OUTBOX_SWEEP_SECONDS must be below Q_TIMEOUT_SECONDS")
 
 # --- Payments (issue 5) -------------------------------------------------------------------------
 STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY", default="")
