@@ -32,6 +32,17 @@ class Command(BaseCommand):
         }
         if "outbox_worker" in get_commands():
             processes["outbox-worker"] = manage + ["outbox_worker"]
+            # SSE streams are long-lived: an ASGI server holds them as coroutines, not threads
+            processes["realtime"] = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "config.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(settings.OUTBOX_REALTIME_PORT),
+            ]
 
         children = {}
         for name, cmd in processes.items():
