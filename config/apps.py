@@ -13,9 +13,7 @@ class AtlasConfig(AppConfig):
         from django.db.models.signals import post_migrate
 
         # post_migrate fires per app with models; this app has none, so hook django_q's.
-        post_migrate.connect(
-            _sync_schedules_after_migrate, sender=apps.get_app_config("django_q")
-        )
+        post_migrate.connect(_sync_schedules_after_migrate, sender=apps.get_app_config("django_q"))
 
 
 def _sync_schedules_after_migrate(sender, using="default", **kwargs):
