@@ -3,6 +3,9 @@
 from django.urls import path
 from django.views.generic import RedirectView
 
+from assessments.views import demo_page
+
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("demo/", demo_page, name="demo"),
 ]

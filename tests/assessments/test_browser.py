@@ -1,0 +1,130 @@
+"""The browser client on the demo page, in Debian's Chromium (skips without it)."""
+
+import json
+import time
+
+import pytest
+from django.db.models import Count
+
+from assessments.models import AnalyticsEvent, AssessmentSession, Submission
+from outbox.models import OutboxEvent
+from tests.factories import TenantFactory, make_api_key
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def demo(live_server, settings):
+    tenant = TenantFactory(name="Demo")
+    settings.ASSESSMENTS_DEMO_PUBLISHABLE_KEY = make_api_key(
+        tenant, "publishable", origins=[live_server.url]
+    )
+    return live_server.url + "/demo/"
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    return predicate()
+
+
+def api_posts(page, path):
+    """Collect the JSON bodies the page POSTs to `path` (fetch and beacons)."""
+    bodies = []
+
+    def on_request(request):
+        if request.method == "POST" and request.url.split("?")[0].endswith(path):
+            bodies.append(json.loads(request.post_data or "null"))
+
+    page.on("request", on_request)
+    return bodies
+
+
+def test_demo_page_without_key_explains_what_to_do(client, settings, tmp_path):
+    settings.ASSESSMENTS_DEMO_PUBLISHABLE_KEY = None
+    settings.VAR_DIR = tmp_path
+    response = client.get("/demo/")
+    assert response.status_code == 200
+    assert b'id="no-key"' in response.content and b"atlas_demo" in response.content
+
+
+def test_submit_that_fails_once_is_retried_with_same_id_and_stored_once(demo, chromium_page):
+    page = chromium_page
+    submits = api_posts(page, "/api/assessments/submit")
+    calls = []
+
+    def fail_first(route):
+        calls.append(route.request.url)
+        if len(calls) == 1:
+            # The server stores it, but the response is lost: the worst case for a retry.
+            route.fetch()
+            route.fulfill(status=503, content_type="application/json", body='{"error":{}}')
+        else:
+            route.continue_()
+
+    page.route("**/api/assessments/submit", fail_first)
+    page.goto(demo)
+    page.fill("#email", "ada@example.com")
+    page.click("#start")
+    for question, value in (("energy", "Low"), ("sleep", "6–8"), ("water", "7+")):
+        page.click(f'button.option[data-question="{question}"][data-value="{value}"]')
+    page.click("#submit")
+    page.wait_for_function("document.querySelector('#status').textContent === 'Submitted.'")
+
+    assert len(calls) == 2
+    assert submits[0]["submissionId"] == submits[1]["submissionId"]
+    submission = Submission.objects.get()
+    assert str(submission.id) == submits[0]["submissionId"]
+    assert submission.answers == {"energy": "Low", "sleep": "6–8", "water": "7+"}
+    assert OutboxEvent.objects.filter(event_type="assessment.submitted").count() == 1
+    session = AssessmentSession.objects.get()
+    assert (session.status, session.email) == ("completed", "ada@example.com")
+    assert json.loads(page.text_content("#result"))["id"] == submits[0]["submissionId"]
+
+
+def test_rapid_events_arrive_batched(demo, chromium_page):
+    page = chromium_page
+    page.goto(demo)
+    page.click("#start")
+    # 25 real DOM clicks in one tick: as fast as a user could ever produce events
+    page.evaluate(
+        "() => { const b = document.querySelectorAll('button.option');"
+        " for (let i = 0; i < 25; i++) b[i % b.length].click(); }"
+    )
+    expected = 26  # assessment_started + 25 option_selected
+
+    assert wait_for(lambda: AnalyticsEvent.objects.count() == expected, timeout=10)
+    # One INSERT per request shares one now(): rows per created_at = the batch sizes.
+    sizes = sorted(
+        AnalyticsEvent.objects.values("created_at")
+        .annotate(n=Count("id"))
+        .values_list("n", flat=True)
+    )
+    assert sizes == [6, 20], sizes  # 20 at once, the rest on the 2 s timer
+    assert page.evaluate("window.atlas.stats.flushes") == 2
+    assert AnalyticsEvent.objects.filter(name="option_selected").count() == 25
+
+
+def test_closing_the_page_marks_abandoned_and_flushes_events(demo, chromium_page):
+    page = chromium_page
+    page.goto(demo)
+    page.click("#start")
+    with page.expect_response("**/answers"):
+        page.click('button.option[data-question="energy"][data-value="High"]')
+    page.click('button.option[data-question="sleep"][data-value="< 6"]')
+    page.wait_for_function("window.atlas.queue.length === 3")  # queued, not yet flushed
+    session_id = page.evaluate("window.atlas.sessionId")
+    assert AnalyticsEvent.objects.count() == 0
+
+    page.close(run_before_unload=True)
+
+    assert wait_for(
+        lambda: AssessmentSession.objects.filter(pk=session_id, status="abandoned").exists()
+    )
+    assert wait_for(lambda: AnalyticsEvent.objects.filter(session_id=session_id).count() == 3)
+    session = AssessmentSession.objects.get(pk=session_id)
+    assert session.abandoned_at is not None
