@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.validators import URLValidator
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
@@ -22,21 +24,48 @@ class CheckoutInSerializer(serializers.Serializer):
         required=False, allow_null=True, help_text="The assessment session this payment unlocks."
     )
     email = serializers.CharField(max_length=254)
-    firstName = serializers.CharField(max_length=200, trim_whitespace=True)
+    firstName = serializers.CharField(max_length=200, trim_whitespace=False)
     formData = serializers.JSONField(required=False, default=dict)
     priceId = serializers.CharField(max_length=255, required=False, allow_null=True)
     amount = serializers.IntegerField(
-        required=False, allow_null=True, min_value=1, max_value=99_999_999
+        required=False, allow_null=True, help_text="Minor units (cents), 1 … 99,999,999."
     )
     currency = serializers.CharField(required=False, allow_null=True, max_length=10)
     productName = serializers.CharField(required=False, max_length=200, default="Assessment")
-    successUrl = serializers.URLField(max_length=2000)
-    cancelUrl = serializers.URLField(max_length=2000)
+    successUrl = serializers.CharField(max_length=2000)
+    cancelUrl = serializers.CharField(max_length=2000)
 
     def validate_email(self, value):
         if not _EMAIL.match(value):
             raise serializers.ValidationError("Not a valid email address.", code="invalid_email")
         return value
+
+    def validate_firstName(self, value):
+        if not value.strip():
+            raise serializers.ValidationError("firstName is blank.", code="blank_first_name")
+        return value.strip()
+
+    def validate_amount(self, value):
+        if value is not None and not 1 <= value <= 99_999_999:
+            raise serializers.ValidationError(
+                "amount must be between 1 and 99,999,999 minor units.", code="invalid_amount"
+            )
+        return value
+
+    def _url(self, value):
+        try:
+            URLValidator(schemes=["https", "http"])(value)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(
+                "Must be an absolute http(s) URL.", code="invalid_url"
+            ) from exc
+        return value
+
+    def validate_successUrl(self, value):
+        return self._url(value)
+
+    def validate_cancelUrl(self, value):
+        return self._url(value)
 
     def validate_formData(self, value):
         if not isinstance(value, dict):

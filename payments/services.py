@@ -430,7 +430,7 @@ def _parse_event(body: bytes) -> dict:
 
 
 def _store(event: dict) -> tuple[int, bool]:
-    """INSERT … ON CONFLICT DO NOTHING, committed at once: (row id, newly stored)."""
+    """INSERT … ON CONFLICT DO NOTHING (in the caller's transaction): (row id, newly stored)."""
     obj = event["data"]["object"]
     payment_intent = obj.get("payment_intent") if obj.get("object") != "payment_intent" else None
     with connection.cursor() as cursor:
@@ -462,12 +462,21 @@ def _store(event: dict) -> tuple[int, bool]:
 
 
 def stripe_webhook_receive(*, body: bytes, signature: str | None) -> tuple[StripeEvent, bool]:
-    """Verify, store, process. Returns (event, duplicate). Raises ApiError for bad input and
-    WebhookProcessingFailed (recorded on the event) when processing failed."""
+    """Verify, store, process, in one transaction (one commit per event).
+
+    Returns (event, duplicate). Raises ApiError for bad input (nothing stored) and, after
+    committing the stored event and its recorded failure, WebhookProcessingFailed.
+    A second copy of the same event blocks on the unique index until the first commits,
+    then finds it settled and is acknowledged as a duplicate.
+    """
     stripe_signature_verify(body=body, header=signature)
     event = _parse_event(body)
-    pk, _created = _store(event)
-    return stripe_event_process(event_pk=pk)
+    with transaction.atomic():
+        pk, _created = _store(event)
+        stored, duplicate, error = _process_stored(pk, force=False)
+    if error:
+        raise WebhookProcessingFailed(stored, error)
+    return stored, duplicate
 
 
 class WebhookProcessingFailed(Exception):
@@ -478,32 +487,44 @@ class WebhookProcessingFailed(Exception):
 
 
 def stripe_event_process(*, event_pk: int, force: bool = False) -> tuple[StripeEvent, bool]:
-    """Process one stored event in a transaction. Returns (event, duplicate).
+    """Process one stored event. Returns (event, duplicate); raises WebhookProcessingFailed.
 
-    The event row is locked first: a concurrent copy waits, then sees it settled and is
-    acknowledged without processing. `force` re-runs a settled event (reprocess): safe,
-    since transitions are conditional and outbox keys are stable.
+    `force` re-runs a settled event (reprocess): safe, since transitions are conditional and
+    outbox keys are stable.
     """
+    with transaction.atomic():
+        stored, duplicate, error = _process_stored(event_pk, force=force)
+    if error:
+        raise WebhookProcessingFailed(stored, error)
+    return stored, duplicate
+
+
+def _process_stored(pk: int, *, force: bool) -> tuple[StripeEvent, bool, str | None]:
+    """Inside the caller's transaction: lock the event row, process it in a savepoint.
+
+    A processing error rolls the savepoint back (no partial transition, no outbox row) and is
+    recorded on the event outside it, so the record survives; the caller answers 500.
+    """
+    event = StripeEvent.objects.select_for_update().get(pk=pk)
+    if event.status in StripeEvent.SETTLED and not force:
+        return event, True, None
     try:
         with transaction.atomic():
-            event = StripeEvent.objects.select_for_update().get(pk=event_pk)
-            if event.status in StripeEvent.SETTLED and not force:
-                return event, True
             status, note = _handle(event)
             _settle(event, status, note)
     except Exception as exc:
-        # The transaction is rolled back; the failure is recorded outside it.
         error = "".join(traceback.format_exception(exc))[-4000:]
-        StripeEvent.objects.filter(pk=event_pk).update(
+        StripeEvent.objects.filter(pk=pk).update(
             status=StripeEvent.Status.FAILED,
             processing_error=error,
             result_note=f"failed: {type(exc).__name__}: {exc}"[:1000],
             attempts=F("attempts") + 1,
             updated_at=timezone.now(),
         )
-        logger.exception("stripe event %s failed", event_pk)
-        raise WebhookProcessingFailed(StripeEvent.objects.get(pk=event_pk), error) from exc
-    return event, False
+        logger.exception("stripe event %s failed", event.stripe_event_id)
+        event.refresh_from_db()
+        return event, False, error
+    return event, False, None
 
 
 def _settle(event: StripeEvent, status: str, note: str) -> None:
