@@ -2,6 +2,7 @@
 
 Used by the long-running worker and by the django-q2 sweep. The worker is a system process:
 it works across tenants by design, so its claims are SQL over ids, not tenant-scoped queries.
+A round costs two statements on the happy path: the claim and the record.
 """
 
 from __future__ import annotations
@@ -23,15 +24,17 @@ from requests.adapters import HTTPAdapter
 
 from outbox import circuit, conf
 from outbox.backoff import backoff_seconds
-from outbox.models import Delivery, DeliveryAttempt, Target
+from outbox.models import Delivery, Target
 from outbox.senders import Job, Result, send
 
 logger = logging.getLogger("outbox.delivery")
 
 OPEN = "('pending', 'retrying')"
+PROBE_CHECK_SECONDS = 1.0
 
 # A delivery is due when its time has come, nobody holds a live lease, its target is neither
 # paused nor tripped, and (ordering) no earlier open delivery of the same target and key exists.
+# One statement, so it runs in its own transaction: the lease is visible once it returns.
 _CLAIM_SQL = f"""
 WITH due AS (
     SELECT d.id FROM outbox_delivery d
@@ -54,18 +57,50 @@ FROM due, outbox_outboxevent e, outbox_target t
 WHERE d.id = due.id AND e.id = d.event_id AND t.id = d.target_id
 RETURNING d.id, d.tenant_id, e.id, e.seq, e.topic, e.event_type, e.payload::text,
           e.idempotency_key, e.occurred_at, d.attempts, t.id, t.kind, t.url, t.secret,
-          t.previous_secret, t.previous_secret_expires_at, t.timeout_seconds
+          t.previous_secret, t.previous_secret_expires_at, t.timeout_seconds,
+          t.rate_limit_per_second, t.max_attempts, t.backoff_base_seconds,
+          t.backoff_max_seconds, (t.circuit_state = 'closed' AND t.circuit_failures = 0)
 """
 
-# Each result in one statement; `locked_by = token` fences out a worker whose lease expired.
-_APPLY_SQL = """
-UPDATE outbox_delivery d SET status = v.status, attempts = d.attempts + v.inc,
-    next_attempt_at = v.next_at, delivered_at = v.delivered_at, last_error = v.err,
-    locked_until = NULL, locked_by = '', updated_at = %s
-FROM (VALUES {values}) AS v(id, status, inc, next_at, delivered_at, err)
-WHERE d.id = v.id AND d.locked_by = %s
-RETURNING d.id
+# Every verdict of a round in one statement: the delivery rows (fenced by the lease token, so
+# a worker whose lease expired changes nothing), the attempt rows (kept even then: evidence),
+# and the realtime broadcast. One statement = one transaction, all or nothing.
+_RECORD_SQL = """
+WITH v (id, status, inc, next_at, delivered_at, err, tenant_id, number, outcome, status_code,
+        duration_ms, excerpt, sent, broadcast) AS (VALUES {values}),
+upd AS (
+    UPDATE outbox_delivery d SET status = v.status, attempts = d.attempts + v.inc,
+        next_attempt_at = v.next_at, delivered_at = v.delivered_at, last_error = v.err,
+        locked_until = NULL, locked_by = '', updated_at = %s
+    FROM v WHERE d.id = v.id AND d.locked_by = %s
+    RETURNING d.id
+),
+ins AS (
+    INSERT INTO outbox_deliveryattempt (created_at, updated_at, tenant_id, delivery_id, number,
+        outcome, status_code, duration_ms, response_excerpt, error, worker)
+    SELECT %s, %s, v.tenant_id, v.id, v.number, v.outcome, v.status_code,
+           v.duration_ms, v.excerpt, v.err, %s
+    FROM v WHERE v.sent
+)
+SELECT upd.id FROM upd
+UNION ALL
+SELECT -1 FROM (SELECT pg_notify(%s, v.broadcast) FROM v
+                WHERE v.broadcast IS NOT NULL AND v.id IN (SELECT id FROM upd)) AS b
 """
+_RECORD_ROW = (
+    "(%s::bigint, %s::varchar, %s::int, %s::timestamptz, %s::timestamptz, %s::text, %s::uuid,"
+    " %s::int, %s::varchar, %s::int, %s::float8, %s::text, %s::bool, %s::text)"
+)
+
+
+def session_new(concurrency: int) -> requests.Session:
+    """A keep-alive session with a pool as wide as the worker's concurrency."""
+    session = requests.Session()
+    session.trust_env = False  # no proxy/netrc lookups per request: receivers are configured
+    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=concurrency, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
 
 
 class RateLimiter:
@@ -96,6 +131,7 @@ class Deliverer:
         self.sessions: dict[str, requests.Session] = {}
         self.limiter = RateLimiter()
         self.delivered_total = 0
+        self._next_probe_check = 0.0
 
     def close(self):
         self.pool.shutdown(wait=True)
@@ -105,11 +141,7 @@ class Deliverer:
     def session_for(self, target_id: str) -> requests.Session:
         session = self.sessions.get(target_id)
         if session is None:
-            session = requests.Session()
-            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.concurrency, max_retries=0)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            self.sessions[target_id] = session
+            session = self.sessions[target_id] = session_new(self.concurrency)
         return session
 
     # --- one round ---------------------------------------------------------------------------
@@ -120,22 +152,29 @@ class Deliverer:
         lease = conf.get("OUTBOX_LEASE_SECONDS")
         token = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
         now = timezone.now()
+        jobs = self._probes(now, token, lease)
+        jobs += self._claim(now, token, lease, batch_size, "closed", None)
+        if not jobs:
+            return 0
+        results = list(self.pool.map(self._send, jobs))
+        self._record(results, token)
+        return len(jobs)
+
+    def _probes(self, now, token, lease) -> list[Job]:
+        """Half-open targets: this worker may own the one probe (checked once a second)."""
+        if time.monotonic() < self._next_probe_check:
+            return []
+        self._next_probe_check = time.monotonic() + PROBE_CHECK_SECONDS
         jobs = []
         for target_id in circuit.probes_take(now=now, lease_seconds=lease):
             probe = self._claim(now, token, lease, 1, "half_open", target_id)
             if not probe:
                 circuit.probe_release(target_id=target_id)
             jobs += probe
-        jobs += self._claim(now, token, lease, batch_size, "closed", None)
-        if not jobs:
-            return 0
-        limits = self._rate_limits({j.target_id for j in jobs})
-        results = list(self.pool.map(lambda job: self._send(job, limits), jobs))
-        self._record(results, token)
-        return len(jobs)
+        return jobs
 
     def _claim(self, now, token, lease, limit, circuit_state, target_id) -> list[Job]:
-        with transaction.atomic(), connection.cursor() as cursor:
+        with connection.cursor() as cursor:
             cursor.execute(
                 _CLAIM_SQL,
                 {
@@ -150,13 +189,8 @@ class Deliverer:
             rows = cursor.fetchall()
         return [_job_from_row(row, now) for row in rows]
 
-    def _rate_limits(self, target_ids) -> dict[str, float | None]:
-        return dict(
-            Target.objects.filter(id__in=target_ids).values_list("id", "rate_limit_per_second")
-        )
-
-    def _send(self, job: Job, limits) -> Result:
-        wait = self.limiter.reserve(job.target_id, limits.get(uuid.UUID(job.target_id)))
+    def _send(self, job: Job) -> Result:
+        wait = self.limiter.reserve(job.target_id, job.rate_limit)
         if wait > 1.0:  # beyond the next second: hand it back rather than hold the lease
             return Result(job, "deferred", retry_after=wait, sent=False)
         if wait > 0:
@@ -167,61 +201,34 @@ class Deliverer:
 
     def _record(self, results: list[Result], token: str) -> None:
         now = timezone.now()
-        targets = {
-            str(t.id): t for t in Target.objects.filter(id__in={r.job.target_id for r in results})
-        }
-        rows, attempts, realtime = [], [], []
+        params = []
         for result in results:
-            target = targets[result.job.target_id]
-            rows.append(self._transition(result, target, now))
-            if result.sent:
-                attempts.append(_attempt_row(result, self.worker_id))
-            if result.job.target_kind == "realtime" and result.outcome == "delivered":
-                realtime.append(result.job)
-        with transaction.atomic():
-            DeliveryAttempt.objects.bulk_create(attempts)
-            kept = self._apply(rows, token, now)
-            for job in realtime:
-                _broadcast(job)
-            self._circuit(results, targets, now)
-            self._pause_gone(results, targets, now)
-        lost = len(rows) - len(kept)
+            params.extend(_verdict_row(result, now))
+        sql = _RECORD_SQL.format(values=", ".join([_RECORD_ROW] * len(results)))
+        # placeholders in text order: the VALUES rows, then upd, ins and the broadcast
+        params += [now, token, now, now, self.worker_id[:100], conf.CHANNEL_REALTIME]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            kept = {row[0] for row in cursor.fetchall() if row[0] != -1}
+        lost = len(results) - len(kept)
         if lost:
-            logger.warning("%s results discarded: their lease expired and was re-claimed", lost)
+            logger.warning("%s verdicts discarded: their lease expired and was re-claimed", lost)
+        if self._needs_circuit_write(results):
+            with transaction.atomic():
+                self._circuit(results, now)
+                self._pause_gone(results, now)
         self.delivered_total += sum(
             1 for r in results if r.outcome == "delivered" and r.job.delivery_id in kept
         )
 
-    def _transition(self, result: Result, target: Target, now):
-        job, status = result.job, Delivery.Status
-        if result.outcome == "delivered":
-            return (job.delivery_id, status.DELIVERED, 1, now, now, "")
-        if result.outcome == "deferred":
-            later = now + timedelta(seconds=result.retry_after or 1)
-            current = status.RETRYING if job.attempts else status.PENDING
-            return (job.delivery_id, current, 0, later, None, "")
-        error = _error_text(result)
-        attempt = job.attempts + 1
-        max_attempts = target.max_attempts or conf.get("OUTBOX_MAX_ATTEMPTS")
-        if result.outcome == "permanent" or attempt >= max_attempts:
-            return (job.delivery_id, status.DEAD, 1, now, None, error)
-        cap = target.backoff_max_seconds or conf.get("OUTBOX_BACKOFF_MAX_SECONDS")
-        if result.retry_after is not None:
-            delay = min(cap, result.retry_after)
-        else:
-            base = target.backoff_base_seconds or conf.get("OUTBOX_BACKOFF_BASE_SECONDS")
-            delay = backoff_seconds(attempt=attempt, base=base, cap=cap, rng=random)
-        return (job.delivery_id, status.RETRYING, 1, now + timedelta(seconds=delay), None, error)
+    @staticmethod
+    def _needs_circuit_write(results) -> bool:
+        return any(
+            r.gone or r.outcome == "retry" or (r.outcome == "delivered" and not r.job.circuit_clean)
+            for r in results
+        )
 
-    def _apply(self, rows, token, now) -> set[int]:
-        row_sql = "(%s::bigint, %s, %s::int, %s::timestamptz, %s::timestamptz, %s)"
-        sql = _APPLY_SQL.format(values=", ".join([row_sql] * len(rows)))
-        params = [now, *(p for row in rows for p in row), token]
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            return {r[0] for r in cursor.fetchall()}
-
-    def _circuit(self, results: list[Result], targets, now) -> None:
+    def _circuit(self, results: list[Result], now) -> None:
         """Consecutive runs of successes / failures per target, in completion order."""
         runs: dict[str, list[list]] = defaultdict(list)
         for result in results:
@@ -229,14 +236,13 @@ class Deliverer:
                 continue
             ok = result.outcome == "delivered"
             # a permanent 4xx is the receiver answering: it does not trip the breaker
-            failed = result.outcome == "retry"
-            if not ok and not failed:
+            if not ok and result.outcome != "retry":
                 continue
             series = runs[result.job.target_id]
             if series and series[-1][0] == ok:
                 series[-1][1] += 1
             else:
-                series.append([ok, 1, _error_text(result)])
+                series.append([ok, 1, result.error[:200]])
         for target_id, series in runs.items():
             for ok, count, error in series:
                 if ok:
@@ -246,7 +252,8 @@ class Deliverer:
                         target_id=target_id, count=count, now=now, reason=error or "failure"
                     )
 
-    def _pause_gone(self, results, targets, now) -> None:
+    @staticmethod
+    def _pause_gone(results, now) -> None:
         for result in results:
             if result.gone:
                 Target.objects.filter(pk=result.job.target_id, paused_at__isnull=True).update(
@@ -254,29 +261,53 @@ class Deliverer:
                 )
 
 
-def _job_from_row(row, now) -> Job:
-    (
-        delivery_id,
-        tenant_id,
-        event_id,
-        seq,
-        topic,
-        event_type,
-        payload,
-        key,
-        occurred_at,
-        attempts,
-        target_id,
-        kind,
-        url,
-        secret,
-        previous,
-        previous_expires,
-        timeout,
-    ) = row
-    signing = [secret] + (
-        [previous] if previous and previous_expires and previous_expires > now else []
+def _verdict_row(result: Result, now) -> tuple:
+    """(delivery columns…, attempt columns…) for one result."""
+    job, status = result.job, Delivery.Status
+    error = (result.error or "")[:1000]
+    attempt = job.attempts + 1
+    outcome = {"delivered": "delivered", "retry": "retry"}.get(result.outcome, "permanent")
+    broadcast = None
+    if result.outcome == "delivered":
+        row = (status.DELIVERED, 1, now, now, "")
+        if job.target_kind == "realtime":
+            broadcast = json.dumps({"tenant": job.tenant_id, "seq": job.seq})
+    elif result.outcome == "deferred":
+        later = now + timedelta(seconds=result.retry_after or 1)
+        row = (status.RETRYING if job.attempts else status.PENDING, 0, later, None, "")
+    elif result.outcome == "permanent" or attempt >= (
+        job.max_attempts or conf.get("OUTBOX_MAX_ATTEMPTS")
+    ):
+        row = (status.DEAD, 1, now, None, error)
+    else:
+        cap = job.backoff_max or conf.get("OUTBOX_BACKOFF_MAX_SECONDS")
+        if result.retry_after is not None:
+            delay = min(cap, result.retry_after)
+        else:
+            base = job.backoff_base or conf.get("OUTBOX_BACKOFF_BASE_SECONDS")
+            delay = backoff_seconds(attempt=attempt, base=base, cap=cap, rng=random)
+        row = (status.RETRYING, 1, now + timedelta(seconds=delay), None, error)
+    return (
+        job.delivery_id,
+        *row,
+        job.tenant_id,
+        attempt,
+        outcome,
+        result.status_code,
+        round(result.duration_ms, 2),
+        result.excerpt,
+        result.sent,
+        broadcast,
     )
+
+
+def _job_from_row(row, now) -> Job:
+    (delivery_id, tenant_id, event_id, seq, topic, event_type, payload, key, occurred_at,
+     attempts, target_id, kind, url, secret, previous, previous_expires, timeout, rate_limit,
+     max_attempts, backoff_base, backoff_max, circuit_clean) = row  # fmt: skip
+    signing = [secret]
+    if previous and previous_expires and previous_expires > now:
+        signing.append(previous)
     return Job(
         delivery_id=delivery_id,
         tenant_id=str(tenant_id),
@@ -293,31 +324,9 @@ def _job_from_row(row, now) -> Job:
         url=url,
         secrets=signing,
         timeout=timeout,
+        rate_limit=rate_limit,
+        max_attempts=max_attempts,
+        backoff_base=backoff_base,
+        backoff_max=backoff_max,
+        circuit_clean=circuit_clean,
     )
-
-
-def _attempt_row(result: Result, worker_id: str) -> DeliveryAttempt:
-    outcome = {"delivered": "delivered", "retry": "retry"}.get(result.outcome, "permanent")
-    return DeliveryAttempt(
-        tenant_id=result.job.tenant_id,
-        delivery_id=result.job.delivery_id,
-        number=result.job.attempts + 1,
-        outcome=outcome,
-        status_code=result.status_code,
-        duration_ms=round(result.duration_ms, 2),
-        response_excerpt=result.excerpt,
-        error=result.error,
-        worker=worker_id[:100],
-    )
-
-
-def _error_text(result: Result) -> str:
-    return (result.error or "")[:1000]
-
-
-def _broadcast(job: Job) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_notify(%s, %s)",
-            [conf.CHANNEL_REALTIME, json.dumps({"tenant": job.tenant_id, "seq": job.seq})],
-        )

@@ -40,6 +40,12 @@ class Job:
     url: str
     secrets: list[str] = field(default_factory=list)
     timeout: float = 10.0
+    # the target's policy, snapshotted by the claim (no extra query per batch)
+    rate_limit: float | None = None
+    max_attempts: int | None = None
+    backoff_base: int | None = None
+    backoff_max: int | None = None
+    circuit_clean: bool = True  # closed with no failures: a success needs no circuit write
 
 
 @dataclass

@@ -137,7 +137,7 @@ def test_a_held_lease_is_never_delivered_by_another_round(tenant, receiver, sett
         assert receiver.requests == []
         with time_machine.travel(now + timedelta(seconds=31), tick=False):
             assert deliver_round() == 3  # lease expired: someone else delivers
-            results = [holder._send(job, {}) for job in claimed]
+            results = [holder._send(job) for job in claimed]
             holder._record(results, "holder:1")  # the late holder's verdict is fenced out
     finally:
         holder.close()

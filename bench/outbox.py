@@ -1,0 +1,363 @@
+"""Outbox benchmarks, in one run, each next to its baseline:
+
+1. publish latency inside a transaction vs a bare single-row insert (floor: p99 < 10 ms);
+2. one worker's delivery throughput to a local receiver vs the same HTTP client posting the
+   same signed bodies with no database — the ceiling (floor: >= 1,000 events/s);
+3. delivery lag (publish commit -> receiver) at a steady 200 events/s through a real
+   `manage.py outbox_worker` process woken by NOTIFY (floor: p99 < 1 s).
+
+The receiver is a small asyncio HTTP/1.1 server in its own process (keep-alive, answers 200).
+Usage: .venv/bin/python bench/outbox.py [--publish N] [--deliver N] [--lag-seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime
+from urllib.parse import quote
+
+from _common import (
+    ROOT,
+    print_table,
+    setup_django,
+    summarize_latencies,
+    teardown_django,
+    write_report,
+)
+
+FLOORS = {"publish_p99_ms": 10.0, "delivered_per_s": 1000.0, "lag_p99_ms": 1000.0}
+
+
+# --- the receiver (separate process) ------------------------------------------------------------
+
+
+def _receiver_main(port: int, ready):
+    """Answer every POST with 200 and record the lag from the body's occurredAt."""
+    lags: list[float] = []
+    count = 0
+
+    async def handle(reader, writer):
+        nonlocal count
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                body = await reader.readexactly(length) if length else b""
+                if head.startswith(b"GET /stats"):
+                    out = json.dumps({"count": count, "lags": lags}).encode()
+                    lags.clear()
+                    count = 0
+                else:
+                    count += 1
+                    try:
+                        occurred = json.loads(body)["occurredAt"]
+                        when = datetime.fromisoformat(occurred.replace("Z", "+00:00"))
+                        lags.append(time.time() - when.timestamp())
+                    except (ValueError, KeyError):
+                        pass
+                    out = b"ok"
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(out), out))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def main():
+        server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=512)
+        ready.set()
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def start_receiver():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ready = multiprocessing.Event()
+    proc = multiprocessing.Process(target=_receiver_main, args=(port, ready), daemon=True)
+    proc.start()
+    ready.wait(10)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def receiver_stats(base: str) -> dict:
+    import requests
+
+    return requests.get(f"{base}/stats", timeout=10).json()
+
+
+# --- 1. publish latency -------------------------------------------------------------------------
+
+
+def bench_publish(tenant, n: int) -> list[dict]:
+    from django.db import connection, transaction
+
+    from outbox.services import event_publish
+
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE IF NOT EXISTS bench_bare (id uuid PRIMARY KEY, body jsonb)")
+    import uuid
+
+    def bare():
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO bench_bare (id, body) VALUES (%s, %s::jsonb)",
+                [uuid.uuid4(), '{"order": 1, "amount": 4900}'],
+            )
+
+    def publish():
+        with transaction.atomic():
+            event_publish(
+                tenant=tenant,
+                event_type="order.paid",
+                topic="payments",
+                payload={"order": 1, "amount": 4900},
+            )
+
+    rows = []
+    for name, fn in (("bare single-row insert", bare), ("event_publish (2 targets)", publish)):
+        for _ in range(100):  # warm-up
+            fn()
+        samples = []
+        for _ in range(n):
+            started = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - started)
+        rows.append({"operation": name, **summarize_latencies(samples)})
+    return rows
+
+
+# --- 2. delivery throughput ---------------------------------------------------------------------
+
+
+def bench_throughput(tenant, url: str, n: int) -> list[dict]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+    from django.db import transaction
+    from requests.adapters import HTTPAdapter
+
+    from outbox import conf
+    from outbox.models import Delivery
+    from outbox.senders import Job, webhook_request
+    from outbox.services import event_publish, target_create
+    from outbox.worker import Worker
+
+    target = target_create(tenant=tenant, name="bench-hook", kind="webhook", url=url + "/hook")
+    concurrency = conf.get("OUTBOX_WORKER_CONCURRENCY")
+
+    # ceiling: the same client, the same signed bodies, no database
+    session = requests.Session()
+    session.mount("http://", HTTPAdapter(pool_maxsize=concurrency, max_retries=0))
+    jobs = [
+        Job(
+            0,
+            str(tenant.id),
+            f"evt_{i}",
+            i,
+            "payments",
+            "order.paid",
+            {"order": i},
+            f"k{i}",
+            datetime.now().astimezone(),
+            0,
+            str(target.id),
+            "webhook",
+            target.url,
+            [target.secret],
+        )
+        for i in range(n)
+    ]
+
+    def post(job):
+        headers, body = webhook_request(job)
+        return session.post(job.url, data=body.encode(), headers=headers, timeout=10).status_code
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        started = time.perf_counter()
+        codes = list(pool.map(post, jobs))
+        ceiling_s = time.perf_counter() - started
+    assert codes.count(200) == n
+    receiver_stats(url)
+
+    # one worker: the code `manage.py outbox_worker` runs, draining n published events
+    for start in range(0, n, 500):
+        with transaction.atomic():
+            for i in range(start, min(n, start + 500)):
+                event_publish(
+                    tenant=tenant,
+                    event_type="order.paid",
+                    topic="payments",
+                    payload={"order": i},
+                    target="bench-hook",
+                )
+    worker = Worker(poll_seconds=0.05)
+    started = time.perf_counter()
+    worker.run(exit_when_idle=True)
+    worker_s = time.perf_counter() - started
+    delivered = Delivery.objects.filter(target=target, status="delivered").count()
+    received = receiver_stats(url)["count"]
+    assert delivered == n and received == n, (delivered, received)
+    return [
+        {
+            "mode": "HTTP client only (ceiling)",
+            "events": n,
+            "seconds": round(ceiling_s, 2),
+            "per_second": round(n / ceiling_s, 1),
+        },
+        {
+            "mode": "one outbox worker",
+            "events": n,
+            "seconds": round(worker_s, 2),
+            "per_second": round(n / worker_s, 1),
+            "share_of_ceiling": round((n / worker_s) / (n / ceiling_s), 2),
+        },
+    ]
+
+
+# --- 3. lag at a steady rate --------------------------------------------------------------------
+
+
+def _database_url() -> str:
+    from django.db import connection
+
+    db = connection.settings_dict
+    user = quote(db.get("USER") or "")
+    password = f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else ""
+    host = db.get("HOST") or ""
+    if host.startswith("/"):
+        return f"postgres://{user}{password}@/{db['NAME']}?host={host}"
+    port = f":{db['PORT']}" if db.get("PORT") else ""
+    return f"postgres://{user}{password}@{host}{port}/{db['NAME']}"
+
+
+def bench_lag(tenant, url: str, rate: int, seconds: float) -> list[dict]:
+    from django.db import transaction
+
+    from outbox.models import Delivery
+    from outbox.services import event_publish, target_create
+
+    target_create(tenant=tenant, name="lag-hook", kind="webhook", url=url + "/lag")
+    env = dict(os.environ, DATABASE_URL=_database_url(), DJANGO_SETTINGS_MODULE="config.settings")
+    worker = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "outbox_worker", "--poll", "5"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(2.0)  # worker up and listening
+        receiver_stats(url)
+        total = int(rate * seconds)
+        started = time.perf_counter()
+        for i in range(total):
+            due = started + i / rate
+            pause = due - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            with transaction.atomic():
+                event_publish(
+                    tenant=tenant,
+                    event_type="order.paid",
+                    topic="payments",
+                    payload={"order": i},
+                    target="lag-hook",
+                )
+        achieved = total / (time.perf_counter() - started)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if (
+                not Delivery.objects.filter(target__name="lag-hook")
+                .exclude(status="delivered")
+                .exists()
+            ):
+                break
+            time.sleep(0.1)
+        stats = receiver_stats(url)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    lags = stats["lags"]
+    return [
+        {
+            "target_rate": rate,
+            "achieved_rate": round(achieved, 1),
+            "events": total,
+            "received": stats["count"],
+            **summarize_latencies(lags),
+        }
+    ]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--publish", type=int, default=2000)
+    parser.add_argument("--deliver", type=int, default=5000)
+    parser.add_argument("--lag-seconds", type=float, default=15)
+    parser.add_argument("--rate", type=int, default=200)
+    args = parser.parse_args()
+
+    old_name = setup_django("bench_outbox")
+    receiver, url = start_receiver()
+    try:
+        from django.db import transaction
+
+        from outbox.services import target_create
+        from tenants.services import tenant_create
+
+        with transaction.atomic():
+            tenant = tenant_create(name="bench-outbox")
+            # publish routes to every enabled target: give it two, like n8n + Slack
+            target_create(tenant=tenant, name="n8n", kind="webhook", url=url + "/n8n")
+            target_create(tenant=tenant, name="slack", kind="slack", url=url + "/slack")
+        publish = bench_publish(tenant, args.publish)
+        from outbox.models import Target
+
+        Target.objects.filter(name__in=["n8n", "slack"]).update(is_enabled=False, paused_at=None)
+        from outbox.models import Delivery
+
+        Delivery.objects.all().delete()  # their queue is not part of the next measurements
+        throughput = bench_throughput(tenant, url, args.deliver)
+        lag = bench_lag(tenant, url, args.rate, args.lag_seconds)
+    finally:
+        receiver.terminate()
+        teardown_django(old_name)
+
+    print_table("Publish latency (inside a transaction)", publish)
+    print_table("Delivery throughput (one worker vs HTTP client ceiling)", throughput)
+    print_table(f"Lag at a steady {args.rate} events/s (real worker process, NOTIFY)", lag)
+    checks = {
+        "publish_p99_ms": (publish[1]["p99_ms"], publish[1]["p99_ms"] < FLOORS["publish_p99_ms"]),
+        "delivered_per_s": (
+            throughput[1]["per_second"],
+            throughput[1]["per_second"] >= FLOORS["delivered_per_s"],
+        ),
+        "lag_p99_ms": (lag[0]["p99_ms"], lag[0]["p99_ms"] < FLOORS["lag_p99_ms"]),
+    }
+    floor_rows = [
+        {"floor": name, "required": FLOORS[name], "measured": value, "ok": ok}
+        for name, (value, ok) in checks.items()
+    ]
+    print_table("Floors (2-core machine)", floor_rows)
+    write_report(
+        "outbox",
+        {"publish": publish, "throughput": throughput, "lag": lag, "floors": floor_rows},
+    )
+    if not all(ok for _value, ok in checks.values()):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
