@@ -263,10 +263,16 @@ class EventsView(_BrowserView):
                 f"At most {settings.ASSESSMENTS_EVENTS_MAX_PER_REQUEST} events per request.",
                 status_code=413,
             )
+        # Re-encoding each event (size / NUL checks) is the costliest step: skip it when the
+        # whole body is within one event's limit and carries no escaped NUL.
+        check_encoding = (
+            len(request.body) > settings.ASSESSMENTS_EVENT_MAX_BYTES or b"\\u0000" in request.body
+        )
+        bounds = inputs.event_time_bounds()
         valid, errors, seen = [], [], set()
         for index, event in enumerate(events):
             try:
-                cleaned = inputs.event_value(event)
+                cleaned = inputs.event_value(event, bounds=bounds, check_encoding=check_encoding)
             except inputs.EventRejected as rejected:
                 errors.append({"index": index, "code": rejected.code})
                 continue

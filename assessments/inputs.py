@@ -120,7 +120,13 @@ class EventRejected(Exception):
         self.code = code
 
 
-def _event_timestamp(value) -> datetime:
+def event_time_bounds() -> tuple[datetime, datetime]:
+    """Clocks drift, but a year-old or next-week timestamp is a bug worth rejecting."""
+    now = timezone.now()
+    return now - timedelta(days=365), now + timedelta(days=1)
+
+
+def _event_timestamp(value, bounds) -> datetime:
     if isinstance(value, bool):
         raise EventRejected("invalid_timestamp")
     if isinstance(value, (int, float)):  # epoch milliseconds (Date.now())
@@ -129,31 +135,35 @@ def _event_timestamp(value) -> datetime:
         except (OverflowError, OSError, ValueError) as exc:
             raise EventRejected("invalid_timestamp") from exc
     elif isinstance(value, str):
-        try:
-            moment = parse_datetime(value)
+        try:  # fromisoformat is the fast path for toISOString(); parse_datetime the lenient one
+            moment = datetime.fromisoformat(value)
         except ValueError:
-            moment = None
+            moment = parse_datetime(value) if len(value) <= 40 else None
         if moment is None:
             raise EventRejected("invalid_timestamp")
         if timezone.is_naive(moment):
             moment = timezone.make_aware(moment, UTC)
     else:
         raise EventRejected("invalid_timestamp")
-    # Clocks drift, but a year 1970 or next-week timestamp is a bug worth rejecting.
-    now = timezone.now()
-    if not (now - timedelta(days=365) <= moment <= now + timedelta(days=1)):
+    if not (bounds[0] <= moment <= bounds[1]):
         raise EventRejected("invalid_timestamp")
     return moment
 
 
-def event_value(event) -> dict:
+def event_value(event, *, bounds, check_encoding: bool = True) -> dict:
+    """One event → a row dict, or EventRejected(code).
+
+    check_encoding=False skips re-encoding the event for its size and NUL check: the caller
+    knows the whole body is smaller than one event's limit and contains no \\u0000.
+    """
     if not isinstance(event, dict):
         raise EventRejected("invalid_event")
-    encoded = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
-    if len(encoded.encode()) > settings.ASSESSMENTS_EVENT_MAX_BYTES:
-        raise EventRejected("event_too_large")
-    if "\\u0000" in encoded:  # PostgreSQL jsonb refuses NUL; it would fail the whole batch
-        raise EventRejected("invalid_event")
+    if check_encoding:
+        encoded = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+        if len(encoded.encode()) > settings.ASSESSMENTS_EVENT_MAX_BYTES:
+            raise EventRejected("event_too_large")
+        if "\\u0000" in encoded:  # PostgreSQL jsonb refuses NUL; it would fail the batch
+            raise EventRejected("invalid_event")
     message_id, name = event.get("messageId"), event.get("name")
     if not isinstance(message_id, str) or not 1 <= len(message_id) <= 100:
         raise EventRejected("invalid_message_id")
@@ -175,5 +185,5 @@ def event_value(event) -> dict:
         "name": name.strip(),
         "session_id": session_id,
         "properties": properties,
-        "occurred_at": _event_timestamp(event.get("timestamp")),
+        "occurred_at": _event_timestamp(event.get("timestamp"), bounds),
     }
