@@ -6,7 +6,12 @@ import re
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import URLValidator
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -130,7 +135,28 @@ class CheckoutView(APIView):
         tags=["payments"],
         summary="Start a Stripe Checkout",
         request=CheckoutInSerializer,
-        responses={201: CheckoutOutSerializer, 200: CheckoutOutSerializer},
+        responses={
+            201: CheckoutOutSerializer,
+            200: OpenApiResponse(CheckoutOutSerializer, "Replayed (same Idempotency-Key)"),
+            400: OpenApiResponse(
+                description="invalid_email, blank_first_name, not_object, invalid_currency, "
+                "invalid_amount, invalid_url, price_or_amount_required, "
+                "price_and_amount_conflict, validation_error, stripe_invalid_request"
+            ),
+            402: OpenApiResponse(description="stripe_card_error"),
+            403: OpenApiResponse(description="secret_key_required_for_amount (publishable key)"),
+            404: OpenApiResponse(description="assessment_session_not_found"),
+            422: OpenApiResponse(description="idempotency_key_reused"),
+            502: OpenApiResponse(
+                description="stripe_unavailable (5xx), stripe_unreachable, "
+                "stripe_authentication_failed"
+            ),
+            503: OpenApiResponse(
+                description="stripe_circuit_open (details.retryAfterSeconds), "
+                "stripe_rate_limited, payments_not_configured"
+            ),
+            504: OpenApiResponse(description="stripe_timeout"),
+        },
         parameters=[
             OpenApiParameter(
                 "Idempotency-Key",
@@ -201,14 +227,24 @@ class StripeWebhookView(APIView):
         tags=["payments"],
         summary="Stripe webhook endpoint",
         request=None,
-        responses=inline_serializer(
-            "StripeWebhookAck",
-            {
-                "received": serializers.BooleanField(),
-                "duplicate": serializers.BooleanField(),
-                "status": serializers.CharField(),
-            },
-        ),
+        responses={
+            200: inline_serializer(
+                "StripeWebhookAck",
+                {
+                    "received": serializers.BooleanField(),
+                    "duplicate": serializers.BooleanField(),
+                    "status": serializers.CharField(),
+                },
+            ),
+            400: OpenApiResponse(
+                description="missing_signature, invalid_signature, stale_signature, "
+                "malformed_event: nothing stored"
+            ),
+            500: OpenApiResponse(
+                description="webhook_processing_failed: stored, failure recorded, Stripe retries"
+            ),
+            503: OpenApiResponse(description="webhook_not_configured"),
+        },
     )
     def post(self, request):
         body = request.body  # the raw bytes: the signature covers them exactly

@@ -68,6 +68,7 @@ class StripeStub:
 
     def __post_init__(self):
         self._lock = threading.Lock()
+        self._idempotency_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._replays: dict[str, tuple[int, dict]] = {}
         self._server: ThreadingHTTPServer | None = None
@@ -151,15 +152,15 @@ class StripeStub:
             return self._send(handler, status, {"error": error})
         key = handler.headers.get("Idempotency-Key")
         if handler.command == "POST" and key:
-            with self._lock:
-                if key in self._replays:
-                    status, body = self._replays[key]
-                    return self._send(handler, status, body, replayed=True)
-        status, body = self._route(handler.command, path, params)
-        if handler.command == "POST" and key:
-            with self._lock:
-                self._replays[key] = (status, body)
-        self._send(handler, status, body)
+            # one keyed request at a time: a concurrent retry gets the first answer replayed
+            with self._idempotency_lock:
+                replay = self._replays.get(key)
+                if replay is None:
+                    replay = self._route(handler.command, path, params)
+                    self._replays[key] = replay
+                    return self._send(handler, *replay)
+            return self._send(handler, *replay, replayed=True)
+        self._send(handler, *self._route(handler.command, path, params))
 
     def _route(self, method: str, path: str, params: dict) -> tuple[int, dict]:
         if method == "POST" and path == "/v1/checkout/sessions":

@@ -216,3 +216,36 @@ def test_unconfigured_stripe_is_503(api, settings, stripe_stub):
     settings.STRIPE_SECRET_KEY = ""
     assert_error(api.post(URL, _body(), format="json"), 503, "payments_not_configured")
     assert stripe_stub.calls() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_retries_with_one_idempotency_key_make_one_checkout(secret_key, stripe_stub):
+    import threading
+
+    from django.db import connection
+
+    from tests.conftest import client_for
+
+    barrier = threading.Barrier(4)
+    responses = []
+
+    def send():
+        try:
+            barrier.wait(timeout=10)
+            client = client_for(secret_key)
+            responses.append(
+                client.post(URL, _body(), format="json", HTTP_IDEMPOTENCY_KEY="double-click")
+            )
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=send) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(r.status_code for r in responses) == [200, 200, 200, 201]
+    assert len({r.json()["paymentSessionId"] for r in responses}) == 1
+    assert PaymentSession.objects.count() == 1
+    assert len(stripe_stub.sessions) == 1
+    assert len({c.headers["idempotency-key"] for c in stripe_stub.calls("POST")}) == 1
