@@ -193,6 +193,9 @@ def test_list_submissions_paginates_and_is_tenant_scoped(api, other_api, tenant)
     rest = api.get(page["next"]).json()
     assert len(rest["results"]) == 1
     assert other_api.get("/api/assessments/submissions").json()["results"] == []
+    session_id = Submission.objects.first().session_id
+    filtered = other_api.get(f"/api/assessments/submissions?sessionId={session_id}")
+    assert filtered.status_code == 200 and filtered.json()["results"] == []
 
 
 @pytest.mark.django_db
