@@ -68,6 +68,9 @@ class Attachment(TenantOwnedModel):
     claimed_until = models.DateTimeField(
         null=True, blank=True, help_text="A retry run holds this attachment until then."
     )
+    claimed_by = models.UUIDField(
+        null=True, blank=True, help_text="The retry run (RetryLog id) holding the claim."
+    )
     storage_name = models.CharField(max_length=500, blank=True, default="")
     stored_at = models.DateTimeField(null=True, blank=True)
 

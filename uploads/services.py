@@ -486,9 +486,15 @@ def attachment_finalise(*, attachment_id, source: str, retry_log: RetryLog | Non
 
     storage = storages["attachments"]
     with transaction.atomic():
+        # A retry run only finalises what it claimed; an inline finalise only what no run
+        # claimed. The row lock is waited for (a claim query may hold it for a moment).
         attachment = (
-            Attachment.objects.select_for_update(skip_locked=True)
-            .filter(pk=attachment_id, status=Status.PENDING)
+            Attachment.objects.select_for_update()
+            .filter(
+                pk=attachment_id,
+                status=Status.PENDING,
+                claimed_by=retry_log.pk if retry_log else None,
+            )
             .first()
         )
         if attachment is None:
@@ -511,6 +517,7 @@ def attachment_finalise(*, attachment_id, source: str, retry_log: RetryLog | Non
                     last_retry_source=source,
                     next_retry_at=None,
                     claimed_until=None,
+                    claimed_by=None,
                     updated_at=now,
                 )
                 if updated != 1:
@@ -553,6 +560,7 @@ def attachment_finalise(*, attachment_id, source: str, retry_log: RetryLog | Non
                     None if give_up else now + timedelta(seconds=backoff_seconds(attempts))
                 ),
                 claimed_until=None,
+                claimed_by=None,
                 updated_at=now,
             )
         FinaliseAttempt.objects.create(
@@ -602,7 +610,7 @@ def _delete_quietly(storage, name: str) -> None:
 # --- Retry runs -----------------------------------------------------------------------------
 
 
-def _claim(*, run_started, source: str, tenant_id=None, ids=None, limit: int) -> list:
+def _claim(*, run_id, source: str, tenant_id=None, ids=None, limit: int) -> list:
     """Claim up to `limit` attachments for this run: one UPDATE over a SKIP LOCKED selection,
     so two runs at the same time never get the same row; the claim (claimed_until) also keeps
     a run that starts just after this one away until we are done or the lease expires."""
@@ -630,7 +638,8 @@ def _claim(*, run_started, source: str, tenant_id=None, ids=None, limit: int) ->
             .values_list("pk", flat=True)[:limit]
         )
         Attachment.objects.filter(pk__in=chosen).update(
-            claimed_until=now + timedelta(seconds=settings.UPLOADS_RETRY_LEASE_SECONDS)
+            claimed_by=run_id,
+            claimed_until=now + timedelta(seconds=settings.UPLOADS_RETRY_LEASE_SECONDS),
         )
     return chosen
 
@@ -655,7 +664,7 @@ def retry_run(
     attempted = succeeded = failed = 0
     try:
         claimed = _claim(
-            run_started=log.started_at,
+            run_id=log.pk,
             source=source,
             tenant_id=tenant_id,
             ids=list(attachment_ids) if attachment_ids is not None else None,

@@ -33,3 +33,13 @@ def upload_dirs(settings, tmp_path):
 @pytest.fixture
 def storage_switch(upload_dirs) -> StorageSwitch:
     return upload_dirs
+
+
+@pytest.fixture(autouse=True)
+def _live_server_closes_connections(request, monkeypatch):
+    """Live-server request threads would keep persistent database connections (CONN_MAX_AGE)
+    open after the test, so the test database could not be dropped: close them per request."""
+    if "live_server" in request.fixturenames:
+        from django.db import connections
+
+        monkeypatch.setitem(connections["default"].settings_dict, "CONN_MAX_AGE", 0)
