@@ -80,15 +80,20 @@ class AssessmentSessionAdmin(admin.ModelAdmin):
         "completed_at",
         "abandoned_at",
     )
-    # Status and answers change only through the API's guarded statements.
-    readonly_fields = tuple(f for f in fields if f not in {"email", "first_name"})
+    # View only: a form save would write back `responses` as loaded (a read-modify-write
+    # that could drop a concurrent answer); sessions change only through the API's guarded
+    # statements. Deleting would lose evidence (and submissions point at sessions).
+    readonly_fields = fields
     inlines = [SubmissionInline]
 
     def has_add_permission(self, request):
         return False
 
+    def has_change_permission(self, request, obj=None):
+        return False
+
     def has_delete_permission(self, request, obj=None):
-        return False  # deleting a session loses evidence (and submissions point at it)
+        return False
 
     @admin.display(description="responses")
     def responses_pretty(self, obj):

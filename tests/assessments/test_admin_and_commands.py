@@ -42,7 +42,8 @@ def test_session_detail_shows_responses_pretty_and_read_only(staff_client, tenan
     assert page.status_code == 200
     assert b"<pre" in page.content and b"&quot;choice&quot;: &quot;b&quot;" in page.content
     assert b'name="responses"' not in page.content  # not an editable field
-    assert b'name="status"' not in page.content
+    assert b'name="status"' not in page.content and b'name="email"' not in page.content
+    assert b'name="_save"' not in page.content
 
 
 def test_submissions_and_events_are_read_only(staff_client, tenant):
