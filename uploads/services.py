@@ -14,7 +14,7 @@ import base64
 import hashlib
 import logging
 import os
-import zlib
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -272,11 +272,14 @@ class _UploadLock:
     transaction open while a slow client sends its bytes."""
 
     def __init__(self, attachment_id):
-        self.key = zlib.crc32(str(attachment_id).encode()) - 2**31
+        # 64 bits of the UUID (random in a v4 id): a collision between two uploads written at
+        # the same moment is practically impossible, and would only make one of them wait.
+        value = uuid.UUID(str(attachment_id)).int & (2**64 - 1)
+        self.key = value - 2**64 if value >= 2**63 else value
 
     def __enter__(self):
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [0x7570, self.key])
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [self.key])
             (locked,) = cursor.fetchone()
         if not locked:
             raise ApiError(
@@ -288,7 +291,7 @@ class _UploadLock:
 
     def __exit__(self, *exc):
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [0x7570, self.key])
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [self.key])
         return False
 
 

@@ -109,6 +109,13 @@ def test_oversized_file_is_413_and_nothing_kept(api, settings, storage_switch):
     assert Attachment.objects.count() == 0 and _staging_files() == []
 
 
+def test_body_announced_far_over_the_limit_is_refused_before_reading(api, settings):
+    settings.UPLOADS_MAX_BYTES = 1000
+    response = _post(api, b"x" * 200_000)  # Content-Length alone says it is too big
+    assert_error(response, 413, "file_too_large")
+    assert Attachment.objects.count() == 0 and _staging_files() == []
+
+
 def test_content_type_outside_allow_list_is_415(api, settings):
     settings.UPLOADS_ALLOWED_CONTENT_TYPES = ["image/*", "application/pdf"]
     response = _post(api, b"MZ...", file_kw={"name": "a.exe", "content_type": "application/x-exe"})

@@ -328,3 +328,34 @@ def test_zero_length_upload_is_stored_at_creation(api):
     response = create(api, 0, filename="empty.txt")
     assert response.status_code == 201
     assert Attachment.objects.get().status == "stored"
+
+
+def test_a_second_writer_on_the_same_upload_gets_423(api):
+    import threading
+
+    from django.db import connections
+
+    from uploads.services import _UploadLock
+
+    url = _path(create(api, 10)["Location"])
+    upload_id = Attachment.objects.get().pk
+    held, release = threading.Event(), threading.Event()
+
+    def other_writer():  # another web process in the middle of a PATCH on this upload
+        try:
+            with _UploadLock(upload_id):
+                held.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=other_writer)
+    thread.start()
+    try:
+        assert held.wait(10)
+        assert_error(patch(api, url, b"12345", 0), 423, "upload_locked")
+        assert_error(api.delete(url, **V), 423, "upload_locked")
+    finally:
+        release.set()
+        thread.join(10)
+    assert patch(api, url, b"12345", 0).status_code == 204
