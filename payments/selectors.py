@@ -30,9 +30,13 @@ def _as_uuid(value) -> uuid.UUID | None:
         return None
 
 
-def payment_session_for_checkout(*, checkout_object: dict) -> PaymentSession | None:
+def payment_session_for_checkout(
+    *, checkout_object: dict, lock: bool = False
+) -> PaymentSession | None:
     """The PaymentSession a Checkout Session belongs to: our id (client_reference_id) within
-    the tenant named in its metadata, else the Checkout Session id. Both must agree."""
+    the tenant named in its metadata, else the Checkout Session id. Both must agree.
+    `lock`: SELECT … FOR UPDATE (the webhook applies events of one payment one at a time)."""
+    rows = PaymentSession.objects.select_for_update() if lock else PaymentSession.objects
     stripe_id = checkout_object.get("id") or ""
     metadata = checkout_object.get("metadata") or {}
     ours = _as_uuid(
@@ -41,27 +45,28 @@ def payment_session_for_checkout(*, checkout_object: dict) -> PaymentSession | N
     tenant_id = _as_uuid(metadata.get("tenant_id"))
     found = None
     if ours and tenant_id:
-        found = tenant_queryset(PaymentSession, tenant_id=tenant_id).filter(pk=ours).first()
+        found = tenant_queryset(rows.all(), tenant_id=tenant_id).filter(pk=ours).first()
     if found is None and stripe_id:
-        found = PaymentSession.objects.filter(stripe_checkout_session_id=stripe_id).first()
+        found = rows.filter(stripe_checkout_session_id=stripe_id).first()
     if found is not None and found.stripe_checkout_session_id != stripe_id:
         return None  # a forged or foreign reference: never act on it
     return found
 
 
 def payment_session_for_payment_intent(
-    *, payment_intent_id: str, metadata: dict | None = None
+    *, payment_intent_id: str, metadata: dict | None = None, lock: bool = False
 ) -> PaymentSession | None:
     metadata = metadata or {}
+    rows = PaymentSession.objects.select_for_update() if lock else PaymentSession.objects
     ours = _as_uuid(metadata.get("payment_session_id"))
     tenant_id = _as_uuid(metadata.get("tenant_id"))
     if ours and tenant_id:
-        found = tenant_queryset(PaymentSession, tenant_id=tenant_id).filter(pk=ours).first()
+        found = tenant_queryset(rows.all(), tenant_id=tenant_id).filter(pk=ours).first()
         if found is not None and found.stripe_payment_intent_id in (None, "", payment_intent_id):
             return found
     if not payment_intent_id:
         return None
-    return PaymentSession.objects.filter(stripe_payment_intent_id=payment_intent_id).first()
+    return rows.filter(stripe_payment_intent_id=payment_intent_id).first()
 
 
 def payment_sessions_due_for_reconcile(*, older_than_minutes: int, limit: int) -> QuerySet:

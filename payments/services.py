@@ -255,14 +255,18 @@ def _record_payment_intent(ps: PaymentSession, payment_intent) -> None:
         ps.stripe_payment_intent_id = pi
 
 
-def _transition(ps: PaymentSession, target: str, *, source: str) -> Outcome:
-    """Apply `target` to a locked row if the table allows it; publish; replay deferred."""
+def _transition(
+    ps: PaymentSession, target: str, *, source: str, extra: dict | None = None
+) -> Outcome:
+    """Apply `target` to a locked row if the table allows it; publish; replay deferred.
+
+    `extra` fields (e.g. the PaymentIntent id) are written by the same UPDATE."""
     if ps.status == target:
         return StripeEvent.Status.PROCESSED, f"no change: already {target}"
     if not is_allowed(ps.status, target):
         return StripeEvent.Status.IGNORED, f"{ps.status} → {target} is not allowed; ignored"
     now = timezone.now()
-    fields = {"status": target, "status_changed_at": now, "updated_at": now}
+    fields = {**(extra or {}), "status": target, "status_changed_at": now, "updated_at": now}
     if target == PaymentStatus.COMPLETED:
         fields["completed_at"] = now
     updated = PaymentSession.objects.filter(pk=ps.pk, status__in=allowed_sources(target)).update(
@@ -271,7 +275,8 @@ def _transition(ps: PaymentSession, target: str, *, source: str) -> Outcome:
     if not updated:  # cannot happen under the row lock; kept as the database's word
         return StripeEvent.Status.IGNORED, f"{ps.status} → {target} lost a race; ignored"
     previous = ps.status
-    ps.refresh_from_db()
+    for name, value in fields.items():
+        setattr(ps, name, value)
     event_type = _EVENT_FOR[target]
     event_publish(
         tenant=ps.tenant_id,
@@ -336,7 +341,7 @@ def _apply_refund(
     if not updated:
         return StripeEvent.Status.IGNORED, "refund lost a race; ignored"
     previous, previous_amount = ps.status, ps.amount_refunded
-    ps.refresh_from_db()
+    ps.status, ps.amount_refunded, ps.refunds = target, new_amount, merged
     event_publish(
         tenant=ps.tenant_id,
         event_type="payment.refunded",
@@ -432,7 +437,6 @@ def _parse_event(body: bytes) -> dict:
 def _store(event: dict) -> tuple[int, bool]:
     """INSERT … ON CONFLICT DO NOTHING (in the caller's transaction): (row id, newly stored)."""
     obj = event["data"]["object"]
-    payment_intent = obj.get("payment_intent") if obj.get("object") != "payment_intent" else None
     with connection.cursor() as cursor:
         cursor.execute(
             """
@@ -452,7 +456,7 @@ def _store(event: dict) -> tuple[int, bool]:
                 json.dumps(event),
                 dt.datetime.fromtimestamp(event["created"], tz=dt.UTC),
                 str(obj.get("id") or "")[:255],
-                str(_object_id(payment_intent) or "")[:255],
+                _event_payment_intent(event),
             ],
         )
         row = cursor.fetchone()
@@ -472,8 +476,10 @@ def stripe_webhook_receive(*, body: bytes, signature: str | None) -> tuple[Strip
     stripe_signature_verify(body=body, header=signature)
     event = _parse_event(body)
     with transaction.atomic():
-        pk, _created = _store(event)
-        stored, duplicate, error = _process_stored(pk, force=False)
+        pk, created = _store(event)
+        # a row we just inserted is ours (locked by the insert): no need to read it back
+        fresh = _fresh_event(pk, event) if created else None
+        stored, duplicate, error = _process_stored(pk, force=False, fresh=fresh)
     if error:
         raise WebhookProcessingFailed(stored, error)
     return stored, duplicate
@@ -499,13 +505,33 @@ def stripe_event_process(*, event_pk: int, force: bool = False) -> tuple[StripeE
     return stored, duplicate
 
 
-def _process_stored(pk: int, *, force: bool) -> tuple[StripeEvent, bool, str | None]:
+def _event_payment_intent(event: dict) -> str:
+    return str(_object_id(event["data"]["object"].get("payment_intent")) or "")[:255]
+
+
+def _fresh_event(pk: int, event: dict) -> StripeEvent:
+    obj = event["data"]["object"]
+    return StripeEvent(
+        pk=pk,
+        stripe_event_id=event["id"],
+        type=event["type"],
+        payload=event,
+        status=StripeEvent.Status.RECEIVED,
+        attempts=0,
+        stripe_object_id=str(obj.get("id") or "")[:255],
+        stripe_payment_intent_id=_event_payment_intent(event),
+    )
+
+
+def _process_stored(
+    pk: int, *, force: bool, fresh: StripeEvent | None = None
+) -> tuple[StripeEvent, bool, str | None]:
     """Inside the caller's transaction: lock the event row, process it in a savepoint.
 
     A processing error rolls the savepoint back (no partial transition, no outbox row) and is
     recorded on the event outside it, so the record survives; the caller answers 500.
     """
-    event = StripeEvent.objects.select_for_update().get(pk=pk)
+    event = fresh or StripeEvent.objects.select_for_update().get(pk=pk)
     if event.status in StripeEvent.SETTLED and not force:
         return event, True, None
     try:
@@ -549,10 +575,9 @@ def _settle(event: StripeEvent, status: str, note: str) -> None:
 
 
 def _attach(event: StripeEvent, ps: PaymentSession | None) -> PaymentSession | None:
-    """Lock the payment and link the event to it (tenant known from here on)."""
+    """Link the event to its (locked) payment: the tenant is known from here on."""
     if ps is None:
         return None
-    ps = _lock(ps)
     event.payment_session = ps
     event.tenant_id = ps.tenant_id
     return ps
@@ -560,22 +585,23 @@ def _attach(event: StripeEvent, ps: PaymentSession | None) -> PaymentSession | N
 
 def _handle_checkout(event: StripeEvent, obj: dict) -> Outcome:
     _lock_payment_intent(obj.get("payment_intent"))
-    ps = _attach(event, selectors.payment_session_for_checkout(checkout_object=obj))
+    ps = _attach(event, selectors.payment_session_for_checkout(checkout_object=obj, lock=True))
     if ps is None:
         return StripeEvent.Status.IGNORED, f"checkout session {obj.get('id')} is not ours"
     kind = event.type.removeprefix("checkout.session.")
-    if kind in ("completed", "async_payment_succeeded"):
-        _record_payment_intent(ps, obj.get("payment_intent"))
+    pi = _object_id(obj.get("payment_intent"))
+    with_pi = {"stripe_payment_intent_id": pi} if pi and pi != ps.stripe_payment_intent_id else {}
     if kind == "completed":
         if obj.get("payment_status") not in PAID:
+            _record_payment_intent(ps, pi)  # refunds find the payment by it
             return (
                 StripeEvent.Status.PROCESSED,
                 f"checkout completed, payment {obj.get('payment_status')}: waiting for the "
                 "async payment result",
             )
-        return _transition(ps, PaymentStatus.COMPLETED, source=event.type)
+        return _transition(ps, PaymentStatus.COMPLETED, source=event.type, extra=with_pi)
     if kind == "async_payment_succeeded":
-        return _transition(ps, PaymentStatus.COMPLETED, source=event.type)
+        return _transition(ps, PaymentStatus.COMPLETED, source=event.type, extra=with_pi)
     if kind == "async_payment_failed":
         return _transition(ps, PaymentStatus.FAILED, source=event.type)
     if kind == "expired":
@@ -602,7 +628,7 @@ def _handle_refund(event: StripeEvent, obj: dict) -> Outcome:
     ps = _attach(
         event,
         selectors.payment_session_for_payment_intent(
-            payment_intent_id=pi, metadata=obj.get("metadata")
+            payment_intent_id=pi, metadata=obj.get("metadata"), lock=True
         ),
     )
     return _apply_refund(ps, cumulative=cumulative, refunds=refunds, payment_intent_id=pi)

@@ -52,6 +52,11 @@ def test_paid_completion_completes_and_publishes_once(webhook_client, payment):
     assert stored.payload == event
     assert stored.processed_at is not None
     assert stored.result_note == "applied: pending → completed"
+    assert (stored.stripe_object_id, stored.stripe_payment_intent_id) == (
+        payment.stripe_checkout_session_id,
+        "pi_paid_1",
+    )
+    assert stored.event_created_at.timestamp() == event["created"]
 
 
 def test_unpaid_completion_waits_for_the_async_result(webhook_client, payment):
