@@ -373,8 +373,10 @@ UPLOADS_TUS_EXPIRY_HOURS = env("UPLOADS_TUS_EXPIRY_HOURS", "int", 24)
 # Health alert: failure rate of the last hour above this (0..1) with at least N attempts.
 UPLOADS_ALERT_FAILURE_RATE = env("UPLOADS_ALERT_FAILURE_RATE", "float", 0.2)
 UPLOADS_ALERT_MIN_ATTEMPTS = env("UPLOADS_ALERT_MIN_ATTEMPTS", "int", 10)
-if UPLOADS_MAX_BYTES <= 0 or UPLOADS_MAX_ATTEMPTS <= 0:
-    raise ImproperlyConfigured("UPLOADS_MAX_BYTES and UPLOADS_MAX_ATTEMPTS must be positive")
+for _name in ("UPLOADS_MAX_BYTES", "UPLOADS_MAX_ATTEMPTS", "UPLOADS_RETRY_BATCH_SIZE",
+              "UPLOADS_RETRY_LEASE_SECONDS", "UPLOADS_TUS_EXPIRY_HOURS"):  # fmt: skip
+    if globals()[_name] <= 0:
+        raise ImproperlyConfigured(f"{_name}={globals()[_name]} must be positive")
 if not 0 < UPLOADS_ALERT_FAILURE_RATE <= 1:
     raise ImproperlyConfigured("UPLOADS_ALERT_FAILURE_RATE must be in (0, 1]")
 

@@ -29,6 +29,9 @@ from uploads.models import Attachment, RetrySource
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,creation-with-upload,checksum,expiration,termination"
 SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+# A client-sync run happens inside the request: it takes at most this many attachments, the
+# rest waits for the next sync or the 10-minute schedule.
+CLIENT_SYNC_LIMIT = 10
 
 
 class AttachmentOutSerializer(serializers.Serializer):
@@ -166,7 +169,9 @@ class UploadRetryView(APIView):
         responses=RetryRunSerializer,
     )
     def post(self, request):
-        log = services.retry_run(source=RetrySource.CLIENT_SYNC, tenant_id=request.tenant_id)
+        log = services.retry_run(
+            source=RetrySource.CLIENT_SYNC, tenant_id=request.tenant_id, limit=CLIENT_SYNC_LIMIT
+        )
         return Response(
             {
                 "runId": str(log.pk),

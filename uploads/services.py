@@ -20,11 +20,13 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
 from django.core.files.storage import storages
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from django.utils.text import get_valid_filename
 
 from config.api.errors import ApiError
 from tenants.scoping import tenant_queryset
@@ -473,7 +475,13 @@ def uploads_expired_cleanup(*, now=None) -> int:
 
 
 def storage_name_for(attachment: Attachment) -> str:
-    return f"{attachment.tenant_id}/{attachment.pk}/{attachment.filename}"
+    """`<tenant>/<attachment>/<safe filename>`: unique per attachment (a retry overwrites its
+    own earlier partial copy, never another file); the original name stays in the row."""
+    try:
+        safe = get_valid_filename(attachment.filename)[-100:]
+    except SuspiciousFileOperation:
+        safe = "file"
+    return f"{attachment.tenant_id}/{attachment.pk}/{safe}"
 
 
 def backoff_seconds(attempts: int) -> int:
@@ -693,9 +701,11 @@ def retry_run(
 
 
 def retry_logs_prune(*, now=None) -> int:
-    """Drop retry logs (and attempt records) older than UPLOADS_RETRY_LOG_RETENTION_DAYS."""
+    """Drop retry logs (and attempt records, health alerts) older than
+    UPLOADS_RETRY_LOG_RETENTION_DAYS. Returns the number of retry logs removed."""
     cutoff = (now or timezone.now()) - timedelta(days=settings.UPLOADS_RETRY_LOG_RETENTION_DAYS)
-    attempts, _ = FinaliseAttempt.objects.filter(created_at__lt=cutoff).delete()
+    FinaliseAttempt.objects.filter(created_at__lt=cutoff).delete()
+    HealthAlert.objects.filter(hour__lt=cutoff).delete()
     logs, _ = RetryLog.objects.filter(started_at__lt=cutoff).delete()
     return logs
 

@@ -212,3 +212,12 @@ def test_a_claim_from_a_crashed_run_is_taken_over_after_the_lease(tenant, settin
     assert _sweep()["attempted"] == 0
     with time_machine.travel(timezone.now() + timedelta(seconds=301)):
         assert _sweep()["succeeded"] == 1
+
+
+@pytest.mark.django_db
+def test_odd_filename_is_stored_under_a_safe_name(tenant, storage_switch):
+    attachment = staged_attachment(tenant, b"odd", filename="..")
+    assert _sweep()["succeeded"] == 1
+    attachment.refresh_from_db()
+    assert attachment.storage_name.endswith(f"{attachment.pk}/file")
+    assert attachment.filename == ".."
