@@ -74,22 +74,41 @@ def start_gunicorn(database_url: str, cache_dir: str):
 
 
 class Client:
-    """One keep-alive session per thread (requests.Session is not thread-safe)."""
+    """One keep-alive http.client connection per thread: far less client CPU than requests,
+    which matters when load generator and server share two cores."""
 
     def __init__(self, base: str, key: str):
-        import requests
-
-        self.base, self.key, self.local = base, key, threading.local()
-        self._requests = requests
+        self.host, self.port = base.removeprefix("http://").split(":")
+        self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        self.local = threading.local()
 
     def post(self, path: str, body: dict):
-        session = getattr(self.local, "session", None)
-        if session is None:
-            session = self.local.session = self._requests.Session()
-            session.headers.update(
-                {"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"}
-            )
-        return session.post(f"{self.base}{path}", data=json.dumps(body), timeout=30)
+        import http.client
+
+        payload = json.dumps(body)
+        for attempt in (1, 2):  # the server may close an idle keep-alive connection
+            conn = getattr(self.local, "conn", None)
+            if conn is None:
+                conn = self.local.conn = http.client.HTTPConnection(
+                    self.host, int(self.port), timeout=30
+                )
+            try:
+                conn.request("POST", path, payload, self.headers)
+                response = conn.getresponse()
+                return Response(response.status, response.read())
+            except (http.client.HTTPException, OSError):
+                conn.close()
+                self.local.conn = None
+                if attempt == 2:
+                    raise
+
+
+class Response:
+    def __init__(self, status_code: int, content: bytes):
+        self.status_code, self.content = status_code, content
+
+    def json(self):
+        return json.loads(self.content)
 
 
 def submit_body() -> dict:
@@ -133,6 +152,22 @@ def open_loop(client: Client, rate: float, seconds: float, threads: int = 64) ->
         "errors": len(failures),
         **summarize_latencies(latencies),
     }
+
+
+def closed_loop(client: Client, count: int) -> dict:
+    """One client, one request after another: the service time without queueing."""
+    latencies = []
+    for _ in range(count):
+        started = time.perf_counter()
+        response = client.post("/api/assessments/submit", submit_body())
+        assert response.status_code == 201, response.content
+        latencies.append(time.perf_counter() - started)
+    return summarize_latencies(latencies)
+
+
+def _keeps_up(step: dict) -> bool:
+    """Throughput sustained: no errors and at least 95% of the offered rate completed."""
+    return not step["errors"] and step["achieved_per_s"] >= 0.95 * step["offered_per_s"]
 
 
 def events_load(client: Client, clients: int, seconds: float, batch: int = 50) -> dict:
@@ -213,7 +248,7 @@ def main():
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--event-seconds", type=float, default=10)
     parser.add_argument("--clients", type=int, default=4, help="concurrent event clients")
-    parser.add_argument("--ramp", default="150,200,300,400,500", help="ramp rates, comma list")
+    parser.add_argument("--ramp", default="150,200,250,300,400", help="ramp rates, comma list")
     parser.add_argument("--ramp-seconds", type=float, default=6)
     args = parser.parse_args()
 
@@ -248,6 +283,9 @@ def run(args) -> dict:
         print("warm-up …", flush=True)
         open_loop(client, rate=50, seconds=4)
 
+        print("submit: closed loop, 1 client, 300 requests …", flush=True)
+        service = closed_loop(client, 300)
+
         print(f"submit: open loop {args.rate:g}/s for {args.seconds:g} s …", flush=True)
         submit = open_loop(client, rate=args.rate, seconds=args.seconds)
 
@@ -256,11 +294,12 @@ def run(args) -> dict:
             print(f"ramp: {rate:g}/s for {args.ramp_seconds:g} s …", flush=True)
             step = open_loop(client, rate=rate, seconds=args.ramp_seconds)
             ramp.append(step)
-            if step["errors"] or step["p99_ms"] >= SLO_P99_MS:
+            if not _keeps_up(step):
                 break
-        sustained = max(
-            [args.rate if submit["p99_ms"] < SLO_P99_MS and not submit["errors"] else 0]
-            + [s["offered_per_s"] for s in ramp if not s["errors"] and s["p99_ms"] < SLO_P99_MS]
+        steps = [submit, *ramp]
+        sustained = max([0] + [s["offered_per_s"] for s in steps if _keeps_up(s)])
+        sustained_slo = max(
+            [0] + [s["offered_per_s"] for s in steps if _keeps_up(s) and s["p99_ms"] < SLO_P99_MS]
         )
 
         print(f"events: {args.clients} clients, batches of 50, {args.event_seconds:g} s …")
@@ -278,6 +317,14 @@ def run(args) -> dict:
     api_eps = events["events"] / events["seconds"]
     raw_eps = raw_events["events"] / raw_events["seconds"]
     rows = [
+        {
+            "measure": "submit closed loop (1 client, service time)",
+            "value": round(1000 / service["mean_ms"], 1),
+            "unit": "req/s",
+            "p50_ms": service["p50_ms"],
+            "p99_ms": service["p99_ms"],
+            "errors": 0,
+        },
         {
             "measure": f"submit open loop @ {args.rate:g}/s",
             "value": submit["achieved_per_s"],
@@ -298,8 +345,16 @@ def run(args) -> dict:
             for s in ramp
         ],
         {
-            "measure": "highest submit rate sustained (p99<50ms)",
+            "measure": "highest submit rate sustained (>=95%, no errors)",
             "value": sustained,
+            "unit": "req/s",
+            "p50_ms": "",
+            "p99_ms": "",
+            "errors": "",
+        },
+        {
+            "measure": "  … of which with p99 < 50 ms",
+            "value": sustained_slo,
             "unit": "req/s",
             "p50_ms": "",
             "p99_ms": "",
@@ -351,12 +406,15 @@ def run(args) -> dict:
     )
     return {
         "rows": rows,
+        "submit_closed_loop": service,
         "submit": submit,
         "ramp": ramp,
         "events_api": events,
         "events_raw": raw_events,
         "submit_baseline": raw_submit,
         "floors": floors,
+        "sustained_per_s": sustained,
+        "sustained_with_p99_slo_per_s": sustained_slo,
         "note": "2-core machine shared with other engineers' test runs during measurement",
     }
 
