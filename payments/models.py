@@ -50,7 +50,7 @@ class PaymentSession(TenantOwnedModel):
         blank=True,
         help_text="Refunds seen in webhooks: {refund id: {amount, status}}.",
     )
-    stripe_checkout_session_id = models.CharField(max_length=255, unique=True)
+    stripe_checkout_session_id = models.CharField(max_length=255)
     stripe_payment_intent_id = models.CharField(max_length=255, null=True, blank=True)
     livemode = models.BooleanField(default=False)
     checkout_url = models.TextField(blank=True, default="")
@@ -72,6 +72,10 @@ class PaymentSession(TenantOwnedModel):
     class Meta:
         ordering = ["-created_at"]
         constraints = [
+            # webhooks and reconcile find the payment by its Checkout Session id
+            models.UniqueConstraint(
+                fields=["stripe_checkout_session_id"], name="pay_sess_checkout_session_uniq"
+            ),
             models.CheckConstraint(
                 name="payment_session_status_valid",
                 condition=Q(status__in=PaymentStatus.values),
