@@ -12,10 +12,14 @@ from django.core.files.storage import FileSystemStorage
 
 
 class FlakyStorage(FileSystemStorage):
-    def __init__(self, *args, fail_flag: str, slow_flag: str, **kwargs):
+    def __init__(self, *args, fail_flag: str | None = None, slow_flag: str | None = None,
+                 **kwargs):  # fmt: skip
         super().__init__(*args, **kwargs)
-        self.fail_flag = Path(fail_flag)
-        self.slow_flag = Path(slow_flag)
+        # Without explicit flags (a child process configured by UPLOADS_STORAGE_BACKEND), the
+        # switches sit next to the storage folder, where StorageSwitch puts them.
+        root = Path(self.location).parent
+        self.fail_flag = Path(fail_flag) if fail_flag else root / "fail.flag"
+        self.slow_flag = Path(slow_flag) if slow_flag else root / "slow.flag"
 
     def _save(self, name, content):
         if self.slow_flag.exists():

@@ -221,3 +221,34 @@ def test_odd_filename_is_stored_under_a_safe_name(tenant, storage_switch):
     attachment.refresh_from_db()
     assert attachment.storage_name.endswith(f"{attachment.pk}/file")
     assert attachment.filename == ".."
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_two_uploads_retry_processes_share_the_work_without_overlap(tenant, settings,
+                                                                    storage_switch):  # fmt: skip
+    from tests.processes import manage_popen
+
+    storage_switch.slow(0.2)
+    for index in range(8):
+        staged_attachment(tenant, f"process file {index}".encode())
+    env = {
+        "UPLOADS_STAGING_DIR": str(settings.UPLOADS_STAGING_DIR),
+        "UPLOADS_STORAGE_DIR": str(settings.UPLOADS_STORAGE_DIR),
+        "UPLOADS_STORAGE_BACKEND": "tests.uploads.storage.FlakyStorage",
+        "UPLOADS_RETRY_BATCH_SIZE": "4",
+    }
+    workers = [manage_popen("uploads_retry", **env) for _ in range(2)]
+    outputs = [worker.communicate(timeout=120)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs
+    logs = list(RetryLog.objects.all())
+    assert sorted((log.source, log.attempted, log.succeeded) for log in logs) == [
+        ("manual", 4, 4),
+        ("manual", 4, 4),
+    ]
+    assert FinaliseAttempt.objects.count() == 8  # each attachment exactly once
+    assert set(FinaliseAttempt.objects.values_list("attachment_id", flat=True)) == set(
+        Attachment.objects.values_list("pk", flat=True)
+    )
+    assert Attachment.objects.filter(status="stored").count() == 8
+    assert len(storage_switch.files()) == 8
