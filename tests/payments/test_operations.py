@@ -275,3 +275,18 @@ def test_transition_table_matches_the_issue():
 def test_database_refuses_bad_rows(tenant, fields):
     with pytest.raises(IntegrityError), transaction.atomic():
         PaymentSessionFactory(tenant=tenant, **fields)
+
+
+def test_reconcile_stops_early_when_the_circuit_opens(tenant, stripe_stub, settings):
+    settings.STRIPE_CIRCUIT_FAILURE_THRESHOLD = 2
+    payments = [PaymentSessionFactory(tenant=tenant) for _ in range(4)]
+    for ps in payments:
+        _age(ps, 90)
+    stripe_stub.mode = "server_error"
+    out = StringIO()
+    with pytest.raises(CommandError):
+        call_command("payments_reconcile", "--older-than", "60", stdout=out, stderr=StringIO())
+    assert "error: stripe_circuit_open" in out.getvalue()
+    assert "(stopped early)" in out.getvalue()
+    assert len(stripe_stub.calls("GET")) == 2  # the third session was not sent to Stripe
+    assert PaymentSession.objects.filter(status="pending").count() == 4

@@ -119,3 +119,11 @@ def test_signed_but_malformed_event_is_refused(webhook_client, payment, body):
 
 def test_get_is_not_allowed(webhook_client):
     assert_error(webhook_client.get("/api/payments/stripe/webhook"), 405, "method_not_allowed")
+
+
+def test_oversized_body_is_refused(webhook_client, payment, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 2048
+    event = make_event("checkout.session.completed", payment)
+    event["data"]["object"]["padding"] = "x" * 4096
+    assert_error(post_event(webhook_client, event), 413, "payload_too_large")
+    _nothing_processed(payment)
