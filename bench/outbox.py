@@ -144,13 +144,11 @@ def bench_publish(tenant, n: int) -> list[dict]:
 def bench_throughput(tenant, url: str, n: int) -> list[dict]:
     from concurrent.futures import ThreadPoolExecutor
 
-    import requests
     from django.db import transaction
-    from requests.adapters import HTTPAdapter
 
     from outbox import conf
     from outbox.models import Delivery
-    from outbox.senders import Job, webhook_request
+    from outbox.senders import Job, pool_new, webhook_request
     from outbox.services import event_publish, target_create
     from outbox.worker import Worker
 
@@ -158,8 +156,7 @@ def bench_throughput(tenant, url: str, n: int) -> list[dict]:
     concurrency = conf.get("OUTBOX_WORKER_CONCURRENCY")
 
     # ceiling: the same client, the same signed bodies, no database
-    session = requests.Session()
-    session.mount("http://", HTTPAdapter(pool_maxsize=concurrency, max_retries=0))
+    pool = pool_new(target.url, concurrency)  # exactly the worker's HTTP set-up
     jobs = [
         Job(
             0,
@@ -182,11 +179,11 @@ def bench_throughput(tenant, url: str, n: int) -> list[dict]:
 
     def post(job):
         headers, body = webhook_request(job)
-        return session.post(job.url, data=body.encode(), headers=headers, timeout=10).status_code
+        return pool.urlopen("POST", job.url, body=body.encode(), headers=headers).status
 
-    with ThreadPoolExecutor(concurrency) as pool:
+    with ThreadPoolExecutor(concurrency) as threads:
         started = time.perf_counter()
-        codes = list(pool.map(post, jobs))
+        codes = list(threads.map(post, jobs))
         ceiling_s = time.perf_counter() - started
     assert codes.count(200) == n
     receiver_stats(url)
@@ -302,6 +299,8 @@ def bench_lag(tenant, url: str, rate: int, seconds: float) -> list[dict]:
 
 
 def main():
+    # a database of its own: other benchmarks may be running on the same server
+    os.environ.setdefault("TEST_DATABASE_NAME", "atlas_bench_outbox")
     parser = argparse.ArgumentParser()
     parser.add_argument("--publish", type=int, default=2000)
     parser.add_argument("--deliver", type=int, default=5000)

@@ -17,15 +17,13 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
-import requests
 from django.db import connection, transaction
 from django.utils import timezone
-from requests.adapters import HTTPAdapter
 
 from outbox import circuit, conf
 from outbox.backoff import backoff_seconds
 from outbox.models import Delivery, Target
-from outbox.senders import Job, Result, send
+from outbox.senders import Job, Result, pool_new, send
 
 logger = logging.getLogger("outbox.delivery")
 
@@ -93,16 +91,6 @@ _RECORD_ROW = (
 )
 
 
-def session_new(concurrency: int) -> requests.Session:
-    """A keep-alive session with a pool as wide as the worker's concurrency."""
-    session = requests.Session()
-    session.trust_env = False  # no proxy/netrc lookups per request: receivers are configured
-    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=concurrency, max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
-
-
 class RateLimiter:
     """Token bucket per target, per worker process (Slack: 1/s by default)."""
 
@@ -122,27 +110,31 @@ class RateLimiter:
 
 
 class Deliverer:
-    """Holds the HTTP sessions (one pooled keep-alive session per target) and the thread pool."""
+    """Holds the HTTP pools (one keep-alive connection pool per target) and the thread pool."""
 
     def __init__(self, *, concurrency: int | None = None, worker_id: str | None = None):
         self.concurrency = concurrency or conf.get("OUTBOX_WORKER_CONCURRENCY")
         self.worker_id = worker_id or f"adhoc-{uuid.uuid4().hex[:8]}"
         self.pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="outbox-send")
-        self.sessions: dict[str, requests.Session] = {}
+        self.pools: dict[tuple[str, str], object] = {}
+        self._pools_lock = threading.Lock()
         self.limiter = RateLimiter()
         self.delivered_total = 0
         self._next_probe_check = 0.0
 
     def close(self):
         self.pool.shutdown(wait=True)
-        for session in self.sessions.values():
-            session.close()
+        for pool in self.pools.values():
+            pool.close()
 
-    def session_for(self, target_id: str) -> requests.Session:
-        session = self.sessions.get(target_id)
-        if session is None:
-            session = self.sessions[target_id] = session_new(self.concurrency)
-        return session
+    def pool_for(self, job: Job):
+        key = (job.target_id, job.url)  # a changed URL gets a fresh pool
+        pool = self.pools.get(key)
+        if pool is None:
+            with self._pools_lock:
+                pool = self.pools.get(key) or pool_new(job.url, self.concurrency)
+                self.pools[key] = pool
+        return pool
 
     # --- one round ---------------------------------------------------------------------------
 
@@ -195,7 +187,7 @@ class Deliverer:
             return Result(job, "deferred", retry_after=wait, sent=False)
         if wait > 0:
             time.sleep(wait)
-        return send(self.session_for(job.target_id), job)
+        return send(None if job.target_kind == "realtime" else self.pool_for(job), job)
 
     # --- recording ---------------------------------------------------------------------------
 
