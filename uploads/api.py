@@ -186,11 +186,18 @@ class UploadRetryView(APIView):
 # --- tus 1.0 --------------------------------------------------------------------------------
 
 
+MAX_METADATA_CHARS = 4096
+
+
 def parse_metadata(header: str | None) -> dict[str, str]:
     """`Upload-Metadata: key base64,key2 base64,flag` → {key: value}."""
     result: dict[str, str] = {}
     if not header:
         return result
+    if len(header) > MAX_METADATA_CHARS:
+        raise ApiError(
+            "invalid_upload_metadata", f"Upload-Metadata is longer than {MAX_METADATA_CHARS}."
+        )
     for pair in header.split(","):
         pair = pair.strip()
         if not pair:
@@ -358,6 +365,7 @@ class TusCreateView(_TusView):
             assessment_session_id=_uuid_or_none(
                 metadata.get("assessmentSessionId"), "invalid_assessment_session_id"
             ),
+            raw_metadata=(request.headers.get("Upload-Metadata") or "").strip(),
         )
         has_body = request.headers.get("Content-Type", "").startswith(
             "application/offset+octet-stream"
@@ -376,6 +384,8 @@ class TusUploadView(_TusView):
         response = HttpResponse(status=200)
         response["Upload-Length"] = str(attachment.size)
         response["Cache-Control"] = "no-store"
+        if attachment.tus_metadata:
+            response["Upload-Metadata"] = attachment.tus_metadata
         return self._upload_headers(response, attachment)
 
     @extend_schema(

@@ -55,6 +55,11 @@ class Attachment(TenantOwnedModel):
     )
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.RECEIVING)
     upload_offset = models.BigIntegerField(default=0, help_text="tus: bytes received so far.")
+    tus_metadata = models.TextField(
+        blank=True,
+        default="",
+        help_text="tus: the Upload-Metadata header as sent (HEAD echoes it).",
+    )
     expires_at = models.DateTimeField(
         null=True, blank=True, help_text="tus: an unfinished upload is gone after this."
     )

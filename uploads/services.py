@@ -191,6 +191,7 @@ def tus_upload_create(
     content_type: str,
     expected_sha256: str = "",
     assessment_session_id=None,
+    raw_metadata: str = "",
 ) -> tuple[Attachment, bool]:
     """tus creation. An existing unfinished upload with the same id and length is returned
     (a re-sent POST), so the client can HEAD it and resume; anything else with that id → 409."""
@@ -213,6 +214,7 @@ def tus_upload_create(
                 expected_sha256=(expected_sha256 or "").lower(),
                 status=Status.RECEIVING,
                 expires_at=tus_expiry(),
+                tus_metadata=raw_metadata,
             )
             staging.create_empty(path)
     except IntegrityError:

@@ -115,6 +115,10 @@ def test_recreating_an_unfinished_upload_returns_the_same_url(api):
         ),
         ({"HTTP_UPLOAD_LENGTH": "5", "HTTP_UPLOAD_METADATA": "a b c"}, "invalid_upload_metadata"),
         (
+            {"HTTP_UPLOAD_LENGTH": "5", "HTTP_UPLOAD_METADATA": "k " + "QUFB" * 1100},
+            "invalid_upload_metadata",
+        ),
+        (
             {"HTTP_UPLOAD_LENGTH": "5", "HTTP_UPLOAD_METADATA": f"uploadId {_b64('x')}"},
             "invalid_upload_id",
         ),
@@ -162,13 +166,15 @@ def test_chunks_with_checksums_complete_and_store(api, storage_switch):
 
 
 def test_head_reports_offset_and_is_not_cached(api):
-    url = _path(create(api, 10)["Location"])
+    url = _path(create(api, 10, filename="a.txt", filetype="text/plain")["Location"])
     patch(api, url, b"12345", 0)
     response = api.head(url, **V)
     assert response.status_code == 200
     assert response["Upload-Offset"] == "5" and response["Upload-Length"] == "10"
     assert response["Cache-Control"] == "no-store"
     assert response["Tus-Resumable"] == "1.0.0"
+    assert response["Upload-Metadata"] == _metadata(filename="a.txt", filetype="text/plain")
+    assert "GMT" in response["Upload-Expires"]
 
 
 def test_wrong_offset_is_409_and_changes_nothing(api):
