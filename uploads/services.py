@@ -198,6 +198,15 @@ def tus_upload_create(
     _check_limits(size=length, content_type=content_type)
     _check_session(tenant_id=tenant_id, assessment_session_id=assessment_session_id)
     existing = Attachment.objects.filter(pk=upload_id).first()
+    if existing is not None and _expired_own(existing, tenant_id=tenant_id):
+        # the client starts over after 410: the expired leftovers make room for it
+        if Attachment.objects.filter(
+            pk=existing.pk, status=Status.RECEIVING, expires_at__lte=timezone.now()
+        ).delete()[0]:
+            staging.remove_quietly(
+                staging.staging_path(tenant_id=tenant_id, attachment_id=existing.pk)
+            )
+        existing = None
     if existing is not None:
         return _tus_existing(existing, tenant_id=tenant_id, length=length), False
     path = staging.staging_path(tenant_id=tenant_id, attachment_id=upload_id)
@@ -225,6 +234,15 @@ def tus_upload_create(
     if length == 0:
         attachment = _tus_complete(attachment)
     return attachment, True
+
+
+def _expired_own(attachment: Attachment, *, tenant_id) -> bool:
+    return (
+        str(attachment.tenant_id) == str(tenant_id)
+        and attachment.status == Status.RECEIVING
+        and attachment.expires_at is not None
+        and attachment.expires_at <= timezone.now()
+    )
 
 
 def _tus_existing(existing: Attachment, *, tenant_id, length: int) -> Attachment:

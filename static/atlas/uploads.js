@@ -41,6 +41,18 @@ function newId() {
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
 
+// The server refused the file itself (too large, type not allowed, bad metadata): retrying
+// cannot help, so it leaves the queue with a `rejected` event carrying the error code.
+class Rejected extends Error {
+  constructor(code, status) {
+    super(`upload rejected: ${code}`);
+    this.code = code;
+    this.status = status;
+  }
+}
+
+const RETRYABLE = new Set([404, 408, 409, 410, 423, 425, 429, 460]);
+
 class Queue {
   constructor(name) {
     this.name = name;
@@ -152,6 +164,11 @@ export class AtlasUploads extends EventTarget {
           this._emit("uploaded", { id: record.id });
         }
       } catch (error) {
+        if (error instanceof Rejected) {
+          await this.queue.delete(record.id);
+          this._emit("rejected", { id: record.id, code: error.code, status: error.status });
+          continue;
+        }
         this._emit("error", { id: record.id, error: String(error) });
         if (error instanceof TypeError) return { sent, offline: true }; // network is gone
       }
@@ -197,11 +214,19 @@ export class AtlasUploads extends EventTarget {
     if (response.status === 409 && (await this._errorCode(response)) === "upload_exists") {
       return null; // the server finished this uploadId already
     }
-    if (response.status !== 201) throw new Error(`tus creation failed: ${response.status}`);
+    if (response.status !== 201) await this._fail(response);
     record.url = new URL(response.headers.get("Location"), location.href).toString();
     record.offset = Number(response.headers.get("Upload-Offset") || 0);
     await this.queue.put(record);
     return record.url;
+  }
+
+  async _fail(response) {
+    const code = await this._errorCode(response);
+    if (response.status >= 400 && response.status < 500 && !RETRYABLE.has(response.status)) {
+      throw new Rejected(code, response.status);
+    }
+    throw new Error(`tus request failed: ${response.status} ${code}`);
   }
 
   async _offset(record) {
@@ -212,7 +237,7 @@ export class AtlasUploads extends EventTarget {
   }
 
   /** true when the server has every byte (or had this uploadId complete already). */
-  async _send(record) {
+  async _send(record, restarted = false) {
     if (record.url) {
       const offset = await this._offset(record);
       if (offset === null) record.url = null; // expired or terminated: start over
@@ -228,15 +253,21 @@ export class AtlasUploads extends EventTarget {
         },
         body: chunk,
       });
+      if (response.status === 404 || response.status === 410) {
+        // expired or removed on the server: start this file over once, same uploadId
+        if (restarted) await this._fail(response);
+        record.url = null;
+        record.offset = 0;
+        await this.queue.put(record);
+        return this._send(record, true);
+      }
       if (response.status === 409 || response.status === 423) {
         const offset = await this._offset(record);
         if (offset === null) throw new Error("upload vanished");
         record.offset = offset;
         continue;
       }
-      if (response.status !== 204) {
-        throw new Error(`tus PATCH failed: ${await this._errorCode(response)}`);
-      }
+      if (response.status !== 204) await this._fail(response);
       record.offset = Number(response.headers.get("Upload-Offset"));
       await this.queue.put(record);
       this._emit("progress", { id: record.id, offset: record.offset, size: record.size });

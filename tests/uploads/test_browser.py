@@ -24,7 +24,7 @@ PAGE = """<!doctype html>
   const uploads = new AtlasUploads({ apiKey: "%(key)s", chunkSize: 64 * 1024 });
   window.uploads = uploads;
   window.events = [];
-  for (const type of ["queued", "uploaded", "synced", "error"]) {
+  for (const type of ["queued", "uploaded", "synced", "error", "rejected"]) {
     uploads.addEventListener(type, (e) => window.events.push({ type, ...e.detail }));
   }
   document.getElementById("file").addEventListener("change", async (e) => {
@@ -107,4 +107,36 @@ def test_file_picked_offline_is_stored_exactly_once_when_back_online(
         context.close()
         # ORM calls made while Playwright's loop runs use a context-local connection that
         # pytest-django does not know about: close it, or the test database cannot be dropped.
+        connections.close_all()
+
+
+def test_file_the_server_refuses_leaves_the_queue_with_its_error_code(
+    chromium_browser,  # noqa: F811
+    live_server,
+    tenant,
+    settings,
+):
+    settings.UPLOADS_MAX_BYTES = 1000
+    origin = live_server.url
+    key = make_api_key(tenant, "publishable", origins=[origin])
+    context = chromium_browser.new_context()
+    page = context.new_page()
+    page.route(
+        f"{origin}/uploads-demo",
+        lambda route: route.fulfill(body=PAGE % {"key": key}, content_type="text/html"),
+    )
+    try:
+        page.goto(f"{origin}/uploads-demo")
+        page.wait_for_function("window.ready === true")
+        page.set_input_files(
+            "#file",
+            files=[{"name": "big.bin", "mimeType": "application/pdf", "buffer": b"x" * 5000}],
+        )
+        page.wait_for_function("window.events.some((e) => e.type === 'rejected')")
+        rejected = page.evaluate("window.events.find((e) => e.type === 'rejected')")
+        assert (rejected["code"], rejected["status"]) == ("file_too_large", 413)
+        assert page.evaluate("uploads.pending()") == []
+        assert Attachment.objects.count() == 0
+    finally:
+        context.close()
         connections.close_all()

@@ -365,3 +365,16 @@ def test_a_second_writer_on_the_same_upload_gets_423(api):
         release.set()
         thread.join(10)
     assert patch(api, url, b"12345", 0).status_code == 204
+
+
+def test_client_can_start_over_with_the_same_id_after_expiry(api):
+    upload_id = str(uuid.uuid4())
+    url = _path(create(api, 10, uploadId=upload_id)["Location"])
+    patch(api, url, b"12345", 0)
+    with time_machine.travel(timezone.now() + timedelta(hours=25)):
+        assert_error(patch(api, url, b"67890", 5), 410, "upload_expired")
+        again = create(api, 10, uploadId=upload_id)
+        assert again.status_code == 201 and _path(again["Location"]) == url
+        assert Attachment.objects.get().upload_offset == 0  # a fresh upload
+        assert patch(api, url, b"0123456789", 0).status_code == 204
+    assert Attachment.objects.get().status == "stored"
