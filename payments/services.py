@@ -27,7 +27,13 @@ from outbox.services import event_publish
 from payments import selectors
 from payments.models import PaymentSession, PaymentStatus, StripeEvent
 from payments.stripe_api import stripe_call
-from payments.transitions import REFUND_WAITS_IN, REFUNDABLE, allowed_sources, is_allowed
+from payments.transitions import (
+    REFUND_WAITS_IN,
+    REFUNDABLE,
+    allowed_sources,
+    is_allowed,
+    reachable_from,
+)
 from tenants.scoping import tenant_queryset
 
 logger = logging.getLogger(__name__)
@@ -263,6 +269,8 @@ def _transition(
     `extra` fields (e.g. the PaymentIntent id) are written by the same UPDATE."""
     if ps.status == target:
         return StripeEvent.Status.PROCESSED, f"no change: already {target}"
+    if ps.status in reachable_from(target):  # a late copy of a fact already superseded
+        return StripeEvent.Status.PROCESSED, f"no change: already {ps.status} (past {target})"
     if not is_allowed(ps.status, target):
         return StripeEvent.Status.IGNORED, f"{ps.status} → {target} is not allowed; ignored"
     now = timezone.now()
@@ -361,15 +369,21 @@ def _replay_deferred(ps: PaymentSession) -> int:
     """Apply refunds that arrived before the completion, in Stripe's event order.
 
     SKIP LOCKED: an event being (re)processed right now by someone else applies itself once
-    our transaction commits (it waits for this payment's row lock).
+    our transaction commits (it waits for this payment's row lock). Each replay has its own
+    savepoint: a deferred event that fails is recorded as failed and does not block the
+    completion (payments_reprocess --failed re-runs it).
     """
     count = 0
     events = selectors.stripe_events_deferred_for(payment_session=ps).select_for_update(
         skip_locked=True
     )
     for event in events:
-        status, note = _handle(event)
-        _settle(event, status, f"replayed after completion: {note}")
+        try:
+            with transaction.atomic():
+                status, note = _handle(event)
+                _settle(event, status, f"replayed after completion: {note}")
+        except Exception as exc:
+            _record_failure(event.pk, exc)
         count += 1
     return count
 
@@ -539,18 +553,24 @@ def _process_stored(
             status, note = _handle(event)
             _settle(event, status, note)
     except Exception as exc:
-        error = "".join(traceback.format_exception(exc))[-4000:]
-        StripeEvent.objects.filter(pk=pk).update(
-            status=StripeEvent.Status.FAILED,
-            processing_error=error,
-            result_note=f"failed: {type(exc).__name__}: {exc}"[:1000],
-            attempts=F("attempts") + 1,
-            updated_at=timezone.now(),
-        )
-        logger.exception("stripe event %s failed", event.stripe_event_id)
+        error = _record_failure(pk, exc)
         event.refresh_from_db()
         return event, False, error
     return event, False, None
+
+
+def _record_failure(pk: int, exc: Exception) -> str:
+    """Mark a stored event failed, with its traceback (outside the rolled-back savepoint)."""
+    error = "".join(traceback.format_exception(exc))[-4000:]
+    StripeEvent.objects.filter(pk=pk).update(
+        status=StripeEvent.Status.FAILED,
+        processing_error=error,
+        result_note=f"failed: {type(exc).__name__}: {exc}"[:1000],
+        attempts=F("attempts") + 1,
+        updated_at=timezone.now(),
+    )
+    logger.exception("stripe event %s failed", pk, exc_info=exc)
+    return error
 
 
 def _settle(event: StripeEvent, status: str, note: str) -> None:

@@ -32,3 +32,16 @@ def allowed_sources(target: str) -> list[str]:
 
 def is_allowed(source: str, target: str) -> bool:
     return target in TRANSITIONS.get(source, frozenset())
+
+
+def reachable_from(source: str) -> frozenset[str]:
+    """Every status that can follow `source` (directly or not): an event asking for `source`
+    while the payment is already in one of these is a late copy, not a contradiction."""
+    seen: set[str] = set()
+    todo = [source]
+    while todo:
+        for target in TRANSITIONS.get(todo.pop(), frozenset()):
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return frozenset(seen)

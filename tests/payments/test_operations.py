@@ -16,7 +16,7 @@ from config.schedules import declared_schedules, sync_schedules
 from outbox.models import OutboxEvent
 from payments import tasks
 from payments.models import PaymentSession, StripeApiFailure, StripeEvent
-from payments.transitions import TRANSITIONS, allowed_sources
+from payments.transitions import TRANSITIONS, allowed_sources, reachable_from
 from tests.payments.factories import (
     PaymentSessionFactory,
     charge_refunded,
@@ -257,6 +257,8 @@ def test_transition_table_matches_the_issue():
     assert allowed_sources("refunded") == ["completed", "partially_refunded"]
     assert allowed_sources("expired") == ["pending"]
     assert TRANSITIONS["expired"] == frozenset() == TRANSITIONS["refunded"]
+    assert reachable_from("failed") == {"completed", "partially_refunded", "refunded"}
+    assert reachable_from("expired") == frozenset()
 
 
 @pytest.mark.parametrize(

@@ -156,3 +156,23 @@ def test_refund_racing_its_completion_is_never_lost(tenant):
     )
     assert states == {("refunded", 1900)}
     assert StripeEvent.objects.filter(status="deferred").count() == 0
+
+
+def test_a_failing_deferred_refund_does_not_block_the_completion(webhook_client, tenant):
+    payment = PaymentSessionFactory(tenant=tenant, amount=1000)
+    t0 = int(time.time()) - 100
+    # more refunded than the payment's amount: the CHECK refuses it when it is replayed
+    refund = charge_refunded(
+        payment_intent=PI, amount_refunded=1900, refunds=[("re_big", 1900)], created=t0 + 5
+    )
+    assert post_event(webhook_client, refund).json()["status"] == "deferred"
+    completed = make_event("checkout.session.completed", payment, payment_intent=PI, created=t0)
+    response = post_event(webhook_client, completed)
+    assert response.status_code == 200
+    payment.refresh_from_db()
+    assert (payment.status, payment.amount_refunded) == ("completed", 0)
+    stored = StripeEvent.objects.get(stripe_event_id=refund["id"])
+    assert stored.status == "failed"
+    assert "payment_session_refund_within_amount" in stored.processing_error
+    assert OutboxEvent.objects.filter(event_type="payment.refunded").count() == 0
+    assert OutboxEvent.objects.filter(event_type="payment.completed").count() == 1

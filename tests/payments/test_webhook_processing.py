@@ -114,12 +114,30 @@ def test_disallowed_transition_is_ignored_and_recorded(webhook_client, payment):
     assert [e.event_type for e in _outbox(payment)] == ["payment.completed"]
 
 
-def test_failure_after_completion_is_ignored(webhook_client, payment):
+def test_late_failure_after_completion_changes_nothing(webhook_client, payment):
     post_event(webhook_client, make_event("checkout.session.completed", payment))
-    post_event(webhook_client, make_event("checkout.session.async_payment_failed", payment))
+    late = make_event("checkout.session.async_payment_failed", payment)
+    assert post_event(webhook_client, late).json()["status"] == "processed"
     payment.refresh_from_db()
     assert payment.status == "completed"
-    assert StripeEvent.objects.filter(status="ignored").count() == 1
+    note = StripeEvent.objects.get(stripe_event_id=late["id"]).result_note
+    assert note == "no change: already completed (past failed)"
+    assert [e.event_type for e in _outbox(payment)] == ["payment.completed"]
+
+
+def test_late_completion_of_a_refunded_payment_changes_nothing(webhook_client, payment):
+    post_event(
+        webhook_client, make_event("checkout.session.completed", payment, payment_intent="pi_z")
+    )
+    post_event(
+        webhook_client,
+        charge_refunded(payment_intent="pi_z", amount_refunded=1900, refunds=[("re_z", 1900)]),
+    )
+    again = make_event("checkout.session.async_payment_succeeded", payment, payment_intent="pi_z")
+    assert post_event(webhook_client, again).json()["status"] == "processed"
+    payment.refresh_from_db()
+    assert (payment.status, payment.amount_refunded) == ("refunded", 1900)
+    assert len(_outbox(payment, "payment.completed")) == 1
 
 
 def test_partial_then_full_refund(webhook_client, payment):
