@@ -1,9 +1,11 @@
 """The browser client on the demo page, in Debian's Chromium (skips without it)."""
 
+import functools
 import json
 import time
 
 import pytest
+from django.db import connection
 from django.db.models import Count
 
 from assessments.models import AnalyticsEvent, AssessmentSession, Submission
@@ -20,6 +22,21 @@ def demo(live_server, settings):
         tenant, "publishable", origins=[live_server.url]
     )
     return live_server.url + "/demo/"
+
+
+def closes_db(test):
+    """ORM calls made while Playwright's sync API is active get their own connection (another
+    context than the fixtures'): close it in that same context, or the test database cannot
+    be dropped at the end of the run."""
+
+    @functools.wraps(test)
+    def wrapper(*args, **kwargs):
+        try:
+            return test(*args, **kwargs)
+        finally:
+            connection.close()
+
+    return wrapper
 
 
 def wait_for(predicate, timeout=10.0):
@@ -52,6 +69,7 @@ def test_demo_page_without_key_explains_what_to_do(client, settings, tmp_path):
     assert b'id="no-key"' in response.content and b"atlas_demo" in response.content
 
 
+@closes_db
 def test_submit_that_fails_once_is_retried_with_same_id_and_stored_once(demo, chromium_page):
     page = chromium_page
     submits = api_posts(page, "/api/assessments/submit")
@@ -86,6 +104,7 @@ def test_submit_that_fails_once_is_retried_with_same_id_and_stored_once(demo, ch
     assert json.loads(page.text_content("#result"))["id"] == submits[0]["submissionId"]
 
 
+@closes_db
 def test_rapid_events_arrive_batched(demo, chromium_page):
     page = chromium_page
     page.goto(demo)
@@ -109,6 +128,7 @@ def test_rapid_events_arrive_batched(demo, chromium_page):
     assert AnalyticsEvent.objects.filter(name="option_selected").count() == 25
 
 
+@closes_db
 def test_closing_the_page_marks_abandoned_and_flushes_events(demo, chromium_page):
     page = chromium_page
     page.goto(demo)
