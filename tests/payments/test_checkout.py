@@ -249,3 +249,19 @@ def test_concurrent_retries_with_one_idempotency_key_make_one_checkout(secret_ke
     assert PaymentSession.objects.count() == 1
     assert len(stripe_stub.sessions) == 1
     assert len({c.headers["idempotency-key"] for c in stripe_stub.calls("POST")}) == 1
+
+
+def test_row_that_cannot_be_written_expires_the_stripe_session(api, tenant, stripe_stub):
+    """Nothing half-created: when our insert fails after Stripe answered, the Checkout
+    Session is expired at Stripe and no row is left."""
+    from tests.payments.factories import PaymentSessionFactory
+
+    # the stub's first session id is already taken by another row: the insert must fail
+    PaymentSessionFactory(tenant=tenant, stripe_checkout_session_id="cs_test_stub0001")
+    api.raise_request_exception = False
+    response = api.post(URL, _body(), format="json")
+    assert_error(response, 500, "internal_error")
+    assert PaymentSession.objects.count() == 1
+    [expire] = stripe_stub.calls("POST", "/v1/checkout/sessions/cs_test_stub0001/expire")
+    assert stripe_stub.sessions["cs_test_stub0001"]["status"] == "expired"
+    assert expire.method == "POST"

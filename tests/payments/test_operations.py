@@ -12,10 +12,12 @@ from django.core.management import CommandError, call_command
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from config.api.errors import ApiError
 from config.schedules import declared_schedules, sync_schedules
 from outbox.models import OutboxEvent
 from payments import tasks
 from payments.models import PaymentSession, StripeApiFailure, StripeEvent
+from payments.services import payment_session_reconcile
 from payments.transitions import TRANSITIONS, allowed_sources, reachable_from
 from tests.payments.factories import (
     PaymentSessionFactory,
@@ -292,3 +294,37 @@ def test_reconcile_stops_early_when_the_circuit_opens(tenant, stripe_stub, setti
     assert "(stopped early)" in out.getvalue()
     assert len(stripe_stub.calls("GET")) == 2  # the third session was not sent to Stripe
     assert PaymentSession.objects.filter(status="pending").count() == 4
+
+
+def test_admin_reconcile_action_and_circuit_close(staff_client, tenant, stripe_stub, settings):
+    ps = PaymentSessionFactory(tenant=tenant)
+    stripe_stub.add_session(
+        ps.stripe_checkout_session_id,
+        status="complete",
+        payment_status="paid",
+        payment_intent="pi_a",
+    )
+    response = staff_client.post(
+        "/admin/payments/paymentsession/",
+        {"action": "reconcile_with_stripe", "_selected_action": [ps.pk]},
+        follow=True,
+    )
+    assert "1 session(s) changed, 0 error(s)." in response.content.decode()
+    assert PaymentSession.objects.get(pk=ps.pk).status == "completed"
+
+    from payments.circuit import circuit_state
+    from payments.models import CircuitBreakerState
+
+    stripe_stub.mode = "server_error"
+    for _ in range(settings.STRIPE_CIRCUIT_FAILURE_THRESHOLD):
+        with pytest.raises(ApiError, match="Stripe answered with an error"):
+            payment_session_reconcile(payment_session=ps)
+    assert circuit_state() == "open"
+    response = staff_client.post(
+        "/admin/payments/circuitbreakerstate/",
+        {"action": "close_circuit", "_selected_action": ["stripe"]},
+        follow=True,
+    )
+    assert "Closed 1 circuit(s)." in response.content.decode()
+    assert circuit_state() == "closed"
+    assert CircuitBreakerState.objects.get().consecutive_failures == 0
