@@ -106,3 +106,16 @@ def test_stale_open_sessions_are_abandoned(tenant, settings):
 def test_schedule_is_declared():
     assert SCHEDULES[0] in declared_schedules()
     assert SCHEDULES[0].func == "assessments.tasks.sessions_abandon_stale"
+
+
+def test_health_reports_recent_event_storage_failures(client):
+    def check():
+        return client.get("/health").json()["checks"]["assessment_events_storage"]
+
+    assert check()["ok"] is True
+    metrics.events_store_failure_record(tenant_id="t", count=3, error=RuntimeError("x"))
+    failing = check()
+    assert failing["ok"] is False and failing["critical"] is False
+    assert failing["lostEvents"] == 3 and failing["failedBatches"] == 1
+    with time_machine.travel(timezone.now() + timedelta(minutes=20)):
+        assert check()["ok"] is True
