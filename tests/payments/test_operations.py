@@ -328,3 +328,43 @@ def test_admin_reconcile_action_and_circuit_close(staff_client, tenant, stripe_s
     assert "Closed 1 circuit(s)." in response.content.decode()
     assert circuit_state() == "closed"
     assert CircuitBreakerState.objects.get().consecutive_failures == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reconcile_command_stops_cleanly_on_sigterm(tenant, stripe_stub):
+    import signal
+
+    from tests.processes import manage_popen
+
+    payments = [PaymentSessionFactory(tenant=tenant) for _ in range(10)]
+    for ps in payments:
+        _age(ps, 90)
+        stripe_stub.add_session(ps.stripe_checkout_session_id, status="expired")
+    stripe_stub.mode = "slow"  # each answer takes 0.4 s, then succeeds
+    stripe_stub.slow_seconds = 0.4
+    proc = manage_popen(
+        "payments_reconcile",
+        "--older-than",
+        "60",
+        STRIPE_API_BASE=stripe_stub.url,
+        STRIPE_SECRET_KEY="sk_test_atlas",
+        STRIPE_TIMEOUT_SECONDS="5",
+        STRIPE_MAX_NETWORK_RETRIES="0",
+        PYTHONUNBUFFERED="1",
+        LOG_LEVEL="WARNING",
+    )
+    try:
+        first = proc.stdout.readline()
+        while first and not first.startswith("[1] "):
+            first = proc.stdout.readline()
+        assert first.startswith("[1] "), first
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    assert "(stopped early)" in output
+    expired = PaymentSession.objects.filter(status="expired").count()
+    assert 1 <= expired < 10
+    assert f"changed={expired}" in output
