@@ -275,6 +275,7 @@ def run(args) -> dict:
         _key, raw_key = apikey_create(tenant=tenant, kind="secret")
     connection.close()
 
+    load_before = os.getloadavg()
     cache_dir = tempfile.mkdtemp(prefix="atlas-bench-cache-")
     print("starting gunicorn (2 workers) …", flush=True)
     server, base = start_gunicorn(test_database_url(), cache_dir)
@@ -398,6 +399,11 @@ def run(args) -> dict:
         "events_per_s_floor_5000": api_eps >= 5000,
         "submit_p99_under_50ms_at_100_per_s": submit["p99_ms"] < SLO_P99_MS,
     }
+    load_after = os.getloadavg()
+    print(
+        f"machine load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f} "
+        f"on {os.cpu_count()} cores (shared with other work)"
+    )
     print("floors:", ", ".join(f"{k}={'PASS' if v else 'FAIL'}" for k, v in floors.items()))
     print(
         f"rows: submissions={Submission.objects.count()} "
@@ -415,6 +421,8 @@ def run(args) -> dict:
         "floors": floors,
         "sustained_per_s": sustained,
         "sustained_with_p99_slo_per_s": sustained_slo,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
         "note": "2-core machine shared with other engineers' test runs during measurement",
     }
 
