@@ -6,6 +6,7 @@ import re
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import URLValidator
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
@@ -226,7 +227,16 @@ class StripeWebhookView(APIView):
     @extend_schema(
         tags=["payments"],
         summary="Stripe webhook endpoint",
-        request=None,
+        request={"application/json": OpenApiTypes.OBJECT},
+        parameters=[
+            OpenApiParameter(
+                "Stripe-Signature",
+                str,
+                OpenApiParameter.HEADER,
+                required=True,
+                description="t=<unix time>,v1=<HMAC-SHA256 of '<t>.<raw body>'> (Stripe's).",
+            )
+        ],
         responses={
             200: inline_serializer(
                 "StripeWebhookAck",
