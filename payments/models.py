@@ -155,7 +155,10 @@ class StripeEvent(models.Model):
     type = models.CharField(max_length=100)
     api_version = models.CharField(max_length=50, blank=True, default="")
     livemode = models.BooleanField(default=False)
-    payload = models.JSONField(help_text="The raw event as Stripe sent it.")
+    payload = models.JSONField(help_text="The event as Stripe sent it (parsed, for queries).")
+    raw_body = models.TextField(
+        blank=True, default="", help_text="The exact signed bytes (UTF-8): evidence, re-verifiable."
+    )
     event_created_at = models.DateTimeField(help_text="Stripe's `created`: replay order.")
     received_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)

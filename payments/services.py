@@ -448,17 +448,17 @@ def _parse_event(body: bytes) -> dict:
     return event
 
 
-def _store(event: dict) -> tuple[int, bool]:
+def _store(event: dict, raw_body: str) -> tuple[int, bool]:
     """INSERT … ON CONFLICT DO NOTHING (in the caller's transaction): (row id, newly stored)."""
     obj = event["data"]["object"]
     with connection.cursor() as cursor:
         cursor.execute(
             """
             INSERT INTO payments_stripeevent (
-                stripe_event_id, type, api_version, livemode, payload, event_created_at,
-                received_at, updated_at, status, result_note, processing_error, attempts,
-                stripe_object_id, stripe_payment_intent_id
-            ) VALUES (%s, %s, %s, %s, %s, %s, now(), now(), 'received', '', '', 0, %s, %s)
+                stripe_event_id, type, api_version, livemode, payload, raw_body,
+                event_created_at, received_at, updated_at, status, result_note,
+                processing_error, attempts, stripe_object_id, stripe_payment_intent_id
+            ) VALUES (%s, %s, %s, %s, %s, %s, %s, now(), now(), 'received', '', '', 0, %s, %s)
             ON CONFLICT (stripe_event_id) DO NOTHING
             RETURNING id
             """,
@@ -468,6 +468,7 @@ def _store(event: dict) -> tuple[int, bool]:
                 str(event.get("api_version") or "")[:50],
                 bool(event.get("livemode")),
                 json.dumps(event),
+                raw_body,
                 dt.datetime.fromtimestamp(event["created"], tz=dt.UTC),
                 str(obj.get("id") or "")[:255],
                 _event_payment_intent(event),
@@ -490,7 +491,7 @@ def stripe_webhook_receive(*, body: bytes, signature: str | None) -> tuple[Strip
     stripe_signature_verify(body=body, header=signature)
     event = _parse_event(body)
     with transaction.atomic():
-        pk, created = _store(event)
+        pk, created = _store(event, body.decode())
         # a row we just inserted is ours (locked by the insert): no need to read it back
         fresh = _fresh_event(pk, event) if created else None
         stored, duplicate, error = _process_stored(pk, force=False, fresh=fresh)

@@ -50,6 +50,7 @@ def test_paid_completion_completes_and_publishes_once(webhook_client, payment):
     assert stored.payment_session_id == payment.pk
     assert stored.tenant_id == payment.tenant_id
     assert stored.payload == event
+    assert stored.raw_body.encode() == body_of(event)  # the exact signed bytes
     assert stored.processed_at is not None
     assert stored.result_note == "applied: pending → completed"
     assert (stored.stripe_object_id, stored.stripe_payment_intent_id) == (
