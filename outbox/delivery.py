@@ -15,6 +15,7 @@ import time
 import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.db import connection, transaction
@@ -65,7 +66,11 @@ RETURNING d.id, d.tenant_id, e.id, e.seq, e.topic, e.event_type, e.payload::text
 # and the realtime broadcast. One statement = one transaction, all or nothing.
 _RECORD_SQL = """
 WITH v (id, status, inc, next_at, delivered_at, err, tenant_id, number, outcome, status_code,
-        duration_ms, excerpt, sent, broadcast) AS (VALUES {values}),
+        duration_ms, excerpt, sent, broadcast) AS (
+    SELECT * FROM unnest(%s::bigint[], %s::varchar[], %s::int[], %s::timestamptz[],
+        %s::timestamptz[], %s::text[], %s::uuid[], %s::int[], %s::varchar[], %s::int[],
+        %s::float8[], %s::text[], %s::bool[], %s::text[])
+),
 upd AS (
     UPDATE outbox_delivery d SET status = v.status, attempts = d.attempts + v.inc,
         next_attempt_at = v.next_at, delivered_at = v.delivered_at, last_error = v.err,
@@ -85,10 +90,6 @@ UNION ALL
 SELECT -1 FROM (SELECT pg_notify(%s, v.broadcast) FROM v
                 WHERE v.broadcast IS NOT NULL AND v.id IN (SELECT id FROM upd)) AS b
 """
-_RECORD_ROW = (
-    "(%s::bigint, %s::varchar, %s::int, %s::timestamptz, %s::timestamptz, %s::text, %s::uuid,"
-    " %s::int, %s::varchar, %s::int, %s::float8, %s::text, %s::bool, %s::text)"
-)
 
 
 class RateLimiter:
@@ -107,6 +108,16 @@ class RateLimiter:
             slot = max(now, self._next_free.get(target_id, 0.0))
             self._next_free[target_id] = slot + 1.0 / per_second
             return slot - now
+
+
+@dataclass
+class Batch:
+    """Deliveries claimed under one lease token, then their futures, then their verdicts."""
+
+    token: str
+    jobs: list[Job]
+    futures: list = field(default_factory=list)
+    results: list[Result] = field(default_factory=list)
 
 
 class Deliverer:
@@ -140,17 +151,33 @@ class Deliverer:
 
     def run_once(self, *, batch_size: int | None = None) -> int:
         """Claim, send and record one batch (plus any half-open probes). Returns rows handled."""
+        batch = self.claim(batch_size=batch_size)
+        if batch.jobs:
+            self.record(self.collect(self.submit(batch)))
+        return len(batch.jobs)
+
+    def claim(self, *, batch_size: int | None = None) -> Batch:
         batch_size = batch_size or conf.get("OUTBOX_BATCH_SIZE")
         lease = conf.get("OUTBOX_LEASE_SECONDS")
         token = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
         now = timezone.now()
         jobs = self._probes(now, token, lease)
         jobs += self._claim(now, token, lease, batch_size, "closed", None)
-        if not jobs:
-            return 0
-        results = list(self.pool.map(self._send, jobs))
-        self._record(results, token)
-        return len(jobs)
+        return Batch(token, jobs)
+
+    def submit(self, batch: Batch) -> Batch:
+        """Start the sends in the thread pool; the caller may use the database meanwhile."""
+        batch.futures = [self.pool.submit(self._send, job) for job in batch.jobs]
+        return batch
+
+    @staticmethod
+    def collect(batch: Batch) -> Batch:
+        batch.results = [future.result() for future in batch.futures]
+        return batch
+
+    def record(self, batch: Batch) -> None:
+        if batch.results:
+            self._record(batch.results, batch.token)
 
     def _probes(self, now, token, lease) -> list[Job]:
         """Half-open targets: this worker may own the one probe (checked once a second)."""
@@ -193,14 +220,13 @@ class Deliverer:
 
     def _record(self, results: list[Result], token: str) -> None:
         now = timezone.now()
-        params = []
-        for result in results:
-            params.extend(_verdict_row(result, now))
-        sql = _RECORD_SQL.format(values=", ".join([_RECORD_ROW] * len(results)))
-        # placeholders in text order: the VALUES rows, then upd, ins and the broadcast
-        params += [now, token, now, now, self.worker_id[:100], conf.CHANNEL_REALTIME]
+        # one array per column (14 parameters, whatever the batch size), then upd, ins, notify
+        columns = [
+            list(column) for column in zip(*(_verdict_row(r, now) for r in results), strict=True)
+        ]
+        params = columns + [now, token, now, now, self.worker_id[:100], conf.CHANNEL_REALTIME]
         with connection.cursor() as cursor:
-            cursor.execute(sql, params)
+            cursor.execute(_RECORD_SQL, params)
             kept = {row[0] for row in cursor.fetchall() if row[0] != -1}
         lost = len(results) - len(kept)
         if lost:

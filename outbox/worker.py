@@ -77,30 +77,47 @@ class Worker:
         self.listener = Listener(self.wake, self.stop)
         self._last_beat = 0.0
 
-    def run(self, *, max_batches: int | None = None, exit_when_idle: bool = False) -> None:
+    def run(self, *, exit_when_idle: bool = False) -> None:
+        """Pipelined: the next batch is claimed while the current one is on the wire, and the
+        current one is recorded while the next one is; so the database never idles the HTTP."""
         self.listener.start()
         started = timezone.now()
-        batches, db_delay = 0, 0.5
+        db_delay = 0.5
+        inflight = None  # a batch whose sends are running
+        unrecorded = None  # a batch with verdicts not yet written (e.g. the database was down)
         logger.info("outbox worker %s started", self.worker_id)
         try:
-            while not self.stop.is_set():
+            while True:
+                claimed = None
                 try:
                     self._heartbeat(started)
-                    handled = self.deliverer.run_once(batch_size=self.batch_size)
+                    if unrecorded:
+                        self.deliverer.record(unrecorded)
+                        unrecorded = None
+                    if not self.stop.is_set():
+                        claimed = self.deliverer.claim(batch_size=self.batch_size)
+                    if inflight:
+                        unrecorded, inflight = self.deliverer.collect(inflight), None
+                    if claimed and claimed.jobs:
+                        inflight = self.deliverer.submit(claimed)
+                    if unrecorded:
+                        self.deliverer.record(unrecorded)
+                        unrecorded = None
                     db_delay = 0.5
                 except DB_ERRORS as exc:
                     logger.warning("database error (%s); reconnecting in %.1fs", exc, db_delay)
                     close_old_connections()
                     connection.close()
+                    if self.stop.is_set():
+                        # at-least-once: unrecorded sends go again once their leases expire
+                        logger.warning("stopping without recording the last verdicts")
+                        break
                     self.stop.wait(db_delay)
                     db_delay = min(db_delay * 2, 10.0)
                     continue
-                batches += 1
-                if max_batches and batches >= max_batches:
-                    break
-                if handled >= self.batch_size:
-                    continue  # more is due: no sleep
-                if exit_when_idle and handled == 0:
+                if inflight is not None:
+                    continue  # overlap the next claim with these sends
+                if self.stop.is_set() or exit_when_idle:
                     break
                 self.wake.wait(self.poll_seconds)
                 self.wake.clear()
