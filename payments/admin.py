@@ -9,7 +9,13 @@ from django.utils.html import format_html
 
 from config.api.errors import ApiError
 from payments import services
-from payments.models import CircuitBreakerState, PaymentSession, StripeApiFailure, StripeEvent
+from payments.models import (
+    CircuitBreakerState,
+    PaymentSession,
+    StripeApiFailure,
+    StripeEvent,
+    WebhookRejection,
+)
 
 
 def stripe_dashboard_url(ps: PaymentSession) -> str:
@@ -175,3 +181,17 @@ class CircuitBreakerStateAdmin(admin.ModelAdmin):
         for row in queryset:
             circuit_record_success(row.name)
         self.message_user(request, f"Closed {queryset.count()} circuit(s).", messages.SUCCESS)
+
+
+@admin.register(WebhookRejection)
+class WebhookRejectionAdmin(_NoBulkDelete, admin.ModelAdmin):
+    list_display = ["day", "code", "count", "first_seen_at", "last_seen_at", "last_detail"]
+    list_filter = ["code", "day"]
+    readonly_fields = [f.name for f in WebhookRejection._meta.fields]
+    list_per_page = 50
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

@@ -258,3 +258,26 @@ class CircuitBreakerState(models.Model):
 
     def __str__(self):
         return self.name
+
+
+class WebhookRejection(models.Model):
+    """Refused webhook calls (bad/stale/missing signature, malformed body), counted per day
+    and code: one row per (day, code), so a flood of forged calls cannot grow the table.
+    A burst of invalid_signature after a secret rotation shows up here."""
+
+    day = models.DateField()
+    code = models.CharField(max_length=50)
+    count = models.PositiveIntegerField(default=0)
+    first_seen_at = models.DateTimeField(default=timezone.now)
+    last_seen_at = models.DateTimeField(default=timezone.now)
+    last_detail = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-day", "code"]
+        constraints = [
+            # the upsert's conflict target
+            models.UniqueConstraint(fields=["day", "code"], name="webhook_rejection_day_code_uniq")
+        ]
+
+    def __str__(self):
+        return f"{self.day} {self.code} × {self.count}"

@@ -488,8 +488,12 @@ def stripe_webhook_receive(*, body: bytes, signature: str | None) -> tuple[Strip
     A second copy of the same event blocks on the unique index until the first commits,
     then finds it settled and is acknowledged as a duplicate.
     """
-    stripe_signature_verify(body=body, header=signature)
-    event = _parse_event(body)
+    try:
+        stripe_signature_verify(body=body, header=signature)
+        event = _parse_event(body)
+    except ApiError as exc:
+        _record_rejection(exc.error_code, f"{exc.message} ({len(body)} bytes)")
+        raise
     with transaction.atomic():
         pk, created = _store(event, body.decode())
         # a row we just inserted is ours (locked by the insert): no need to read it back
@@ -498,6 +502,23 @@ def stripe_webhook_receive(*, body: bytes, signature: str | None) -> tuple[Strip
     if error:
         raise WebhookProcessingFailed(stored, error)
     return stored, duplicate
+
+
+def _record_rejection(code: str, detail: str) -> None:
+    """Count a refused webhook call (one upsert; bounded: one row per day and code)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO payments_webhookrejection
+                (day, code, count, first_seen_at, last_seen_at, last_detail)
+            VALUES (CURRENT_DATE, %s, 1, now(), now(), %s)
+            ON CONFLICT (day, code) DO UPDATE SET
+                count = payments_webhookrejection.count + 1,
+                last_seen_at = now(),
+                last_detail = EXCLUDED.last_detail
+            """,
+            [code[:50], detail[:1000]],
+        )
 
 
 class WebhookProcessingFailed(Exception):

@@ -227,6 +227,7 @@ def test_admin_pages_filters_search_and_stripe_link(staff_client, tenant, webhoo
     assert 'value="delete_selected"' not in events.content.decode()
     assert staff_client.get("/admin/payments/stripeapifailure/").status_code == 200
     assert staff_client.get("/admin/payments/circuitbreakerstate/").status_code == 200
+    assert staff_client.get("/admin/payments/webhookrejection/").status_code == 200
 
 
 def test_admin_stripe_events_are_read_only_and_reprocessable(staff_client, tenant, webhook_client):

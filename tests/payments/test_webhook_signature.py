@@ -127,3 +127,17 @@ def test_oversized_body_is_refused(webhook_client, payment, settings):
     event["data"]["object"]["padding"] = "x" * 4096
     assert_error(post_event(webhook_client, event), 413, "payload_too_large")
     _nothing_processed(payment)
+
+
+def test_refusals_are_counted_per_day_and_code_for_the_admin(webhook_client, payment):
+    from payments.models import WebhookRejection
+
+    event = make_event("checkout.session.completed", payment)
+    for _ in range(3):
+        post_event(webhook_client, event, secret="whsec_rotated_away")
+    post_event(webhook_client, event, timestamp=int(time.time()) - 900)
+    post_raw(webhook_client, b"{}", None)
+    counts = dict(WebhookRejection.objects.values_list("code", "count"))
+    assert counts == {"invalid_signature": 3, "stale_signature": 1, "missing_signature": 1}
+    assert WebhookRejection.objects.count() == 3  # bounded: one row per day and code
+    _nothing_processed(payment)
