@@ -103,6 +103,7 @@ export class AtlasUploads extends EventTarget {
     this.chunkSize = chunkSize;
     this.queue = new Queue(dbName);
     this._flushing = null;
+    this._again = false;
     this._onOnline = () => this.flush();
   }
 
@@ -142,13 +143,23 @@ export class AtlasUploads extends EventTarget {
   }
 
   /** Send every queued file, then ask the server to retry what it holds. Never runs twice
-   * at the same time; stops quietly at the first network error (still offline). */
+   * at the same time: a flush asked for meanwhile (a file picked during one) runs again right
+   * after it. Stops quietly at the first network error (still offline). */
   flush() {
-    if (!this._flushing) {
-      this._flushing = this._flush().finally(() => {
-        this._flushing = null;
-      });
+    if (this._flushing) {
+      this._again = true;
+      return this._flushing;
     }
+    this._flushing = (async () => {
+      let result;
+      do {
+        this._again = false;
+        result = await this._flush();
+      } while (this._again && !result.offline);
+      return result;
+    })().finally(() => {
+      this._flushing = null;
+    });
     return this._flushing;
   }
 

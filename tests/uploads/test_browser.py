@@ -128,9 +128,20 @@ def test_file_the_server_refuses_leaves_the_queue_with_its_error_code(
     try:
         page.goto(f"{origin}/uploads-demo")
         page.wait_for_function("window.ready === true")
-        page.set_input_files(
-            "#file",
-            files=[{"name": "big.bin", "mimeType": "application/pdf", "buffer": b"x" * 5000}],
+        page.wait_for_function("window.events.some((e) => e.type === 'synced')")
+        # The file is picked while a flush is still running (its /retry call is held back):
+        # it must be sent by a follow-up flush, not wait for the next `online` event.
+        page.evaluate(
+            """async () => {
+                const realFetch = window.fetch;
+                window.fetch = (url, options) => String(url).endsWith("/retry")
+                    ? new Promise((ok) => setTimeout(ok, 500)).then(() => realFetch(url, options))
+                    : realFetch(url, options);
+                const running = uploads.flush();
+                await uploads.upload(new File([new Uint8Array(5000)], "big.bin",
+                                              { type: "application/pdf" }));
+                await running;
+            }"""
         )
         page.wait_for_function("window.events.some((e) => e.type === 'rejected')")
         rejected = page.evaluate("window.events.find((e) => e.type === 'rejected')")
