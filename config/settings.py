@@ -435,3 +435,15 @@ except ValueError as _exc:
 
 # The admin URL and the demo set-up printed by `make run`.
 ATLAS_BASE_URL = env("ATLAS_BASE_URL", default="http://127.0.0.1:8000")
+
+# --- Operations (admin dashboard, atlas_status, /metrics database series) ---------------------
+# A pending payment older than this is "stale": Stripe Checkout Sessions expire within 24 h, so
+# reconcile should have settled it by then.
+OPS_PAYMENTS_STALE_HOURS = env("OPS_PAYMENTS_STALE_HOURS", "int", 25)
+# A pending upload whose retry was due longer ago than this means the retry schedule is stuck.
+OPS_UPLOADS_OVERDUE_MINUTES = env("OPS_UPLOADS_OVERDUE_MINUTES", "int", 30)
+# /metrics: attempts, retries and latency histograms cover the last N minutes of rows.
+METRICS_WINDOW_MINUTES = env("METRICS_WINDOW_MINUTES", "int", 60)
+for _name in ("OPS_PAYMENTS_STALE_HOURS", "OPS_UPLOADS_OVERDUE_MINUTES", "METRICS_WINDOW_MINUTES"):
+    if globals()[_name] <= 0:
+        raise ImproperlyConfigured(f"{_name}={globals()[_name]} must be positive")

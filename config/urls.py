@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config import health, metrics, views
+from config.dashboard import views as dashboard
 
 api_patterns = [
     path("", include("tenants.urls")),
@@ -16,6 +17,8 @@ api_patterns = [
 ]
 
 urlpatterns = [
+    # The admin index is the operations dashboard (the app list stays below it).
+    path("admin/", admin.site.admin_view(dashboard.index), name="atlas_dashboard"),
     path("admin/", admin.site.urls),
     path("api/", include(api_patterns)),
     path("health", health.HealthView.as_view(), name="health"),
