@@ -94,7 +94,10 @@ class Worker:
                     if unrecorded:
                         self.deliverer.record(unrecorded)
                         unrecorded = None
-                    if not self.stop.is_set():
+                    # pre-claim only behind a full batch: when the queue is short an empty
+                    # claim per event would just be one more query
+                    busy = inflight is None or len(inflight.jobs) >= self.batch_size
+                    if busy and not self.stop.is_set():
                         claimed = self.deliverer.claim(batch_size=self.batch_size)
                     if inflight:
                         unrecorded, inflight = self.deliverer.collect(inflight), None
@@ -115,8 +118,8 @@ class Worker:
                     self.stop.wait(db_delay)
                     db_delay = min(db_delay * 2, 10.0)
                     continue
-                if inflight is not None:
-                    continue  # overlap the next claim with these sends
+                if inflight is not None or (claimed and len(claimed.jobs) >= self.batch_size):
+                    continue  # overlap the next claim with these sends, or more is due
                 if self.stop.is_set() or exit_when_idle:
                     break
                 self.wake.wait(self.poll_seconds)
