@@ -49,9 +49,13 @@ API_LATENCY = Histogram(
 
 
 class DatabaseCollector(Collector):
-    """Series computed from PostgreSQL rows at scrape time."""
+    """Series computed from PostgreSQL rows at scrape time (config/metrics_db.py), then any
+    app's own `collect_metrics()`."""
 
     def collect(self):
+        from config import metrics_db
+
+        yield from metrics_db.collect_metrics()
         for app in APPS_WITH_METRICS:
             try:
                 module = importlib.import_module(f"{app}.metrics")
