@@ -8,6 +8,8 @@ from django.contrib import admin, messages
 from django.db.models import Count, F, Min, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from config.api.errors import ApiError
 from outbox import services
@@ -98,7 +100,7 @@ class OutboxEventAdmin(admin.ModelAdmin):
     ]
     search_fields = ["id", "idempotency_key", "event_type"]
     list_select_related = ["tenant"]
-    readonly_fields = [f.name for f in OutboxEvent._meta.fields]
+    readonly_fields = [f.name for f in OutboxEvent._meta.fields] + ["attempt_log"]
     inlines = [DeliveryInline]
     actions = ["requeue_now", "cancel"]
     list_per_page = 100
@@ -109,6 +111,31 @@ class OutboxEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False  # evidence: pruned by outbox_prune only
+
+    @admin.display(description="attempts (every try, every target)")
+    def attempt_log(self, obj):
+        attempts = (
+            DeliveryAttempt.objects.filter(delivery__event=obj)
+            .select_related("delivery__target")
+            .order_by("created_at", "id")
+        )
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ms</td><td>{}</td></tr>",
+            (
+                (
+                    a.created_at,
+                    a.delivery.target.name,
+                    a.number,
+                    a.status_code or "—",
+                    a.duration_ms,
+                    a.error or a.response_excerpt[:200],
+                )
+                for a in attempts
+            ),
+        )
+        head = "<tr><th>at</th><th>target</th><th>#</th><th>status</th><th>took</th><th></th></tr>"
+        return format_html("<table>{}{}</table>", mark_safe(head), rows) if rows else "—"
 
     @admin.action(description="Requeue now (dead, cancelled or waiting deliveries)")
     def requeue_now(self, request, queryset):

@@ -123,6 +123,8 @@ def test_admin_pages_and_filters_load(staff_client, tenant, receiver):
     assert "0.0%" in page  # success rate 24 h: three permanent failures
     detail = staff_client.get(f"/admin/outbox/delivery/{delivery.pk}/change/").content.decode()
     assert "bad" in detail  # the attempt's response excerpt, inline
+    event_page = staff_client.get(f"/admin/outbox/outboxevent/{event.pk}/change/")
+    assert "HTTP 400" in event_page.content.decode()  # attempts listed on the event too
 
 
 def test_admin_requeue_and_cancel_actions(staff_client, tenant, receiver):
