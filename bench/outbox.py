@@ -4,7 +4,9 @@
 2. one worker's delivery throughput to a local receiver vs the same HTTP client posting the
    same signed bodies with no database — the ceiling (floor: >= 1,000 events/s);
 3. delivery lag (publish commit -> receiver) at a steady 200 events/s through a real
-   `manage.py outbox_worker` process woken by NOTIFY (floor: p99 < 1 s).
+   `manage.py outbox_worker` process woken by NOTIFY (floor: p99 < 1 s);
+4. API latency on the ASGI server with no SSE stream open vs hundreds open, and whether one
+   event reaches every open stream.
 
 The receiver is a small asyncio HTTP/1.1 server in its own process (keep-alive, answers 200).
 Usage: .venv/bin/python bench/outbox.py [--publish N] [--deliver N] [--lag-seconds S]
@@ -302,6 +304,88 @@ def bench_lag(tenant, url: str, rate: int, seconds: float) -> list[dict]:
     ]
 
 
+# --- 4. open SSE streams vs API responsiveness ---------------------------------------------------
+
+
+def bench_streams(tenant, streams: int) -> list[dict]:
+    """API latency on the ASGI server with no stream open, then with `streams` open; and
+    whether one published event reaches every open stream."""
+    import requests
+    from django.db import transaction
+
+    from outbox.services import event_publish
+    from tenants.services import apikey_create
+
+    with transaction.atomic():
+        _key, raw = apikey_create(tenant=tenant, kind="secret")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, DATABASE_URL=_database_url(), DJANGO_SETTINGS_MODULE="config.settings")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "warning", "--timeout-graceful-shutdown", "1",
+         "--backlog", "4096"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {raw}"}
+    open_socks: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        session = requests.Session()
+
+        def api_latency(count=200):
+            samples = []
+            for _ in range(count):
+                began = time.perf_counter()
+                assert session.get(f"{base}/api/outbox/targets", headers=headers).ok
+                samples.append(time.perf_counter() - began)
+            return summarize_latencies(samples)
+
+        api_latency(20)  # warm-up
+        idle = api_latency()
+        request = (
+            f"GET /api/realtime/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {raw}\r\n\r\n"
+        ).encode()
+        for _ in range(streams):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+            sock.sendall(request)
+            open_socks.append(sock)
+        for sock in open_socks:
+            buffer = b""
+            while b": connected" not in buffer:
+                buffer += sock.recv(4096)
+        loaded = api_latency()
+        with transaction.atomic():
+            event_publish(tenant=tenant, event_type="stream.test", topic="bench", payload={})
+        reached = 0
+        for sock in open_socks:
+            buffer = b""
+            try:
+                while b"stream.test" not in buffer:
+                    buffer += sock.recv(4096)
+                reached += 1
+            except TimeoutError:
+                pass
+    finally:
+        for sock in open_socks:
+            sock.close()
+        server.terminate()
+        server.wait(timeout=30)
+    return [
+        {"open_streams": 0, **idle, "event_reached_streams": "-"},
+        {"open_streams": streams, **loaded, "event_reached_streams": reached},
+    ]
+
+
 def main():
     # a database of its own: other benchmarks may be running on the same server
     os.environ.setdefault("TEST_DATABASE_NAME", "atlas_bench_outbox")
@@ -310,6 +394,7 @@ def main():
     parser.add_argument("--deliver", type=int, default=5000)
     parser.add_argument("--lag-seconds", type=float, default=15)
     parser.add_argument("--rate", type=int, default=200)
+    parser.add_argument("--streams", type=int, default=300)
     args = parser.parse_args()
 
     old_name = setup_django("bench_outbox")
@@ -334,6 +419,7 @@ def main():
         Delivery.objects.all().delete()  # their queue is not part of the next measurements
         throughput = bench_throughput(tenant, url, args.deliver)
         lag = bench_lag(tenant, url, args.rate, args.lag_seconds)
+        streams = bench_streams(tenant, args.streams)
     finally:
         receiver.terminate()
         teardown_django(old_name)
@@ -341,6 +427,7 @@ def main():
     print_table("Publish latency (inside a transaction)", publish)
     print_table("Delivery throughput (one worker vs HTTP client ceiling)", throughput)
     print_table(f"Lag at a steady {args.rate} events/s (real worker process, NOTIFY)", lag)
+    print_table("API on the ASGI server (GET /api/outbox/targets) with SSE streams open", streams)
     checks = {
         "publish_p99_ms": (publish[1]["p99_ms"], publish[1]["p99_ms"] < FLOORS["publish_p99_ms"]),
         "delivered_per_s": (
@@ -356,7 +443,13 @@ def main():
     print_table("Floors (2-core machine)", floor_rows)
     write_report(
         "outbox",
-        {"publish": publish, "throughput": throughput, "lag": lag, "floors": floor_rows},
+        {
+            "publish": publish,
+            "throughput": throughput,
+            "lag": lag,
+            "streams": streams,
+            "floors": floor_rows,
+        },
     )
     if not all(ok for _value, ok in checks.values()):
         sys.exit(1)
