@@ -100,3 +100,22 @@ def test_notify_is_sent_on_commit_only(tenant):
         assert got == [str(event.seq)]
     finally:
         listener.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_realtime_target_delivery_broadcasts_a_notify(tenant):
+    from tests.outbox.factories import make_target
+    from tests.outbox.helpers import deliver_round
+
+    make_target(tenant, "live", kind="realtime", url="")
+    event = publish(tenant)[0]
+    listener = connection.get_new_connection(connection.get_connection_params())
+    listener.autocommit = True
+    listener.execute("LISTEN outbox_realtime")
+    try:
+        deliver_round()
+        got = [n.payload for n in listener.notifies(timeout=2, stop_after=1)]
+    finally:
+        listener.close()
+    assert got == [f'{{"tenant": "{tenant.id}", "seq": {event.seq}}}']
+    assert Delivery.objects.get().status == "delivered"

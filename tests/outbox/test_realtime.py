@@ -192,3 +192,21 @@ def test_an_event_committed_late_is_not_skipped(asgi_url, tenant):
     stream.close()
     assert [e["id"] for e in got] == [str(slow[0].id), str(fast.id)]
     assert slow[0].seq < fast.seq
+
+
+def test_a_rolled_back_publish_does_not_stall_the_stream(asgi_url, tenant):
+    """The seq a rollback burnt is a hole for good: after the settle time the stream moves on."""
+    from django.db import transaction
+
+    from outbox.services import event_publish
+
+    key = make_api_key(tenant, "secret")
+    stream = Stream(asgi_url, key)
+    stream.wait_connected()
+    with pytest.raises(RuntimeError), transaction.atomic():
+        event_publish(tenant=tenant, event_type="never", topic="t", payload={})
+        raise RuntimeError
+    after = publish(tenant, n=1)[0]
+    got = stream.take(1)
+    stream.close()
+    assert [e["id"] for e in got] == [str(after.id)]
