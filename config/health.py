@@ -2,6 +2,13 @@
 
 Apps add their own checks in `<app>/health.py` as `health_checks() -> list[Check]`
 (the outbox reports its lag and worker heartbeat there).
+
+Only the database is critical: /health answers for this web process, and without PostgreSQL
+it can neither answer nor store anything. A missing outbox worker or django-q2 cluster, or
+outbox lag over OUTBOX_LAG_ALERT_SECONDS, is reported (`ok: false`, status "degraded", 200)
+but not critical: the API still accepts work and events wait safely in PostgreSQL, so a load
+balancer must not take web nodes out of rotation for it. `manage.py atlas_status` is the
+check for those (exit 2 when no process delivers at all).
 """
 
 from __future__ import annotations
