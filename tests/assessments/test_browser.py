@@ -39,13 +39,16 @@ def closes_db(test):
     return wrapper
 
 
-def wait_for(predicate, timeout=10.0):
+def wait_for(predicate, timeout=10.0, page=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(0.1)
+        if page is not None:
+            page.wait_for_timeout(100)
+        else:
+            time.sleep(0.1)
     return predicate()
 
 
@@ -148,3 +151,31 @@ def test_closing_the_page_marks_abandoned_and_flushes_events(demo, chromium_page
     assert wait_for(lambda: AnalyticsEvent.objects.filter(session_id=session_id).count() == 3)
     session = AssessmentSession.objects.get(pk=session_id)
     assert session.abandoned_at is not None
+
+
+@closes_db
+def test_failed_event_flush_never_blocks_and_is_resent(demo, chromium_page):
+    page = chromium_page
+    aborted = []
+
+    def drop_first(route):
+        if not aborted:
+            aborted.append(route.request.url)
+            route.abort()  # the network fails: the page must not notice
+        else:
+            route.continue_()
+
+    page.route("**/api/assessments/events", drop_first)
+    page.goto(demo)
+    page.click("#start")
+    page.evaluate("() => { for (let i = 0; i < 19; i++) window.atlas.track('tick', {i}); }")
+    for question, value in (("energy", "Okay"), ("sleep", "> 8"), ("water", "0–2")):
+        page.click(f'button.option[data-question="{question}"][data-value="{value}"]')
+    page.click("#submit")
+    page.wait_for_function("document.querySelector('#status').textContent === 'Submitted.'")
+
+    assert aborted and Submission.objects.count() == 1
+    # started + 19 ticks + 3 options + submitted, each stored exactly once after the resend
+    # page= keeps Playwright's loop turning: route handlers only run while it does
+    assert wait_for(lambda: AnalyticsEvent.objects.count() == 24, timeout=10, page=page)
+    assert AnalyticsEvent.objects.values("message_id").distinct().count() == 24

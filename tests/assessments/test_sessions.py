@@ -203,3 +203,44 @@ def test_no_key_is_401(anon_api):
 def test_database_refuses_invalid_rows(tenant, field, value):
     with pytest.raises(IntegrityError), transaction.atomic():
         SessionFactory(tenant=tenant, **{field: value})
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_out_of_order_updates_end_completed(tenant, publishable_key):
+    """30 threads race to create/update one session; one of them says completed. Whatever the
+    order, there is one row and it ends completed (never rewound by a late update)."""
+    import threading
+
+    from django.db import connections
+
+    from tests.conftest import ORIGIN, client_for
+
+    session_id = str(uuid.uuid4())
+    statuses = ["started", "in_progress", "abandoned"] * 10
+    statuses[17] = "completed"
+    barrier = threading.Barrier(len(statuses))
+    codes, lock = [], threading.Lock()
+
+    def send(status):
+        try:
+            client = client_for(publishable_key, HTTP_ORIGIN=ORIGIN)
+            barrier.wait(timeout=30)
+            response = client.post(URL, {"sessionId": session_id, "status": status}, "json")
+            with lock:
+                codes.append(response.status_code)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=send, args=(s,)) for s in statuses]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(codes) == [200] * 29 + [201]
+    row = AssessmentSession.objects.get(pk=session_id)
+    assert row.status == "completed" and row.completed_at is not None
+    # and a late update after the race changes nothing
+    client_for(publishable_key, HTTP_ORIGIN=ORIGIN).post(
+        URL, {"sessionId": session_id, "status": "started"}, "json"
+    )
+    assert AssessmentSession.objects.get(pk=session_id).status == "completed"
