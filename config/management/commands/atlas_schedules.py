@@ -28,4 +28,7 @@ class Command(BaseCommand):
         missing = set(specs) - {row.name for row in rows}
         for name in sorted(missing):
             self.stdout.write(f"{name:<32} (not created yet: run without --list or migrate)")
+        # sync never deletes: a renamed or removed schedule stays until someone decides
+        for row in Schedule.objects.exclude(name__in=specs).order_by("name", "pk"):
+            self.stdout.write(f"{row.name or '-':<32} (in the database, not declared in code)")
         self.stdout.write(f"{len(specs)} schedule(s) declared")
