@@ -209,6 +209,13 @@ class Deliverer:
         return [_job_from_row(row, now) for row in rows]
 
     def _send(self, job: Job) -> Result:
+        try:
+            return self._send_limited(job)
+        except Exception as exc:  # e.g. a URL urllib3 cannot use: recorded, never a crash
+            logger.exception("send failed before reaching the receiver")
+            return Result(job, "retry", error=f"{type(exc).__name__}: {exc}"[:1000])
+
+    def _send_limited(self, job: Job) -> Result:
         wait = self.limiter.reserve(job.target_id, job.rate_limit)
         if wait > 1.0:  # beyond the next second: hand it back rather than hold the lease
             return Result(job, "deferred", retry_after=wait, sent=False)
