@@ -30,6 +30,7 @@ from outbox.models import Delivery, WorkerHeartbeat
 
 logger = logging.getLogger("outbox.worker")
 HEARTBEAT_SECONDS = 5.0
+REPORT_SECONDS = 60.0
 DB_ERRORS = (OperationalError, InterfaceError, DatabaseError)
 
 
@@ -76,6 +77,7 @@ class Worker:
         self.wake = threading.Event()
         self.listener = Listener(self.wake, self.stop)
         self._last_beat = 0.0
+        self._last_report, self._reported_total = time.monotonic(), 0
 
     def run(self, *, exit_when_idle: bool = False) -> None:
         """Pipelined: the next batch is claimed while the current one is on the wire, and the
@@ -165,3 +167,13 @@ class Worker:
             },
         )
         self._last_beat = time.monotonic()
+        if self._last_beat - self._last_report >= REPORT_SECONDS:  # progress for operators
+            delivered = self.deliverer.delivered_total
+            logger.info(
+                "outbox worker %s: %s delivered in the last %.0fs (%s in total)",
+                self.worker_id,
+                delivered - self._reported_total,
+                self._last_beat - self._last_report,
+                delivered,
+            )
+            self._last_report, self._reported_total = self._last_beat, delivered
