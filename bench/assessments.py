@@ -1,7 +1,8 @@
 """Assessment API under load: submits (open loop), events ingestion, and raw baselines.
 
-Starts gunicorn (2 workers, gthread) on 127.0.0.1 against a throwaway database and drives it
-from this process (a second process). Prints a table and writes bench/results/assessments.json.
+Starts gunicorn (2 workers, gthread, 4 threads each) on 127.0.0.1 against a throwaway
+database and drives it from this process (a second process). Prints a table and writes
+bench/results/assessments.json.
 
   submit     open loop at --rate submits/s for --seconds: requests leave on a fixed schedule
              and latency counts from the scheduled time (no coordinated omission)
@@ -39,7 +40,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_gunicorn(database_url: str, cache_dir: str):
+def start_gunicorn(database_url: str, cache_dir: str, threads: int = 4):
     port = _free_port()
     env = dict(os.environ)
     env.update(
@@ -54,7 +55,7 @@ def start_gunicorn(database_url: str, cache_dir: str):
         "config.wsgi",
         "--workers=2",
         "--worker-class=gthread",
-        "--threads=8",
+        f"--threads={threads}",
         f"--bind=127.0.0.1:{port}",
         "--log-level=warning",
     ]
@@ -248,6 +249,7 @@ def main():
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--event-seconds", type=float, default=10)
     parser.add_argument("--clients", type=int, default=4, help="concurrent event clients")
+    parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker")
     parser.add_argument("--ramp", default="150,200,250,300,400", help="ramp rates, comma list")
     parser.add_argument("--ramp-seconds", type=float, default=6)
     args = parser.parse_args()
@@ -278,7 +280,7 @@ def run(args) -> dict:
     load_before = os.getloadavg()
     cache_dir = tempfile.mkdtemp(prefix="atlas-bench-cache-")
     print("starting gunicorn (2 workers) …", flush=True)
-    server, base = start_gunicorn(test_database_url(), cache_dir)
+    server, base = start_gunicorn(test_database_url(), cache_dir, threads=args.threads)
     try:
         client = Client(base, raw_key)
         print("warm-up …", flush=True)
@@ -394,7 +396,7 @@ def run(args) -> dict:
             "errors": "",
         },
     ]
-    print_table("Assessments API (gunicorn 2 workers x 8 threads, 127.0.0.1)", rows)
+    print_table(f"Assessments API (gunicorn 2 workers x {args.threads} threads, 127.0.0.1)", rows)
     floors = {
         "events_per_s_floor_5000": api_eps >= 5000,
         "submit_p99_under_50ms_at_100_per_s": submit["p99_ms"] < SLO_P99_MS,
