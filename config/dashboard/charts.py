@@ -69,8 +69,11 @@ def stacked_bars(
                 column["label"],
             )
         )
-        if rate_label and column.get("rate") is not None:
-            points.append((x + BAR // 2, base - round(HEIGHT * column["rate"] / 100)))
+        if rate_label:  # None (no data that day) breaks the line rather than bridging it
+            rate = column.get("rate")
+            points.append(
+                None if rate is None else (x + BAR // 2, base - round(HEIGHT * rate / 100))
+            )
     if rate_label:
         parts.append(_rate_line(points, width, base, rate_label))
     parts.append(_legend(series, base + 30, rate_label))
@@ -83,28 +86,41 @@ def _linked(element: SafeString, url: str | None) -> SafeString:
 
 
 def _rate_line(points, width, base, label) -> SafeString:
-    axis = format_html(
-        '<text x="{}" y="{}" font-size="10" fill="#1565c0">100%</text>'
-        '<text x="{}" y="{}" font-size="10" fill="#1565c0">0%</text>',
-        width - RIGHT + 8,
-        TOP + 4,
-        width - RIGHT + 8,
-        base,
-    )
-    if not points:
-        return axis
-    coords = " ".join(f"{x},{y}" for x, y in points)
-    dots = "".join(
-        format_html('<circle cx="{}" cy="{}" r="3" fill="#1565c0"/>', x, y) for x, y in points
-    )
-    return format_html(
-        '{}<polyline class="rate" points="{}" fill="none" stroke="#1565c0" stroke-width="2">'
-        "<title>{}</title></polyline>{}",
-        axis,
-        coords,
-        label,
-        mark_safe(dots),
-    )
+    parts = [
+        format_html(
+            '<text x="{}" y="{}" font-size="10" fill="#1565c0">100%</text>'
+            '<text x="{}" y="{}" font-size="10" fill="#1565c0">0%</text>',
+            width - RIGHT + 8,
+            TOP + 4,
+            width - RIGHT + 8,
+            base,
+        )
+    ]
+    runs, run = [], []
+    for point in [*points, None]:
+        if point is None:
+            if len(run) > 1:
+                runs.append(run)
+            run = []
+        else:
+            run.append(point)
+    for run in runs:
+        parts.append(
+            format_html(
+                '<polyline class="rate" points="{}" fill="none" stroke="#1565c0" '
+                'stroke-width="2"><title>{}</title></polyline>',
+                " ".join(f"{x},{y}" for x, y in run),
+                label,
+            )
+        )
+    for point in points:
+        if point is not None:
+            parts.append(
+                format_html(
+                    '<circle class="rate-point" cx="{}" cy="{}" r="3" fill="#1565c0"/>', *point
+                )
+            )
+    return mark_safe("".join(parts))
 
 
 def _legend(series, y, rate_label) -> SafeString:

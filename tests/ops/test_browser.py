@@ -36,7 +36,7 @@ def test_dashboard_renders_its_charts_in_a_real_browser(
             )
             assert heights and all(h > 0 for h in heights)
         assert page.locator("#chart-uploads rect[data-series=succeeded]").count() == 1
-        assert page.locator("#chart-assessments polyline.rate").count() == 1
+        assert page.locator("#chart-assessments circle.rate-point").count() == 2
         assert page.locator("#section-tenants tr[data-tenant]").count() == 2
 
         screenshot = tmp_path / "dashboard.png"

@@ -127,10 +127,13 @@ def test_charts_are_inline_svg_with_linked_bars(client, superuser, world):
     for chart in ("chart-uploads", "chart-assessments"):
         svg = re.search(rf'<svg id="{chart}".*?</svg>', html, re.S).group(0)
         assert svg.count('<g class="bar"') == 7
-        assert "<polyline" in svg
     uploads = re.search(r'<svg id="chart-uploads".*?</svg>', html, re.S).group(0)
     assert 'data-series="succeeded" data-value="3"' in uploads
     assert 'data-series="failed" data-value="1"' in uploads
+    assert uploads.count('class="rate-point"') == 1  # one day with attempts
+    assessments = re.search(r'<svg id="chart-assessments".*?</svg>', html, re.S).group(0)
+    # sessions 3 days ago and today: two points, and no line bridging the empty days
+    assert assessments.count('class="rate-point"') == 2 and "<polyline" not in assessments
     assert "<script" not in html.split('id="atlas-dashboard"')[1].split("</svg>")[0]
     assert 'src="http' not in html and "cdn" not in html.lower()
 
