@@ -79,21 +79,28 @@ def _outbox():
         "Circuit breaker state per target (1 for the current state)",
         labels=[*labels, "state"],
     )
-    open_q = Q(deliveries__status__in=Delivery.OPEN_STATUSES)
-    targets = (
-        Target.objects.select_related("tenant")
-        .annotate(
-            n_open=Count("deliveries", filter=open_q),
-            n_dead=Count("deliveries", filter=Q(deliveries__status="dead")),
-            oldest_open=Min("deliveries__created_at", filter=open_q),
-        )
-        .order_by("tenant__name", "name")
-    )
-    for target in targets:
+    # Only open and dead rows are read (the (target, status, created_at) index), never the
+    # delivered history; targets without such rows still get their zeros.
+    counts: dict = {}
+    for row in (
+        Delivery.objects.filter(status__in=[*Delivery.OPEN_STATUSES, Delivery.Status.DEAD])
+        .values("target_id", "status")
+        .annotate(n=Count("id"), oldest=Min("created_at"))
+        .order_by()
+    ):
+        entry = counts.setdefault(row["target_id"], {"open": 0, "dead": 0, "oldest": None})
+        if row["status"] == Delivery.Status.DEAD:
+            entry["dead"] += row["n"]
+        else:
+            entry["open"] += row["n"]
+            if entry["oldest"] is None or row["oldest"] < entry["oldest"]:
+                entry["oldest"] = row["oldest"]
+    for target in Target.objects.select_related("tenant").order_by("tenant__name", "name"):
         values = [target.tenant.name, target.name, target.kind]
-        pending.add_metric(values, target.n_open)
-        dead.add_metric(values, target.n_dead)
-        age = (now - target.oldest_open).total_seconds() if target.oldest_open else 0.0
+        entry = counts.get(target.pk, {"open": 0, "dead": 0, "oldest": None})
+        pending.add_metric(values, entry["open"])
+        dead.add_metric(values, entry["dead"])
+        age = (now - entry["oldest"]).total_seconds() if entry["oldest"] else 0.0
         oldest.add_metric(values, age)
         for state in Target.Circuit.values:
             circuit.add_metric([*values, state], 1 if target.circuit_state == state else 0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Count, Min, Q, Sum
+from django.db.models import Count, Min, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
@@ -32,11 +32,13 @@ TARGETS_SHOWN = 20
 TENANTS_SHOWN = 50
 
 
-def _scope(model, tenant_id):
+def _scope(model_or_queryset, tenant_id):
     # Through the tenant choke point when scoped; the operator's overall view reads all rows.
-    return (
-        tenant_queryset(model, tenant_id=tenant_id) if tenant_id else model._default_manager.all()
-    )
+    if tenant_id:
+        return tenant_queryset(model_or_queryset, tenant_id=tenant_id)
+    if isinstance(model_or_queryset, QuerySet):
+        return model_or_queryset
+    return model_or_queryset._default_manager.all()
 
 
 def _tf(tenant_id) -> dict:
@@ -72,10 +74,15 @@ def _rate(part: int, whole: int) -> float | None:
 
 def outbox_summary(*, tenant_id=None, now: datetime) -> dict:
     tf = _tf(tenant_id)
-    agg = _scope(Delivery, tenant_id).aggregate(
-        pending=Count("id", filter=Q(status__in=OPEN)),
-        dead=Count("id", filter=Q(status=Delivery.Status.DEAD)),
-        oldest=Min("created_at", filter=Q(status__in=OPEN)),
+    # open and dead rows only: the delivered history is never scanned
+    agg = (
+        _scope(Delivery, tenant_id)
+        .filter(status__in=[*OPEN, "dead"])
+        .aggregate(
+            pending=Count("id", filter=Q(status__in=OPEN)),
+            dead=Count("id", filter=Q(status=Delivery.Status.DEAD)),
+            oldest=Min("created_at", filter=Q(status__in=OPEN)),
+        )
     )
     since = now - timedelta(hours=24)
     tries = (
@@ -313,7 +320,10 @@ def tenants_overview(*, now: datetime) -> list[dict]:
     ids = [t.pk for t in tenants]
     since = day_start(now) - timedelta(days=CHART_DAYS - 1)
     outbox = _per_tenant(
-        Delivery, ids, pending=Q(status__in=OPEN), dead=Q(status=Delivery.Status.DEAD)
+        Delivery.objects.filter(status__in=[*OPEN, "dead"]),
+        ids,
+        pending=Q(status__in=OPEN),
+        dead=Q(status=Delivery.Status.DEAD),
     )
     uploads = _per_tenant(Attachment, ids, pending=Q(status="pending"), failed=Q(status="failed"))
     payments = _per_tenant(
@@ -373,9 +383,10 @@ def tenants_overview(*, now: datetime) -> list[dict]:
     return rows
 
 
-def _per_tenant(model, tenant_ids, **conditions) -> dict:
+def _per_tenant(model_or_queryset, tenant_ids, **conditions) -> dict:
     rows = (
-        model.objects.filter(tenant_id__in=tenant_ids)
+        _scope(model_or_queryset, None)
+        .filter(tenant_id__in=tenant_ids)
         .values("tenant_id")
         .annotate(**{name: Count("pk", filter=q) for name, q in conditions.items()})
         .order_by()
