@@ -20,8 +20,9 @@ def changelist_url(model_label: str, filters: dict) -> str:
 def can_view(request, model_label: str) -> bool:
     """The ModelAdmin's own answer (view or change permission), as the admin itself asks."""
     model = apps.get_model(model_label)
-    model_admin = admin.site._registry.get(model)
-    return model_admin is not None and model_admin.has_view_permission(request)
+    if not admin.site.is_registered(model):
+        return False
+    return admin.site.get_model_admin(model).has_view_permission(request)
 
 
 def resolve(data, request, _cache=None):
