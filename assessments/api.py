@@ -6,14 +6,14 @@ from __future__ import annotations
 from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
-from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from assessments import inputs, selectors, services
 from assessments.auth import BeaconKeyAuthentication
 from config.api.errors import ApiError
-from config.api.pagination import CursorPagination
+from config.api.pagination import CursorPagination, paginated
+from config.api.parsers import JSONParser
 from tenants.permissions import HasAnyKey
 
 
@@ -211,7 +211,7 @@ class SubmissionListView(APIView):
     @extend_schema(
         tags=["assessments"],
         parameters=[OpenApiParameter("sessionId", str, required=False)],
-        responses=SubmissionOut(many=True),
+        responses=paginated(SubmissionOut),
         summary="Submissions of the tenant, newest first (cursor pagination)",
     )
     def get(self, request):

@@ -15,7 +15,12 @@ from django.conf import settings
 from django.http import HttpResponse
 from django.urls import reverse
 from django.utils.http import http_date
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
@@ -327,13 +332,22 @@ class _TusView(APIView):
         )
 
 
+# tus statuses (tus 1.0): bodies still use the one error shape.
+TUS_ERRORS = {
+    410: OpenApiResponse(description="Upload expired (upload_expired)"),
+    412: OpenApiResponse(description="Tus-Resumable missing or not 1.0.0"),
+    423: OpenApiResponse(description="Another request is writing this upload"),
+    460: OpenApiResponse(description="Upload-Checksum mismatch (checksum_mismatch)"),
+}
+
+
 class TusCreateView(_TusView):
     @extend_schema(
         tags=["uploads"],
         summary="tus creation (Upload-Length, Upload-Metadata: filename, filetype, uploadId, "
         "sha256, assessmentSessionId)",
         request=None,
-        responses={201: None},
+        responses={201: None, **TUS_ERRORS},
         parameters=[
             OpenApiParameter("Tus-Resumable", str, OpenApiParameter.HEADER, required=True),
             OpenApiParameter("Upload-Length", int, OpenApiParameter.HEADER, required=True),
@@ -378,7 +392,9 @@ class TusCreateView(_TusView):
 
 
 class TusUploadView(_TusView):
-    @extend_schema(tags=["uploads"], summary="tus: current offset", responses={200: None})
+    @extend_schema(
+        tags=["uploads"], summary="tus: current offset", responses={200: None, **TUS_ERRORS}
+    )
     def head(self, request, attachment_id):
         attachment = services.tus_upload_get(tenant_id=request.tenant_id, upload_id=attachment_id)
         response = HttpResponse(status=200)
@@ -389,7 +405,10 @@ class TusUploadView(_TusView):
         return self._upload_headers(response, attachment)
 
     @extend_schema(
-        tags=["uploads"], summary="tus: append bytes", request=None, responses={204: None}
+        tags=["uploads"],
+        summary="tus: append bytes",
+        request=None,
+        responses={204: None, **TUS_ERRORS},
     )
     def patch(self, request, attachment_id):
         offset = _int_header(request, "Upload-Offset", "invalid_upload_offset")
@@ -398,7 +417,7 @@ class TusUploadView(_TusView):
         attachment = self._append(request, attachment_id, offset)
         return self._upload_headers(HttpResponse(status=204), attachment)
 
-    @extend_schema(tags=["uploads"], summary="tus: terminate", responses={204: None})
+    @extend_schema(tags=["uploads"], summary="tus: terminate", responses={204: None, **TUS_ERRORS})
     def delete(self, request, attachment_id):
         services.tus_upload_terminate(tenant_id=request.tenant_id, upload_id=attachment_id)
         return HttpResponse(status=204)

@@ -56,6 +56,10 @@ def add_error_responses(result, generator, request, public):
                 errors.update(_WRITES)
             if operation.get("security") != [{}] and operation.get("security", True):
                 errors.update(_AUTHENTICATED)
+            for status, response in responses.items():
+                # an error a view documents by description only gets the error body schema
+                if status[:1] in {"4", "5"} and "content" not in response:
+                    response["content"] = {"application/json": {"schema": ref}}
             for status, description in errors.items():
                 responses.setdefault(
                     status,

@@ -91,3 +91,19 @@ def test_unhandled_exception_is_500_internal_error(client):
     client.raise_request_exception = False
     response = client.get("/api/crash")
     assert_error(response, 500, "internal_error")
+
+
+@pytest.mark.parametrize("text", ["nul\u0000inside", "lone \ud800 surrogate"])
+def test_text_postgres_cannot_store_is_400_unstorable_text(api, text):
+    import json
+
+    body = json.dumps({"kind": "secret", "name": text})  # ensure_ascii keeps the escapes
+    response = api.generic("POST", "/api/keys", body, content_type="application/json")
+    error = assert_error(response, 400, "unstorable_text")
+    assert error["details"]["path"] == "$.name"
+
+
+def test_nested_unstorable_key_is_found(api):
+    body = '{"kind": "secret", "allowedOrigins": [], "x": {"a\\u0000": 1}}'
+    response = api.generic("POST", "/api/keys", body, content_type="application/json")
+    assert_error(response, 400, "unstorable_text")
