@@ -126,8 +126,14 @@ class Delivery(TenantOwnedModel):
 
     OPEN_STATUSES = (Status.PENDING, Status.RETRYING)
 
-    event = models.ForeignKey(OutboxEvent, on_delete=models.CASCADE, related_name="deliveries")
-    target = models.ForeignKey(Target, on_delete=models.PROTECT, related_name="deliveries")
+    # no single-column FK indexes: (event, target) and (target, status, …) lead with them,
+    # and every index is paid for by each publish
+    event = models.ForeignKey(
+        OutboxEvent, on_delete=models.CASCADE, related_name="deliveries", db_index=False
+    )
+    target = models.ForeignKey(
+        Target, on_delete=models.PROTECT, related_name="deliveries", db_index=False
+    )
     ordering_key = models.CharField(max_length=255, null=True, blank=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveIntegerField(default=0)
@@ -175,7 +181,9 @@ class DeliveryAttempt(TenantOwnedModel):
         RETRY = "retry", "Retryable failure"
         PERMANENT = "permanent", "Permanent failure"
 
-    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempt_rows")
+    delivery = models.ForeignKey(  # (delivery, number) below serves the FK lookups
+        Delivery, on_delete=models.CASCADE, related_name="attempt_rows", db_index=False
+    )
     number = models.PositiveIntegerField()
     outcome = models.CharField(max_length=20, choices=Outcome.choices)
     status_code = models.PositiveIntegerField(null=True, blank=True)
