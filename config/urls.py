@@ -4,12 +4,15 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config import health, metrics, views
 from config.dashboard import views as dashboard
+from uploads.api import UploadCreateView
 
 api_patterns = [
     path("", include("tenants.urls")),
     path("assessments/", include("assessments.urls")),
     path("outbox/", include("outbox.urls")),
     path("realtime/", include("outbox.realtime_urls")),
+    # POST /api/uploads (no slash) too: a redirected POST would come back as a GET.
+    path("uploads", UploadCreateView.as_view(), name="uploads-create-noslash"),
     path("uploads/", include("uploads.urls")),
     path("payments/", include("payments.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
