@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from django.db import transaction
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.api.pagination import CursorPagination
+from config.api.pagination import CursorPagination, paginated
 from outbox import selectors, services
 from outbox.models import Target
 
@@ -126,7 +126,7 @@ class EventListCreateView(APIView):
             )
         return Response(_event_detail(request, event.id), status=201 if created else 200)
 
-    @extend_schema(tags=["outbox"], responses=EventOut(many=True))
+    @extend_schema(tags=["outbox"], responses=paginated(EventOut))
     def get(self, request):
         queryset = selectors.event_list(
             tenant_id=request.tenant_id,
@@ -145,7 +145,10 @@ class EventDetailView(APIView):
 
 
 class TargetListCreateView(APIView):
-    @extend_schema(tags=["outbox"], responses=TargetOut(many=True))
+    @extend_schema(
+        tags=["outbox"],
+        responses=inline_serializer("TargetList", {"results": TargetOut(many=True)}),
+    )
     def get(self, request):
         targets = selectors.target_list(tenant_id=request.tenant_id)
         return Response({"results": TargetOut(targets, many=True).data})
