@@ -22,7 +22,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             **(log_context.get() or {}),
         }
-        for key in ("tenant_id", "request_id", "event_id", "target"):
+        for key in ("tenant_id", "request_id", "event_id", "target", "delivery_id", "outcome"):
             if hasattr(record, key):
                 line[key] = getattr(record, key)
         if record.exc_info:

@@ -235,6 +235,8 @@ class Deliverer:
         with connection.cursor() as cursor:
             cursor.execute(_RECORD_SQL, params)
             kept = {row[0] for row in cursor.fetchall() if row[0] != -1}
+        for result in results:
+            _log_verdict(result, recorded=result.job.delivery_id in kept)
         lost = len(results) - len(kept)
         if lost:
             logger.warning("%s verdicts discarded: their lease expired and was re-claimed", lost)
@@ -354,4 +356,30 @@ def _job_from_row(row, now) -> Job:
         backoff_base=backoff_base,
         backoff_max=backoff_max,
         circuit_clean=circuit_clean,
+    )
+
+
+def _log_verdict(result: Result, *, recorded: bool) -> None:
+    """One line per delivery verdict carrying tenant, event, target and delivery ids (as JSON
+    fields with LOG_FORMAT=json). Failures at WARNING; successes at DEBUG (hot path)."""
+    job = result.job
+    level = logging.DEBUG if result.outcome in {"delivered", "deferred"} else logging.WARNING
+    if not logger.isEnabledFor(level):
+        return
+    logger.log(
+        level,
+        "delivery %s: %s (status %s, %.0f ms)%s%s",
+        job.delivery_id,
+        result.outcome,
+        result.status_code,
+        result.duration_ms,
+        f": {result.error}" if result.error else "",
+        "" if recorded else " [lease lost: not recorded]",
+        extra={
+            "tenant_id": job.tenant_id,
+            "event_id": job.event_id,
+            "target": job.target_id,
+            "delivery_id": job.delivery_id,
+            "outcome": result.outcome,
+        },
     )

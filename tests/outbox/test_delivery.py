@@ -246,3 +246,23 @@ def test_paused_target_holds_events_until_resumed(tenant, receiver):
     target_resume(target=target)
     assert deliver_round() == 2 and len(receiver.requests) == 2
     assert Target.objects.get().paused_at is None
+
+
+def test_failed_delivery_log_line_carries_tenant_event_and_target(tenant, receiver, caplog):
+    import json
+    import logging
+
+    from config.logging import JsonFormatter
+
+    target = make_target(tenant, url=receiver.url)
+    receiver.answer = answer(500, body="boom")
+    event = publish(tenant)[0]
+    with caplog.at_level(logging.WARNING, logger="outbox.delivery"):
+        assert deliver_round() == 1
+    lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records if "delivery" in r.msg]
+    assert len(lines) == 1
+    line = lines[0]
+    assert line["tenant_id"] == str(tenant.id)
+    assert line["event_id"] == str(event.id)
+    assert line["target"] == str(target.id)
+    assert line["outcome"] == "retry" and "status 500" in line["message"]
