@@ -3,9 +3,11 @@ assessments.services, reads in assessments.selectors."""
 
 from __future__ import annotations
 
+import re
+
 from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
-from rest_framework import serializers
+from rest_framework import parsers, serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -20,6 +22,15 @@ from tenants.permissions import HasAnyKey
 class PlainTextJSONParser(JSONParser):
     """navigator.sendBeacon posts a string as text/plain (no CORS preflight): JSON inside."""
 
+    media_type = "text/plain"
+
+
+class EventsJSONParser(parsers.JSONParser):
+    """Events are validated one by one (a NUL in one event rejects that event alone), so the
+    batch is parsed without the project-wide whole-body text check."""
+
+
+class EventsPlainTextParser(EventsJSONParser):
     media_type = "text/plain"
 
 
@@ -235,7 +246,7 @@ class SubmissionDetailView(APIView):
 
 
 class EventsView(_BrowserView):
-    parser_classes = [JSONParser, PlainTextJSONParser]
+    parser_classes = [EventsJSONParser, EventsPlainTextParser]
 
     @extend_schema(
         tags=["assessments"],
@@ -263,10 +274,14 @@ class EventsView(_BrowserView):
                 f"At most {settings.ASSESSMENTS_EVENTS_MAX_PER_REQUEST} events per request.",
                 status_code=413,
             )
-        # Re-encoding each event (size / NUL checks) is the costliest step: skip it when the
-        # whole body is within one event's limit and carries no escaped NUL.
+        # Re-encoding each event (size / NUL / surrogate checks) is the costliest step: skip it
+        # when the whole body is within one event's limit and carries no escaped NUL or
+        # surrogate (a lone one would make PostgreSQL refuse the whole batch).
+        body = request.body
         check_encoding = (
-            len(request.body) > settings.ASSESSMENTS_EVENT_MAX_BYTES or b"\\u0000" in request.body
+            len(body) > settings.ASSESSMENTS_EVENT_MAX_BYTES
+            or b"\\u0000" in body
+            or re.search(rb"\\u[dD][89a-fA-F]", body) is not None
         )
         bounds = inputs.event_time_bounds()
         valid, errors, seen = [], [], set()

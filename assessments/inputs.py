@@ -160,7 +160,11 @@ def event_value(event, *, bounds, check_encoding: bool = True) -> dict:
         raise EventRejected("invalid_event")
     if check_encoding:
         encoded = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
-        if len(encoded.encode()) > settings.ASSESSMENTS_EVENT_MAX_BYTES:
+        try:
+            size = len(encoded.encode())
+        except UnicodeEncodeError as exc:  # a lone surrogate: PostgreSQL would refuse the batch
+            raise EventRejected("invalid_event") from exc
+        if size > settings.ASSESSMENTS_EVENT_MAX_BYTES:
             raise EventRejected("event_too_large")
         if "\\u0000" in encoded:  # PostgreSQL jsonb refuses NUL; it would fail the batch
             raise EventRejected("invalid_event")
