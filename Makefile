@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint format check bench fuzz clean-var
+.PHONY: install run test lint format check bench fuzz soak load clean-var
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Atlas needs Python 3.11+ (set PYTHON=python3.11)")'
@@ -27,6 +27,17 @@ test: install
 # Many more schemathesis examples per operation than the bounded run inside `make test`.
 fuzz: install
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-300} $(BIN)/python -m pytest tests/hardening/test_fuzz.py -p no:cacheprovider
+
+# Fault-injection soak: 20,000 events while workers are SIGKILLed, PostgreSQL restarts and the
+# receiver is down for 60 s (a loss fails it), then submits retried through a faulty network.
+# Shorter: make soak SOAK_ARGS="--events 5000". The bounded version runs inside `make test`.
+soak: install
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
+	$(BIN)/python bench/soak_submit.py
+
+# The browser traffic mix at rising concurrency against gunicorn with 2 workers.
+load: install
+	$(BIN)/python bench/load.py
 
 lint: install
 	$(BIN)/ruff check .
