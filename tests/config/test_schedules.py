@@ -1,4 +1,3 @@
-import io
 
 import pytest
 from django.core.management import call_command
@@ -26,14 +25,3 @@ def test_every_declared_schedule_exists_once_after_migrate():
         row = Schedule.objects.get(name=spec.name)
         assert row.func == spec.func and row.minutes == spec.minutes
         assert spec.why, f"{spec.name} needs a reason for its interval"
-
-
-def test_list_prints_each_schedule(monkeypatch):
-    monkeypatch.setattr(schedules, "declared_schedules", lambda: FAKE)
-    schedules.sync_schedules()
-    out = io.StringIO()
-    monkeypatch.setattr(
-        "config.management.commands.atlas_schedules.declared_schedules", lambda: FAKE
-    )
-    call_command("atlas_schedules", "--list", stdout=out)
-    assert "test-sweep" in out.getvalue() and "1 schedule(s) declared" in out.getvalue()

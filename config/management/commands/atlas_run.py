@@ -72,14 +72,15 @@ class Command(BaseCommand):
         self.stdout.write("stopping…")
         for proc in children.values():
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+                # the whole process group: qcluster's own worker processes must stop too
+                os.killpg(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
         for name, proc in children.items():
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self.stderr.write(f"{name} did not stop in {STOP_GRACE_SECONDS}s; killing it")
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         self.stdout.write("all stopped")
         if exit_code:
