@@ -29,5 +29,7 @@ urlpatterns = [
     path("", include("config.site_urls")),
 ]
 
+handler400 = views.bad_request
+handler403 = views.permission_denied
 handler404 = views.not_found
 handler500 = views.server_error

@@ -19,3 +19,16 @@ def server_error(request):
     if _is_api(request):
         return error_response("internal_error", "Something went wrong on our side.", 500)
     return defaults.server_error(request)
+
+
+def bad_request(request, exception=None):
+    # e.g. DisallowedHost or another SuspiciousOperation raised before any view ran
+    if _is_api(request):
+        return error_response("bad_request", "The request is malformed.", 400)
+    return defaults.bad_request(request, exception)
+
+
+def permission_denied(request, exception=None):
+    if _is_api(request):
+        return error_response("permission_denied", "You may not do this.", 403)
+    return defaults.permission_denied(request, exception)

@@ -107,3 +107,8 @@ def test_nested_unstorable_key_is_found(api):
     body = '{"kind": "secret", "allowedOrigins": [], "x": {"a\\u0000": 1}}'
     response = api.generic("POST", "/api/keys", body, content_type="application/json")
     assert_error(response, 400, "unstorable_text")
+
+
+def test_disallowed_host_is_400_in_the_error_shape(api):
+    response = api.get("/api/keys", HTTP_HOST="[)qC")
+    assert_error(response, 400, "bad_request")
