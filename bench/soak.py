@@ -65,7 +65,7 @@ from _common import (
     write_report,
 )
 
-DEFAULT_FAULTS = "kill@0.15,pg@0.3:5,kill@0.45,receiver@0.55:60,kill@0.75"
+DEFAULT_FAULTS = "kill@0.15,pg@0.3:5,kill@0.45,receiver@0.5:60,kill@0.9"
 QUICK_FAULTS = "kill@0.2,pg@0.55:2,receiver@0.75:4"
 ACCEPTED = ("ok", "slow")  # the receiver processed the webhook (a slow one too, just late)
 

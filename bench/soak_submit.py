@@ -170,6 +170,7 @@ class Clients:
         self.gave_up: list[str] = []
         self.latencies: list[float] = []
         self.bodies_seen: dict[str, set[str]] = defaultdict(set)
+        self.attempts_per_submit: list[int] = []
 
     def submit(self, body: dict) -> None:
         """Until 201/200, with the same body every time (bounded in attempts and seconds)."""
@@ -177,7 +178,7 @@ class Clients:
         sid = body["submissionId"]
         started = time.monotonic()
         pause = 0.05
-        for _ in range(self.attempts):
+        for attempt in range(1, self.attempts + 1):
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
                 conn.request(
@@ -202,6 +203,7 @@ class Clients:
                         if response.status == 200 and replayed != "true":
                             self.replay_headers_missing += 1
                         self.latencies.append(time.monotonic() - started)
+                        self.attempts_per_submit.append(attempt)
                         return
                     self.errors[f"http {response.status}"] += 1
             except (OSError, http.client.HTTPException, ValueError) as exc:
@@ -343,7 +345,8 @@ def check(args, tenant_id, ids, clients: Clients, proxy: FaultyProxy, elapsed: f
     inconsistent = [sid for sid, seen in clients.bodies_seen.items() if len(seen) > 1]
     server_errors = sum(n for k, n in clients.errors.items() if k.startswith("http 5"))
     status_total = Counter(s for statuses in clients.statuses.values() for s in statuses)
-    attempts = [len(s) for s in clients.statuses.values()]
+    attempts = clients.attempts_per_submit
+    never_201 = [sid for sid in ids if rows[sid] and 201 not in clients.statuses[sid]]
     latency = summarize_latencies(clients.latencies)
 
     violations = {
@@ -365,7 +368,9 @@ def check(args, tenant_id, ids, clients: Clients, proxy: FaultyProxy, elapsed: f
         {"measure": "proxy fates", "value": dict(sorted(proxy.fates.items()))},
         {"measure": "responses seen by clients", "value": dict(sorted(status_total.items()))},
         {"measure": "client errors (retried)", "value": dict(clients.errors) or "none"},
+        {"measure": "client submits needing a retry", "value": sum(1 for a in attempts if a > 1)},
         {"measure": "attempts per client submit, max", "value": max(attempts or [0])},
+        {"measure": "ids whose 201 never reached a client (replayed)", "value": len(never_201)},
         {"measure": "submit incl. retries p50 / p99 (ms)", "value": _pair(latency)},
         {"measure": "seconds", "value": round(elapsed, 1)},
         *[{"measure": f"VIOLATION {k}", "value": v} for k, v in violations.items()],
