@@ -678,7 +678,12 @@ class Soak:
             "delivery_statuses": dict(statuses),
             "duplicates": duplicates,
             "duplicate_causes": causes,
-            "lag_seconds": {k: (v / 1000 if k.endswith("_ms") else v) for k, v in lag.items()},
+            "lag_seconds": {
+                k.removesuffix("_ms") + ("_s" if k.endswith("_ms") else ""): (
+                    round(v / 1000, 3) if k.endswith("_ms") and v is not None else v
+                )
+                for k, v in lag.items()
+            },
             "publish_seconds": round(publish_seconds, 1),
             "drain_seconds": round(drained_in, 1),
             "receiver_outcomes": dict(log.outcomes),
