@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from django import db
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
@@ -98,6 +99,16 @@ def _validation_details(detail):
 
 
 def exception_handler(exc, context):
+    if isinstance(exc, (db.OperationalError, db.InterfaceError)):
+        # PostgreSQL unreachable or restarting: a retryable 503, not a 500
+        logger.warning(
+            "database unavailable: %s", str(exc).splitlines()[0][:200] if str(exc) else exc
+        )
+        response = error_response(
+            "database_unavailable", "The database is unavailable; retry shortly.", 503
+        )
+        response["Retry-After"] = "5"
+        return response
     if isinstance(exc, RequestDataTooBig):
         return error_response(
             "payload_too_large", "The request body is larger than this endpoint accepts.", 413

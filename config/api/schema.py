@@ -31,6 +31,7 @@ _COMMON = {
     "415": "Unsupported content type (unsupported_media_type)",
     "429": "Rate limited (rate_limited); see Retry-After",
     "500": "Unexpected error (internal_error)",
+    "503": "Database unavailable (database_unavailable); see Retry-After",
 }
 _WRITES = {
     "409": "Conflicts with the stored state (e.g. an id reused with other content)",

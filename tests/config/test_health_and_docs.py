@@ -44,3 +44,16 @@ def test_openapi_schema_and_docs_are_served(client):
 def test_admin_login_page_is_served(client):
     response = client.get("/admin/login/")
     assert response.status_code == 200
+
+
+def test_api_answers_503_with_retry_after_when_the_database_is_unreachable():
+    code = (
+        "from django.test import Client\n"
+        "r = Client(HTTP_AUTHORIZATION='Bearer sk_abcdefgh_' + 'x' * 43).get('/api/keys')\n"
+        "print(r.status_code, r.json()['error']['code'], r['Retry-After'])\n"
+    )
+    result = run_django_snippet(
+        code, DATABASE_URL="postgres://nobody@127.0.0.1:1/none", DB_CONNECT_TIMEOUT="2"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-3:] == ["503", "database_unavailable", "5"]
