@@ -283,3 +283,10 @@ def tail(path: Path, lines: int = 30) -> str:
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def database_url() -> str:
+    """DATABASE_URL of the bench database, for the server processes a bench starts."""
+    from tests.processes import test_database_url  # importable once setup_django ran
+
+    return test_database_url()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,20 +27,14 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from _common import ROOT, print_table, setup_django, summarize_latencies, teardown_django
+from _common import ROOT, free_port, print_table, setup_django, summarize_latencies, teardown_django
 from _common import write_report as _write_report
 
 SLO_P99_MS = 50.0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_gunicorn(database_url: str, cache_dir: str, threads: int = 4):
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ)
     env.update(
         DATABASE_URL=database_url,

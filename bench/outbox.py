@@ -24,10 +24,11 @@ import subprocess
 import sys
 import time
 from datetime import datetime
-from urllib.parse import quote
 
 from _common import (
     ROOT,
+    database_url,
+    free_port,
     print_table,
     setup_django,
     summarize_latencies,
@@ -83,9 +84,7 @@ def _receiver_main(port: int, ready):
 
 
 def start_receiver():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     ready = multiprocessing.Event()
     proc = multiprocessing.Process(target=_receiver_main, args=(port, ready), daemon=True)
     proc.start()
@@ -228,19 +227,6 @@ def bench_throughput(tenant, url: str, n: int) -> list[dict]:
 # --- 3. lag at a steady rate --------------------------------------------------------------------
 
 
-def _database_url() -> str:
-    from django.db import connection
-
-    db = connection.settings_dict
-    user = quote(db.get("USER") or "")
-    password = f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else ""
-    host = db.get("HOST") or ""
-    if host.startswith("/"):
-        return f"postgres://{user}{password}@/{db['NAME']}?host={host}"
-    port = f":{db['PORT']}" if db.get("PORT") else ""
-    return f"postgres://{user}{password}@{host}{port}/{db['NAME']}"
-
-
 def bench_lag(tenant, url: str, rate: int, seconds: float) -> list[dict]:
     from django.db import transaction
 
@@ -248,7 +234,7 @@ def bench_lag(tenant, url: str, rate: int, seconds: float) -> list[dict]:
     from outbox.services import event_publish, target_create
 
     target_create(tenant=tenant, name="lag-hook", kind="webhook", url=url + "/lag")
-    env = dict(os.environ, DATABASE_URL=_database_url(), DJANGO_SETTINGS_MODULE="config.settings")
+    env = dict(os.environ, DATABASE_URL=database_url(), DJANGO_SETTINGS_MODULE="config.settings")
     worker = subprocess.Popen(
         [sys.executable, str(ROOT / "manage.py"), "outbox_worker", "--poll", "5"],
         cwd=ROOT,
@@ -318,10 +304,8 @@ def bench_streams(tenant, streams: int) -> list[dict]:
 
     with transaction.atomic():
         _key, raw = apikey_create(tenant=tenant, kind="secret")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = dict(os.environ, DATABASE_URL=_database_url(), DJANGO_SETTINGS_MODULE="config.settings")
+    port = free_port()
+    env = dict(os.environ, DATABASE_URL=database_url(), DJANGO_SETTINGS_MODULE="config.settings")
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1",
          "--port", str(port), "--log-level", "warning", "--timeout-graceful-shutdown", "1",

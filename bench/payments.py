@@ -20,16 +20,16 @@ import argparse
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from urllib.parse import quote
 
 from _common import (
     ROOT,
+    database_url,
+    free_port,
     print_table,
     setup_django,
     summarize_latencies,
@@ -41,19 +41,6 @@ SECRET = "whsec_bench_secret"
 os.environ["TEST_DATABASE_NAME"] = "bench_atlas_payments"
 os.environ["STRIPE_WEBHOOK_SECRET"] = SECRET
 os.environ["LOG_LEVEL"] = "WARNING"
-
-
-def _database_url() -> str:
-    from django.db import connection
-
-    db = connection.settings_dict
-    user = quote(db.get("USER") or "")
-    password = f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else ""
-    host = db.get("HOST") or ""
-    if host.startswith("/"):
-        return f"postgres://{user}{password}@/{db['NAME']}?host={host}"
-    port = f":{db['PORT']}" if db.get("PORT") else ""
-    return f"postgres://{user}{password}@{host}{port}/{db['NAME']}"
 
 
 def _make_payments(n: int, prefix: str):
@@ -212,19 +199,13 @@ def bench_in_process(bodies: list[bytes]) -> dict:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_gunicorn(workers: int) -> tuple[subprocess.Popen, str]:
     from django.conf import settings
 
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ)
     env.update(
-        DATABASE_URL=_database_url(),
+        DATABASE_URL=database_url(),
         DJANGO_SETTINGS_MODULE="config.settings",
         SECRET_KEY=settings.SECRET_KEY,
         THROTTLE_ENABLED="false",

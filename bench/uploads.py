@@ -17,19 +17,19 @@ import argparse
 import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import (  # noqa: E402
     ROOT,
+    database_url,
+    free_port,
     print_table,
     setup_django,
     teardown_django,
@@ -37,25 +37,6 @@ from bench._common import (  # noqa: E402
 )
 
 MB = 1024 * 1024
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _database_url() -> str:
-    from django.db import connection
-
-    db = connection.settings_dict
-    user = quote(db.get("USER") or "")
-    password = f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else ""
-    host = db.get("HOST") or ""
-    if host.startswith("/"):
-        return f"postgres://{user}{password}@/{db['NAME']}?host={host}"
-    port = f":{db['PORT']}" if db.get("PORT") else ""
-    return f"postgres://{user}{password}@{host}{port}/{db['NAME']}"
 
 
 def _rss_kb(pid: int, field: str = "VmRSS") -> int:
@@ -122,10 +103,10 @@ def main():
             tenant = TenantFactory(name="Bench uploads")
         key = make_api_key(tenant, "secret")
 
-        port = _free_port()
+        port = free_port()
         env = dict(os.environ)
         env.update(
-            DATABASE_URL=_database_url(),
+            DATABASE_URL=database_url(),
             THROTTLE_ENABLED="false",
             UPLOADS_STAGING_DIR=str(work / "staging"),
             UPLOADS_STORAGE_DIR=str(work / "attachments"),
