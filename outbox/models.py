@@ -4,7 +4,7 @@ from django.db import models
 from django.db.models import Func, Q, Value
 
 from assessments.models import is_json_object
-from tenants.models import TenantOwnedModel
+from tenants.models import Tenant, TenantOwnedModel
 
 # A dedicated sequence numbers events in insert order: the realtime stream's resume cursor.
 EVENT_SEQ_NAME = "outbox_event_seq"
@@ -17,6 +17,9 @@ class OutboxEvent(TenantOwnedModel):
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # no single-column tenant index: the three (tenant, …) indexes below lead with it, and
+    # every index is paid for by each publish
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+", db_index=False)
     topic = models.CharField(max_length=100, help_text="e.g. assessments, payments, uploads")
     event_type = models.CharField(max_length=100, help_text="e.g. assessment.submitted")
     payload = models.JSONField(default=dict)
