@@ -414,7 +414,11 @@ LOGGING = {
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # the SDK logs every API call at INFO; payments logs the failures itself
+        "stripe": {"level": "WARNING"},
+    },
 }
 
 # --- Metrics (GET /metrics) ------------------------------------------------------------------

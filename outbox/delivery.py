@@ -92,22 +92,25 @@ SELECT -1 FROM (SELECT pg_notify(%s, v.broadcast) FROM v
 """
 
 
-class RateLimiter:
-    """Token bucket per target, per worker process (Slack: 1/s by default)."""
-
-    def __init__(self):
-        self._next_free: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def reserve(self, target_id: str, per_second: float | None) -> float:
-        """Seconds until this send may go (0 = now); reserves the slot."""
-        if not per_second:
-            return 0.0
-        with self._lock:
-            now = time.monotonic()
-            slot = max(now, self._next_free.get(target_id, 0.0))
-            self._next_free[target_id] = slot + 1.0 / per_second
-            return slot - now
+# A target's rate limit is shared by every worker: its row holds the next free send slot.
+# One statement reserves the claimed jobs' slots that fall within the horizon (the rest are
+# handed back without an attempt), on the database's clock so the workers' clocks don't matter.
+RATE_HORIZON_SECONDS = 1.0
+_RESERVE_SQL = """
+WITH o AS (
+    SELECT t.id, t.rate_limit_per_second AS rate, c.now, GREATEST(t.rate_next_at, c.now) AS start
+    FROM outbox_target t, LATERAL (SELECT clock_timestamp() AS now) c
+    WHERE t.id = %(target)s AND t.rate_limit_per_second > 0
+    FOR NO KEY UPDATE OF t
+), fit AS (
+    SELECT o.*, LEAST(%(wanted)s, GREATEST(0,
+        floor((%(horizon)s - extract(epoch FROM o.start - o.now)) * o.rate)::int + 1)) AS n
+    FROM o
+)
+UPDATE outbox_target t SET rate_next_at = fit.start + make_interval(secs => fit.n / fit.rate)
+FROM fit WHERE t.id = fit.id
+RETURNING extract(epoch FROM fit.start - fit.now)::float8, fit.n, fit.rate
+"""
 
 
 @dataclass
@@ -129,7 +132,6 @@ class Deliverer:
         self.pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="outbox-send")
         self.pools: dict[tuple[str, str], object] = {}
         self._pools_lock = threading.Lock()
-        self.limiter = RateLimiter()
         self.delivered_total = 0
         self._next_probe_check = 0.0
 
@@ -163,7 +165,32 @@ class Deliverer:
         now = timezone.now()
         jobs = self._probes(now, token, lease)
         jobs += self._claim(now, token, lease, batch_size, "closed", None)
+        self._reserve_slots(jobs)
         return Batch(token, jobs)
+
+    @staticmethod
+    def _reserve_slots(jobs: list[Job]) -> None:
+        """Rate-limited targets: a send time for the jobs that fit, a deferral for the rest."""
+        limited: dict[str, list[Job]] = defaultdict(list)
+        for job in jobs:
+            if job.rate_limit:
+                limited[job.target_id].append(job)
+        for target_id, queue in limited.items():
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    _RESERVE_SQL,
+                    {"target": target_id, "wanted": len(queue), "horizon": RATE_HORIZON_SECONDS},
+                )
+                row = cursor.fetchone()
+            if row is None:  # the limit was lifted meanwhile
+                continue
+            first, fitting, rate = row
+            base = time.monotonic()
+            for i, job in enumerate(queue):
+                if i < fitting:
+                    job.send_at = base + first + i / rate
+                else:
+                    job.defer_seconds = first + fitting / rate
 
     def submit(self, batch: Batch) -> Batch:
         """Start the sends in the thread pool; the caller may use the database meanwhile."""
@@ -216,10 +243,9 @@ class Deliverer:
             return Result(job, "retry", error=f"{type(exc).__name__}: {exc}"[:1000])
 
     def _send_limited(self, job: Job) -> Result:
-        wait = self.limiter.reserve(job.target_id, job.rate_limit)
-        if wait > 1.0:  # beyond the next second: hand it back rather than hold the lease
-            return Result(job, "deferred", retry_after=wait, sent=False)
-        if wait > 0:
+        if job.defer_seconds is not None:  # no slot within the horizon: hand it back
+            return Result(job, "deferred", retry_after=job.defer_seconds, sent=False)
+        if job.send_at is not None and (wait := job.send_at - time.monotonic()) > 0:
             time.sleep(wait)
         return send(None if job.target_kind == "realtime" else self.pool_for(job), job)
 

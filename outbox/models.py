@@ -91,7 +91,10 @@ class Target(TenantOwnedModel):
     backoff_base_seconds = models.PositiveIntegerField(null=True, blank=True)
     backoff_max_seconds = models.PositiveIntegerField(null=True, blank=True)
     rate_limit_per_second = models.FloatField(
-        null=True, blank=True, help_text="Per worker process; empty = unlimited."
+        null=True, blank=True, help_text="Sends per second, all workers together; empty = no limit."
+    )
+    rate_next_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="Rate limit: the next free send slot."
     )
     circuit_state = models.CharField(max_length=20, choices=Circuit.choices, default=Circuit.CLOSED)
     circuit_failures = models.PositiveIntegerField(default=0, help_text="Consecutive failures.")

@@ -7,7 +7,7 @@ import time
 import pytest
 from django.db import connection
 
-from outbox.models import Delivery, WorkerHeartbeat
+from outbox.models import Delivery, DeliveryAttempt, WorkerHeartbeat
 from tests.outbox.factories import make_target, publish
 from tests.processes import manage_popen
 
@@ -109,3 +109,21 @@ def test_worker_survives_its_database_connections_being_killed(tenant, receiver,
     publish(tenant, n=3)
     assert wait_until(lambda: delivered() == 4, timeout=40)
     assert proc.poll() is None  # reconnected, did not crash
+
+
+def test_rate_limit_holds_across_two_workers(tenant, receiver, workers):
+    """4 sends/s is the target's limit, not each worker's: two workers together stay under it."""
+    make_target(tenant, "slack", kind="slack", url=receiver.url, rate_limit_per_second=4)
+    workers("--poll", "0.2", "--batch-size", "2")  # small claims: both workers get some
+    workers("--poll", "0.2", "--batch-size", "2")
+    assert wait_until(lambda: WorkerHeartbeat.objects.count() == 2)
+    publish(tenant, n=12)
+    assert wait_until(lambda: delivered() == 12, timeout=40)
+    assert DeliveryAttempt.objects.values("worker").distinct().count() == 2
+    times = sorted(r.at for r in receiver.requests)
+    assert len(times) == 12
+    # any 5 consecutive sends span at least 4 intervals of 0.25 s (less scheduling jitter);
+    # a per-process limiter lets two workers send 8/s: 5 sends in ~0.5 s
+    tightest = min(times[i + 4] - times[i] for i in range(len(times) - 4))
+    assert tightest >= 0.75, f"5 sends within {tightest:.2f} s"
+    assert DeliveryAttempt.objects.count() == 12  # deferrals used no attempt
