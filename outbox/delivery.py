@@ -64,7 +64,7 @@ RETURNING d.id, d.tenant_id, e.id, e.seq, e.topic, e.event_type, e.payload::text
 # Every verdict of a round in one statement: the delivery rows (fenced by the lease token, so
 # a worker whose lease expired changes nothing), the attempt rows (kept even then: evidence),
 # and the realtime broadcast. One statement = one transaction, all or nothing.
-_RECORD_SQL = """
+_RECORD_SQL = f"""
 WITH v (id, status, inc, next_at, delivered_at, err, tenant_id, number, outcome, status_code,
         duration_ms, excerpt, sent, broadcast) AS (
     SELECT * FROM unnest(%s::bigint[], %s::varchar[], %s::int[], %s::timestamptz[],
@@ -75,8 +75,12 @@ upd AS (
     UPDATE outbox_delivery d SET status = v.status, attempts = d.attempts + v.inc,
         next_attempt_at = v.next_at, delivered_at = v.delivered_at, last_error = v.err,
         locked_until = NULL, locked_by = '', updated_at = %s
-    FROM v WHERE d.id = v.id AND d.locked_by = %s
+    FROM v WHERE d.id = v.id AND d.locked_by = %s AND d.status IN {OPEN}
     RETURNING d.id
+),
+released AS (  -- cancelled by staff while on the wire: the status stays, the lease goes
+    UPDATE outbox_delivery d SET locked_until = NULL, locked_by = ''
+    FROM v WHERE d.id = v.id AND d.locked_by = %s AND d.status NOT IN {OPEN}
 ),
 ins AS (
     INSERT INTO outbox_deliveryattempt (created_at, updated_at, tenant_id, delivery_id, number,
@@ -257,7 +261,8 @@ class Deliverer:
         columns = [
             list(column) for column in zip(*(_verdict_row(r, now) for r in results), strict=True)
         ]
-        params = columns + [now, token, now, now, self.worker_id[:100], conf.CHANNEL_REALTIME]
+        params = columns + [now, token, token, now, now, self.worker_id[:100]]
+        params.append(conf.CHANNEL_REALTIME)
         with connection.cursor() as cursor:
             cursor.execute(_RECORD_SQL, params)
             kept = {row[0] for row in cursor.fetchall() if row[0] != -1}
@@ -314,10 +319,16 @@ class Deliverer:
                 )
 
 
+def storable(text: str) -> str:
+    """A receiver's bytes may hold NUL, which PostgreSQL text refuses (and one refused row
+    would fail the whole round's record, again and again)."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
 def _verdict_row(result: Result, now) -> tuple:
     """(delivery columns…, attempt columns…) for one result."""
     job, status = result.job, Delivery.Status
-    error = (result.error or "")[:1000]
+    error = storable(result.error or "")[:1000]
     attempt = job.attempts + 1
     outcome = {"delivered": "delivered", "retry": "retry"}.get(result.outcome, "permanent")
     broadcast = None
@@ -348,7 +359,7 @@ def _verdict_row(result: Result, now) -> tuple:
         outcome,
         result.status_code,
         round(result.duration_ms, 2),
-        result.excerpt,
+        storable(result.excerpt),
         result.sent,
         broadcast,
     )

@@ -11,9 +11,11 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from config.api.errors import ApiError
+from config.api.parsers import check_storable
 from outbox import conf
 from outbox.models import CircuitTransition, Delivery, OutboxEvent, Target
 from tenants.scoping import tenant_get_or_404, tenant_queryset
@@ -122,6 +124,8 @@ def _payload_json(payload) -> str:
     if not isinstance(payload, dict):
         raise ApiError("payload_not_object", "payload must be a JSON object.")
     body = json.dumps(payload, cls=DjangoJSONEncoder, separators=(",", ":"))
+    if "\\u0000" in body or "\\ud" in body:  # maybe NUL or a lone surrogate: jsonb refuses
+        check_storable(payload, "$.payload")
     limit = conf.get("OUTBOX_MAX_PAYLOAD_BYTES")
     if len(body.encode()) > limit:
         raise ApiError(
@@ -303,20 +307,29 @@ def target_test_send(*, target: Target) -> OutboxEvent:
 
 
 def delivery_requeue(*, deliveries) -> int:
-    """Back to pending, due now, with a fresh attempt budget (dead/cancelled/retrying)."""
+    """Back to pending, due now, with a fresh attempt budget (dead/cancelled/retrying).
+
+    A delivery a worker holds right now (live lease) is left alone: clearing its lease would
+    let a second worker send it while the first is still on the wire."""
     now = timezone.now()
-    return deliveries.exclude(status=Delivery.Status.DELIVERED).update(
-        status=Delivery.Status.PENDING,
-        attempts=0,
-        next_attempt_at=now,
-        locked_until=None,
-        locked_by="",
-        updated_at=now,
+    in_flight = Q(locked_until__gt=now)
+    return (
+        deliveries.exclude(status=Delivery.Status.DELIVERED)
+        .exclude(in_flight)
+        .update(
+            status=Delivery.Status.PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            locked_until=None,
+            locked_by="",
+            updated_at=now,
+        )
     )
 
 
 def delivery_cancel(*, deliveries) -> int:
-    """Stop trying (kept as evidence, never deleted). Leased rows finish their try first."""
+    """Stop trying (kept as evidence, never deleted). A try already on the wire finishes and
+    its attempt is recorded, but it no longer changes the cancelled status."""
     now = timezone.now()
     return deliveries.filter(status__in=Delivery.OPEN_STATUSES).update(
         status=Delivery.Status.CANCELLED, last_error="cancelled by staff", updated_at=now

@@ -17,8 +17,11 @@ import uuid
 
 from django.db import (
     DatabaseError,
+    DataError,
+    IntegrityError,
     InterfaceError,
     OperationalError,
+    ProgrammingError,
     close_old_connections,
     connection,
 )
@@ -32,6 +35,7 @@ logger = logging.getLogger("outbox.worker")
 HEARTBEAT_SECONDS = 5.0
 REPORT_SECONDS = 60.0
 DB_ERRORS = (OperationalError, InterfaceError, DatabaseError)
+REFUSED = (DataError, IntegrityError, ProgrammingError)
 
 
 class Listener(threading.Thread):
@@ -110,6 +114,11 @@ class Worker:
                         unrecorded = None
                     db_delay = 0.5
                 except DB_ERRORS as exc:
+                    if unrecorded and isinstance(exc, REFUSED):
+                        # the database refused these verdicts (not a lost connection): retrying
+                        # would stall this worker forever; their leases expire and they go again
+                        logger.error("verdicts refused by the database, dropped: %s", exc)
+                        unrecorded = None
                     logger.warning("database error (%s); reconnecting in %.1fs", exc, db_delay)
                     close_old_connections()
                     connection.close()

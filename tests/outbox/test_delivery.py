@@ -236,6 +236,54 @@ def test_cancelled_delivery_is_not_sent(tenant, receiver):
     assert deliver_round() == 0 and receiver.requests == []
 
 
+def test_cancel_while_on_the_wire_sticks_and_releases_the_lease(tenant, receiver):
+    from outbox.delivery import Deliverer
+    from outbox.services import delivery_cancel
+
+    make_target(tenant, url=receiver.url)
+    publish(tenant)
+    deliverer = Deliverer(concurrency=2)
+    try:
+        batch = deliverer.submit(deliverer.claim())
+        assert delivery_cancel(deliveries=Delivery.objects.all()) == 1  # staff, mid-send
+        deliverer.record(deliverer.collect(batch))
+    finally:
+        deliverer.close()
+    delivery = Delivery.objects.get()
+    assert (delivery.status, delivery.locked_by, delivery.locked_until) == ("cancelled", "", None)
+    assert DeliveryAttempt.objects.get().outcome == "delivered"  # the try is still evidence
+
+
+def test_requeue_leaves_a_delivery_a_worker_holds_alone(tenant, receiver):
+    from outbox.delivery import Deliverer
+    from outbox.services import delivery_requeue
+
+    make_target(tenant, url=receiver.url)
+    publish(tenant)
+    deliverer = Deliverer(concurrency=2)
+    try:
+        batch = deliverer.claim()
+        token = batch.token
+        assert delivery_requeue(deliveries=Delivery.objects.all()) == 0
+        assert Delivery.objects.get().locked_by == token  # no second worker can take it
+        deliverer.record(deliverer.collect(deliverer.submit(batch)))
+    finally:
+        deliverer.close()
+    assert Delivery.objects.get().status == "delivered" and len(receiver.requests) == 1
+
+
+@pytest.mark.parametrize("status", [200, 500])
+def test_a_response_with_nul_bytes_is_recorded_not_a_stalled_round(tenant, receiver, status):
+    make_target(tenant, url=receiver.url)
+    receiver.answer = answer(status, body="bad\x00body")
+    publish(tenant)
+    assert deliver_round() == 1
+    attempt = DeliveryAttempt.objects.get()
+    assert attempt.response_excerpt == "bad\ufffdbody" and attempt.status_code == status
+    expected = "delivered" if status == 200 else "retrying"
+    assert Delivery.objects.get().status == expected
+
+
 def test_paused_target_holds_events_until_resumed(tenant, receiver):
     from outbox.services import target_pause, target_resume
 

@@ -71,6 +71,22 @@ def test_non_object_payload_is_refused(tenant, payload):
     assert OutboxEvent.objects.count() == 0
 
 
+@pytest.mark.parametrize(
+    "payload", [{"note": "a\x00b"}, {"deep": [{"k\x00": 1}]}, {"half": "\ud800"}]
+)
+def test_text_postgresql_cannot_store_is_a_4xx_from_code_too(tenant, payload):
+    with pytest.raises(ApiError) as info:
+        publish(tenant, payload=payload)
+    assert (info.value.error_code, info.value.status_code) == ("unstorable_text", 400)
+    assert OutboxEvent.objects.count() == 0
+
+
+def test_valid_non_ascii_and_a_literal_backslash_u0000_are_stored(tenant):
+    payload = {"emoji": "😀", "text": "\\u0000 is how JSON spells NUL"}
+    (event,) = publish(tenant, payload=payload)
+    assert OutboxEvent.objects.get(pk=event.id).payload == payload
+
+
 def test_oversized_payload_is_refused(tenant, settings):
     settings.OUTBOX_MAX_PAYLOAD_BYTES = 1000
     with pytest.raises(ApiError) as info:
