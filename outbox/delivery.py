@@ -15,10 +15,11 @@ import time
 import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from outbox import circuit, conf
@@ -137,6 +138,7 @@ class Deliverer:
         self.pools: dict[tuple[str, str], object] = {}
         self._pools_lock = threading.Lock()
         self.delivered_total = 0
+        self.held: set[str] = set()  # lease tokens claimed and not yet recorded
         self._next_probe_check = 0.0
 
     def close(self):
@@ -170,6 +172,8 @@ class Deliverer:
         jobs = self._probes(now, token, lease)
         jobs += self._claim(now, token, lease, batch_size, "closed", None)
         self._reserve_slots(jobs)
+        if jobs:
+            self.held.add(token)
         return Batch(token, jobs)
 
     @staticmethod
@@ -201,14 +205,44 @@ class Deliverer:
         batch.futures = [self.pool.submit(self._send, job) for job in batch.jobs]
         return batch
 
-    @staticmethod
-    def collect(batch: Batch) -> Batch:
-        batch.results = [future.result() for future in batch.futures]
+    def collect(self, batch: Batch) -> Batch:
+        """Wait for the sends, renewing every lease this deliverer holds meanwhile: a slow
+        receiver must not let the lease lapse mid-send (another worker would send it too)."""
+        every = max(conf.get("OUTBOX_LEASE_SECONDS") / 3, 0.1)
+        results = []
+        for future in batch.futures:
+            while True:
+                try:
+                    results.append(future.result(timeout=every))
+                    break
+                except FutureTimeout:
+                    self.renew_leases()
+        batch.results = results
         return batch
+
+    def renew_leases(self) -> int:
+        """Push out locked_until for every batch claimed and not yet recorded (best effort:
+        if the database is away, the lease may lapse and the delivery goes again)."""
+        tokens = list(self.held)
+        if not tokens:
+            return 0
+        lease = conf.get("OUTBOX_LEASE_SECONDS")
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"UPDATE outbox_delivery SET locked_until = %s WHERE locked_by = ANY(%s)"
+                    f" AND status IN {OPEN}",
+                    [timezone.now() + timedelta(seconds=lease), tokens],
+                )
+                return cursor.rowcount
+        except DatabaseError as exc:
+            logger.warning("could not renew leases (%s): they may lapse", exc)
+            return 0
 
     def record(self, batch: Batch) -> None:
         if batch.results:
             self._record(batch.results, batch.token)
+        self.held.discard(batch.token)
 
     def _probes(self, now, token, lease) -> list[Job]:
         """Half-open targets: this worker may own the one probe (checked once a second)."""

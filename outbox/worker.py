@@ -118,6 +118,7 @@ class Worker:
                         # the database refused these verdicts (not a lost connection): retrying
                         # would stall this worker forever; their leases expire and they go again
                         logger.error("verdicts refused by the database, dropped: %s", exc)
+                        self.deliverer.held.discard(unrecorded.token)  # stop renewing them
                         unrecorded = None
                     logger.warning("database error (%s); reconnecting in %.1fs", exc, db_delay)
                     close_old_connections()

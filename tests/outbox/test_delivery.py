@@ -1,5 +1,6 @@
 """Delivery rounds against a real HTTP receiver on 127.0.0.1, time controlled."""
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -314,3 +315,39 @@ def test_failed_delivery_log_line_carries_tenant_event_and_target(tenant, receiv
     assert line["event_id"] == str(event.id)
     assert line["target"] == str(target.id)
     assert line["outcome"] == "retry" and "status 500" in line["message"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_slow_send_keeps_its_lease_so_no_other_worker_sends_it_too(tenant, receiver, settings):
+    import threading
+
+    from outbox.delivery import Deliverer
+
+    settings.OUTBOX_LEASE_SECONDS = 1
+    make_target(tenant, url=receiver.url)
+    publish(tenant)
+    receiver.delay = 2.5  # the send outlasts the 1 s lease 2.5 times over
+    first, second = Deliverer(concurrency=2), Deliverer(concurrency=2)
+    stolen = []
+
+    def other_worker():
+        from django.db import connection
+
+        time.sleep(1.6)
+        try:
+            stolen.append(len(second.claim().jobs))
+        finally:
+            connection.close()  # this thread's own connection
+
+    thief = threading.Thread(target=other_worker)
+    try:
+        batch = first.submit(first.claim())
+        thief.start()
+        first.record(first.collect(batch))
+        thief.join()
+    finally:
+        first.close()
+        second.close()
+    assert stolen == [0]
+    assert len(receiver.requests) == 1 and Delivery.objects.get().status == "delivered"
+    assert Delivery.objects.get().locked_by == ""
