@@ -127,3 +127,43 @@ def test_rate_limit_holds_across_two_workers(tenant, receiver, workers):
     tightest = min(times[i + 4] - times[i] for i in range(len(times) - 4))
     assert tightest >= 0.75, f"5 sends within {tightest:.2f} s"
     assert DeliveryAttempt.objects.count() == 12  # deferrals used no attempt
+
+
+def test_real_worker_gets_everything_through_a_flaky_then_dead_then_healthy_receiver(
+    tenant, receiver, workers
+):
+    """The worker process, not a test-driven round: 30 % random failures, then the receiver
+    down for 3 s (the breaker opens, probes, closes), then healthy. Every event arrives."""
+    import random
+
+    make_target(tenant, url=receiver.url)
+    flaky = random.Random(7)
+    down_from, down_for = [None], 3.0
+
+    def answer(received, index):
+        if index == 20:
+            down_from[0] = time.monotonic()
+        if down_from[0] and time.monotonic() - down_from[0] < down_for:
+            return 503, {}, "down"
+        return (500, {}, "flaky") if flaky.random() < 0.3 else (200, {}, "ok")
+
+    receiver.answer = answer
+    events = publish(tenant, n=60)
+    workers(
+        "--poll", "0.2", "--batch-size", "10",
+        OUTBOX_BACKOFF_BASE_SECONDS="1", OUTBOX_BACKOFF_MAX_SECONDS="2",
+        OUTBOX_CIRCUIT_OPEN_SECONDS="1", OUTBOX_MAX_ATTEMPTS="50",
+    )  # fmt: skip
+    assert wait_until(lambda: delivered() == 60, timeout=90), Delivery.objects.exclude(
+        status="delivered"
+    ).values_list("status", "attempts", "last_error")[:5]
+    assert set(receiver.ids()) == {str(e.id) for e in events}
+    assert any(status == 503 for status, *_ in _statuses()), "the outage never happened"
+    from outbox.models import CircuitTransition
+
+    assert CircuitTransition.objects.filter(to_state="open").exists()
+    assert CircuitTransition.objects.filter(from_state="half_open", to_state="closed").exists()
+
+
+def _statuses():
+    return DeliveryAttempt.objects.values_list("status_code", "outcome")
