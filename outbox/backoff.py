@@ -10,9 +10,14 @@ JITTER = 0.2  # ±20 %: workers retrying one outage do not hit the receiver in l
 
 
 def backoff_seconds(*, attempt: int, base: float, cap: float, rng=random) -> float:
-    """Delay after the `attempt`-th failed try (1-based): base × 2^(attempt-1), ±20 %, ≤ cap."""
-    raw = base * (2 ** max(0, attempt - 1))
-    return min(cap, raw * rng.uniform(1 - JITTER, 1 + JITTER))
+    """Delay after the `attempt`-th failed try (1-based): base × 2^(attempt-1), ±20 %, ≤ cap.
+
+    At the cap the delay is still spread (80-100 % of it): clamping the jittered value would
+    send every long-failing delivery back at the very same moment."""
+    jittered = base * (2 ** max(0, attempt - 1)) * rng.uniform(1 - JITTER, 1 + JITTER)
+    if jittered <= cap:
+        return jittered
+    return cap * rng.uniform(1 - JITTER, 1.0)
 
 
 def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:

@@ -162,7 +162,7 @@ def test_backoff_is_capped_and_configurable_per_target(tenant, receiver, setting
             delays.append((delivery.next_attempt_at - timezone.now()).total_seconds())
             clock.move_to(delivery.next_attempt_at)
     assert 8 <= delays[0] <= 12 and 16 <= delays[1] <= 24
-    assert all(d <= 30 for d in delays) and delays[-1] == 30
+    assert all(d <= 30 for d in delays) and 24 <= delays[-1] <= 30
 
 
 def test_jitter_spreads_within_twenty_percent():
@@ -173,7 +173,8 @@ def test_jitter_spreads_within_twenty_percent():
     rng = random.Random(7)
     samples = [backoff_seconds(attempt=3, base=60, cap=21600, rng=rng) for _ in range(2000)]
     assert 192 <= min(samples) < 200 and 280 < max(samples) <= 288
-    assert backoff_seconds(attempt=30, base=60, cap=21600) == 21600
+    capped = [backoff_seconds(attempt=30, base=60, cap=21600, rng=rng) for _ in range(500)]
+    assert 17280 <= min(capped) < 17500 and 21400 < max(capped) <= 21600  # spread, never above
 
 
 def test_connection_refused_and_timeouts_are_retried(tenant, receiver):
