@@ -305,6 +305,7 @@ class Deliverer:
         lost = len(results) - len(kept)
         if lost:
             logger.warning("%s verdicts discarded: their lease expired and was re-claimed", lost)
+        self._honour_slack_retry_after(results)
         if self._needs_circuit_write(results):
             with transaction.atomic():
                 self._circuit(results, now)
@@ -312,6 +313,22 @@ class Deliverer:
         self.delivered_total += sum(
             1 for r in results if r.outcome == "delivered" and r.job.delivery_id in kept
         )
+
+    @staticmethod
+    def _honour_slack_retry_after(results) -> None:
+        """A 429 with Retry-After from a rate-limited target (Slack) holds back every send
+        to it, by every worker, not only the delivery that got it: its next free slot moves."""
+        wait: dict[str, float] = {}
+        for r in results:
+            if r.status_code == 429 and r.retry_after and r.job.rate_limit:
+                wait[r.job.target_id] = max(wait.get(r.job.target_id, 0.0), r.retry_after)
+        for target_id, seconds in wait.items():
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "UPDATE outbox_target SET rate_next_at = GREATEST(rate_next_at,"
+                    " clock_timestamp() + make_interval(secs => %s)) WHERE id = %s",
+                    [seconds, target_id],
+                )
 
     @staticmethod
     def _needs_circuit_write(results) -> bool:

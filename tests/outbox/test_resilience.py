@@ -192,3 +192,18 @@ def test_slack_rate_limit_spaces_sends_and_hands_back_the_rest(tenant, receiver)
     assert DeliveryAttempt.objects.count() == sent  # deferral uses no attempt
     times = sorted(r.at for r in receiver.requests)
     assert times[-1] - times[0] >= 0.4
+
+
+def test_slack_429_retry_after_holds_back_every_send_to_that_target(tenant, receiver):
+    make_target(tenant, "slack", kind="slack", url=receiver.url, rate_limit_per_second=10)
+    receiver.answer = lambda r, i: (429, {"Retry-After": "30"}, "rate_limited")
+    publish(tenant)
+    deliver_round()
+    receiver.answer = None
+    publish(tenant, n=3)  # due now, but Slack asked for 30 s of quiet
+    deliver_round()
+    assert len(receiver.requests) == 1
+    assert DeliveryAttempt.objects.count() == 1  # the held-back ones used no attempt
+    waiting = Delivery.objects.filter(attempts=0)
+    assert waiting.count() == 3
+    assert all(d.next_attempt_at > timezone.now() + timedelta(seconds=25) for d in waiting)
