@@ -298,9 +298,10 @@ OUTBOX_SLACK_RATE_PER_SECOND = env("OUTBOX_SLACK_RATE_PER_SECOND", "float", 1.0)
 OUTBOX_SWEEP_SECONDS = env("OUTBOX_SWEEP_SECONDS", "int", 40)
 OUTBOX_PRUNE_DAYS = env("OUTBOX_PRUNE_DAYS", "int", 30)
 OUTBOX_HEARTBEAT_STALE_SECONDS = env("OUTBOX_HEARTBEAT_STALE_SECONDS", "int", 60)
-# Realtime (SSE): how long a seq hole may stay open before it counts as a rollback, the
-# keep-alive comment interval, and the port of the ASGI server `make run` starts for streams.
-OUTBOX_REALTIME_SETTLE_SECONDS = env("OUTBOX_REALTIME_SETTLE_SECONDS", "float", 5.0)
+# Realtime (SSE): the safety valve for a seq hole whose transactions are still running (holes
+# settle when those end; see outbox/realtime.py), the keep-alive comment interval, and the
+# port of the ASGI server `make run` starts for streams.
+OUTBOX_REALTIME_SETTLE_SECONDS = env("OUTBOX_REALTIME_SETTLE_SECONDS", "float", 30.0)
 OUTBOX_REALTIME_KEEPALIVE_SECONDS = env("OUTBOX_REALTIME_KEEPALIVE_SECONDS", "float", 15.0)
 OUTBOX_REALTIME_PORT = env("OUTBOX_REALTIME_PORT", "int", 8001)
 for _name in (

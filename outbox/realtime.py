@@ -4,10 +4,14 @@ One LISTEN connection wakes it on each publish commit (and on realtime-target br
 then reads the new events once, in `seq` order, and hands each to the streams of its tenant.
 Hundreds of streams cost hundreds of small queues, not hundreds of connections or threads.
 
-Gaps: `seq` comes from a sequence, so a transaction that committed later than a neighbour
-leaves a hole for a moment. The hub waits for a hole to fill for up to
-OUTBOX_REALTIME_SETTLE_SECONDS (after that it was a rollback) so that streams, and the
-Last-Event-ID cursor they give out, never skip an event.
+Gaps: `seq` comes from a sequence, so a transaction that took a seq before a neighbour but
+commits after it leaves a hole for a while, and a rollback leaves one for good. The hub never
+guesses which: when it meets a hole it notes the transactions in progress at that moment
+(the hole's owner is one of them: a publish takes its transaction id before its seq) and
+waits until every one of them has ended; then the hole is either filled or was a rollback.
+So streams, and the Last-Event-ID cursor they give out, never skip a committed event.
+OUTBOX_REALTIME_SETTLE_SECONDS is only a safety valve against a transaction left open for
+very long (logged when it fires).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from outbox import conf
 
 logger = logging.getLogger("outbox.realtime")
 QUEUE_SIZE = 1000
+START_WAIT_SECONDS = 5.0
 
 # System-level read (all tenants): the hub routes each row to its tenant's streams.
 _FETCH_SQL = """
@@ -62,6 +67,18 @@ class Subscriber:
         )
 
 
+@dataclass
+class Hole:
+    """The first missing seq after the cursor and the transactions running when it was seen."""
+
+    seq: int
+    xids: list[str]
+    since: float = field(default_factory=time.monotonic)
+
+    def age(self) -> float:
+        return time.monotonic() - self.since
+
+
 class Hub:
     def __init__(self):
         self.subscribers: set[Subscriber] = set()
@@ -69,7 +86,7 @@ class Hub:
         self.wake = asyncio.Event()
         self.ready = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self._gap_since: float | None = None
+        self._hole: Hole | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -122,33 +139,72 @@ class Hub:
                 conn = None
                 await asyncio.sleep(1.0)
                 continue
-            # a hole waiting to fill: look again soon; otherwise sleep until NOTIFY (or 1 s)
+            # a hole waiting to settle: look again soon; otherwise sleep until NOTIFY (or 1 s)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), 0.1 if waiting else 1.0)
+                await asyncio.wait_for(self.wake.wait(), 0.05 if waiting else 1.0)
             self.wake.clear()
 
     @staticmethod
-    async def _start_cursor(conn) -> int:
+    async def _in_progress(conn) -> list[str]:
+        """Transaction ids running now (a statement of its own: its snapshot is taken now)."""
+        cur = await conn.execute("SELECT pg_snapshot_xip(pg_current_snapshot())::text")
+        return [row[0] for row in await cur.fetchall()]
+
+    @staticmethod
+    async def _ended(conn, xids: list[str]) -> bool:
+        if not xids:
+            return True
+        cur = await conn.execute(
+            "SELECT NOT EXISTS (SELECT 1 FROM unnest(%s::text[]) x"
+            " WHERE pg_xact_status(x::xid8) = 'in progress')",
+            [xids],
+        )
+        return (await cur.fetchone())[0]
+
+    async def _start_cursor(self, conn) -> int:
+        """The sequence's last value, once every transaction that may hold a seq up to it has
+        ended: from there on everything below the cursor is final (stored or rolled back)."""
         cur = await conn.execute(
             "SELECT GREATEST(COALESCE((SELECT max(seq) FROM outbox_outboxevent), 0),"
             " (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM outbox_event_seq))"
         )
-        return (await cur.fetchone())[0]
+        value = (await cur.fetchone())[0]
+        running = await self._in_progress(conn)  # after the read: includes every holder
+        # streams cannot connect until this returns: wait less than the hole valve
+        wait = min(START_WAIT_SECONDS, conf.get("OUTBOX_REALTIME_SETTLE_SECONDS"))
+        deadline = time.monotonic() + wait
+        while not await self._ended(conn, running):
+            if time.monotonic() >= deadline:
+                logger.warning("realtime: starting while transactions %s still run", running)
+                break
+            await asyncio.sleep(0.05)
+        return value
 
     async def _fetch_and_dispatch(self, conn) -> bool:
-        """Dispatch rows in seq order; stop at a hole younger than the settle time."""
+        """Dispatch rows in seq order; stop at a hole whose transactions have not all ended."""
         while True:
+            # checked before the fetch: if they had all ended by now, the fetch is final
+            settled = self._hole is not None and await self._ended(conn, self._hole.xids)
             cur = await conn.execute(_FETCH_SQL, [self.cursor])
             rows = await cur.fetchall()
             if not rows:
                 return False
             for row in rows:
                 if row[0] != self.cursor + 1:
-                    now = time.monotonic()
-                    self._gap_since = self._gap_since or now
-                    if now - self._gap_since < conf.get("OUTBOX_REALTIME_SETTLE_SECONDS"):
+                    hole = self._hole
+                    if hole is None or hole.seq != self.cursor + 1:
+                        self._hole = Hole(self.cursor + 1, await self._in_progress(conn))
                         return True
-                self._gap_since = None
+                    if not settled:
+                        if hole.age() < conf.get("OUTBOX_REALTIME_SETTLE_SECONDS"):
+                            return True
+                        logger.warning(
+                            "realtime: seq %s-%s still not committed after %.0f s; streaming on",
+                            hole.seq,
+                            row[0] - 1,
+                            hole.age(),
+                        )
+                self._hole = None
                 self.cursor = row[0]
                 self._dispatch(event_message(*row))
             if len(rows) < 1000:

@@ -17,17 +17,20 @@ from django.utils import timezone
 from config.api.errors import ApiError
 from config.api.parsers import check_storable
 from outbox import conf
-from outbox.models import CircuitTransition, Delivery, OutboxEvent, Target
+from outbox.models import EVENT_SEQ_NAME, CircuitTransition, Delivery, OutboxEvent, Target
 from tenants.scoping import tenant_get_or_404, tenant_queryset
 
 # One round trip: the event, one delivery per routed target, and the NOTIFY that fires on
-# commit (so nothing is announced before the caller's transaction commits).
+# commit (so nothing is announced before the caller's transaction commits). The seq is taken
+# only once the transaction has its id: the realtime hub relies on every seq's owner being
+# among the transactions it sees running (outbox/realtime.py, holes).
 _PUBLISH_SQL = f"""
 WITH ev AS (
     INSERT INTO outbox_outboxevent (id, tenant_id, topic, event_type, payload, idempotency_key,
-                                    ordering_key, occurred_at, created_at, updated_at)
+                                    ordering_key, occurred_at, created_at, updated_at, seq)
     VALUES (%(id)s, %(tenant)s, %(topic)s, %(event_type)s, %(payload)s::jsonb, %(key)s,
-            %(ordering_key)s, %(now)s, %(now)s, %(now)s)
+            %(ordering_key)s, %(now)s, %(now)s, %(now)s,
+            (SELECT nextval('{EVENT_SEQ_NAME}') WHERE pg_current_xact_id() IS NOT NULL))
     ON CONFLICT ON CONSTRAINT outbox_event_tenant_idem_key_uniq DO NOTHING
     RETURNING id, seq
 ), routed AS (

@@ -35,7 +35,8 @@ def asgi_url():
             "warning",
         ],
         cwd=ROOT,
-        env=subprocess_env(OUTBOX_REALTIME_SETTLE_SECONDS="2"),
+        # a long safety valve: holes must resolve by their transaction ending, not a timer
+        env=subprocess_env(OUTBOX_REALTIME_SETTLE_SECONDS="60"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -163,50 +164,64 @@ def test_many_open_streams_leave_the_server_responsive(asgi_url, tenant):
         stream.close()
 
 
-def test_an_event_committed_late_is_not_skipped(asgi_url, tenant):
-    """A transaction that took its seq first but commits last still reaches the stream."""
+def _publish_in_a_held_transaction(tenant, *, hold: float, rollback: bool):
+    """Publish in a thread whose transaction stays open `hold` s, then commits or rolls back."""
     import threading
 
     from django.db import connections, transaction
 
+    holding, held = threading.Event(), []
+
+    def run():
+        try:
+            with transaction.atomic():
+                held.extend(publish(tenant, n=1, payload={"slow": True}))
+                holding.set()
+                time.sleep(hold)
+                if rollback:
+                    raise RuntimeError("rolled back on purpose")
+        except RuntimeError:
+            pass
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert holding.wait(10)
+    return thread, held
+
+
+def test_an_event_committed_late_is_not_skipped(asgi_url, tenant):
+    """A transaction that took its seq first but commits last - here 6 s later, longer than
+    any timer-based guess would wait - still reaches the stream, in seq order."""
     key = make_api_key(tenant, "secret")
     stream = Stream(asgi_url, key)
     stream.wait_connected()
-    holding, release, slow = threading.Event(), threading.Event(), []
-
-    def slow_transaction():
-        with transaction.atomic():
-            slow.extend(publish(tenant, n=1, payload={"slow": True}))
-            holding.set()
-            release.wait(10)
-        connections.close_all()
-
-    thread = threading.Thread(target=slow_transaction)
-    thread.start()
-    holding.wait(10)
+    thread, slow = _publish_in_a_held_transaction(tenant, hold=6.0, rollback=False)
     fast = publish(tenant, n=1, payload={"fast": True})[0]
-    time.sleep(0.5)
-    release.set()
     thread.join()
     got = stream.take(2)
     stream.close()
     assert [e["id"] for e in got] == [str(slow[0].id), str(fast.id)]
     assert slow[0].seq < fast.seq
+    # and a client resuming from before both gets both, in the same order
+    resumed = Stream(asgi_url, key, last_event_id=slow[0].seq - 1)
+    assert [e["id"] for e in resumed.take(2)] == [str(slow[0].id), str(fast.id)]
+    resumed.close()
 
 
-def test_a_rolled_back_publish_does_not_stall_the_stream(asgi_url, tenant):
-    """The seq a rollback burnt is a hole for good: after the settle time the stream moves on."""
-    from django.db import transaction
-
-    from outbox.services import event_publish
-
+def test_a_hole_from_a_rollback_is_passed_as_soon_as_the_transaction_ends(asgi_url, tenant):
+    """The seq a rollback burnt is a hole for good; the hub sees the transaction end and moves
+    on at once (the safety valve is 60 s here; the stream's read timeout is 10 s)."""
     key = make_api_key(tenant, "secret")
     stream = Stream(asgi_url, key)
     stream.wait_connected()
-    with pytest.raises(RuntimeError), transaction.atomic():
-        event_publish(tenant=tenant, event_type="never", topic="t", payload={})
-        raise RuntimeError
+    thread, _gone = _publish_in_a_held_transaction(tenant, hold=1.5, rollback=True)
     after = publish(tenant, n=1)[0]
+    started = time.monotonic()
     got = stream.take(1)
+    waited = time.monotonic() - started
+    thread.join()
     stream.close()
     assert [e["id"] for e in got] == [str(after.id)]
+    assert waited < 8, waited
