@@ -225,3 +225,25 @@ def test_a_hole_from_a_rollback_is_passed_as_soon_as_the_transaction_ends(asgi_u
     stream.close()
     assert [e["id"] for e in got] == [str(after.id)]
     assert waited < 8, waited
+
+
+def test_streams_survive_the_hub_losing_its_database_connections(asgi_url, tenant):
+    """The hub's LISTEN and query connections are killed (as in a PostgreSQL restart): open
+    streams stay open and get the next event once the hub has reconnected."""
+    from django.db import connection
+
+    key = make_api_key(tenant, "secret")
+    stream = Stream(asgi_url, key)
+    stream.wait_connected()
+    before = publish(tenant)[0]
+    assert stream.take(1)[0]["id"] == str(before.id)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        assert cursor.fetchone()[0] >= 2  # at least the hub's LISTEN and pump connections
+    time.sleep(0.5)
+    after = publish(tenant)[0]
+    assert stream.take(1)[0]["id"] == str(after.id)
+    stream.close()
