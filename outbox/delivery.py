@@ -15,11 +15,12 @@ import time
 import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from django.db import DatabaseError, connection, transaction
+from django.db import Error as DjangoDbError
+from django.db import connection, transaction
 from django.utils import timezone
 
 from outbox import circuit, conf
@@ -108,8 +109,9 @@ WITH o AS (
     WHERE t.id = %(target)s AND t.rate_limit_per_second > 0
     FOR NO KEY UPDATE OF t
 ), fit AS (
+    -- clamped as a float first: a huge rate or a far slot must not overflow the int
     SELECT o.*, LEAST(%(wanted)s, GREATEST(0,
-        floor((%(horizon)s - extract(epoch FROM o.start - o.now)) * o.rate)::int + 1)) AS n
+        floor((%(horizon)s - extract(epoch FROM o.start - o.now)) * o.rate) + 1))::int AS n
     FROM o
 )
 UPDATE outbox_target t SET rate_next_at = fit.start + make_interval(secs => fit.n / fit.rate)
@@ -126,6 +128,7 @@ class Batch:
     jobs: list[Job]
     futures: list = field(default_factory=list)
     results: list[Result] = field(default_factory=list)
+    recorded: bool = False
 
 
 class Deliverer:
@@ -138,7 +141,8 @@ class Deliverer:
         self.pools: dict[tuple[str, str], object] = {}
         self._pools_lock = threading.Lock()
         self.delivered_total = 0
-        self.held: set[str] = set()  # lease tokens claimed and not yet recorded
+        # lease token -> its delivery ids, for every batch claimed and not yet recorded
+        self.held: dict[str, list[int]] = {}
         self._next_probe_check = 0.0
 
     def close(self):
@@ -171,9 +175,8 @@ class Deliverer:
         now = timezone.now()
         jobs = self._probes(now, token, lease)
         jobs += self._claim(now, token, lease, batch_size, "closed", None)
-        self._reserve_slots(jobs)
         if jobs:
-            self.held.add(token)
+            self.held[token] = [job.delivery_id for job in jobs]
         return Batch(token, jobs)
 
     @staticmethod
@@ -201,7 +204,10 @@ class Deliverer:
                     job.defer_seconds = first + fitting / rate
 
     def submit(self, batch: Batch) -> Batch:
-        """Start the sends in the thread pool; the caller may use the database meanwhile."""
+        """Start the sends in the thread pool; the caller may use the database meanwhile.
+        Rate-limit slots are reserved here, not at claim time: a batch claimed ahead waits
+        for the one on the wire, and slots taken then would have gone stale (a burst)."""
+        self._reserve_slots(batch.jobs)
         batch.futures = [self.pool.submit(self._send, job) for job in batch.jobs]
         return batch
 
@@ -209,15 +215,13 @@ class Deliverer:
         """Wait for the sends, renewing every lease this deliverer holds meanwhile: a slow
         receiver must not let the lease lapse mid-send (another worker would send it too)."""
         every = max(conf.get("OUTBOX_LEASE_SECONDS") / 3, 0.1)
-        results = []
-        for future in batch.futures:
-            while True:
-                try:
-                    results.append(future.result(timeout=every))
-                    break
-                except FutureTimeout:
-                    self.renew_leases()
-        batch.results = results
+        pending = set(batch.futures)
+        while pending:
+            # renewal goes by elapsed time: many short sends in waves outlast a lease too
+            _done, pending = futures_wait(pending, timeout=every)
+            if pending:
+                self.renew_leases()
+        batch.results = [future.result() for future in batch.futures]
         return batch
 
     def renew_leases(self) -> int:
@@ -226,23 +230,29 @@ class Deliverer:
         tokens = list(self.held)
         if not tokens:
             return 0
+        ids = [delivery_id for token in tokens for delivery_id in self.held[token]]
         lease = conf.get("OUTBOX_LEASE_SECONDS")
         try:
             with connection.cursor() as cursor:
                 cursor.execute(
-                    f"UPDATE outbox_delivery SET locked_until = %s WHERE locked_by = ANY(%s)"
-                    f" AND status IN {OPEN}",
-                    [timezone.now() + timedelta(seconds=lease), tokens],
+                    "UPDATE outbox_delivery SET locked_until = %s"
+                    " WHERE id = ANY(%s) AND locked_by = ANY(%s)",
+                    [timezone.now() + timedelta(seconds=lease), ids, tokens],
                 )
                 return cursor.rowcount
-        except DatabaseError as exc:
+        except DjangoDbError as exc:
             logger.warning("could not renew leases (%s): they may lapse", exc)
             return 0
 
     def record(self, batch: Batch) -> None:
-        if batch.results:
-            self._record(batch.results, batch.token)
-        self.held.discard(batch.token)
+        """Write the verdicts. Raises only if nothing was written (the caller may retry)."""
+        if batch.results and not batch.recorded:
+            self._record(batch)
+        self.release(batch)
+
+    def release(self, batch: Batch) -> None:
+        """Stop renewing this batch's leases (recorded, or given up: they lapse)."""
+        self.held.pop(batch.token, None)
 
     def _probes(self, now, token, lease) -> list[Job]:
         """Half-open targets: this worker may own the one probe (checked once a second)."""
@@ -289,7 +299,8 @@ class Deliverer:
 
     # --- recording ---------------------------------------------------------------------------
 
-    def _record(self, results: list[Result], token: str) -> None:
+    def _record(self, batch: Batch) -> None:
+        results, token = batch.results, batch.token
         now = timezone.now()
         # one array per column (14 parameters, whatever the batch size), then upd, ins, notify
         columns = [
@@ -300,19 +311,23 @@ class Deliverer:
         with connection.cursor() as cursor:
             cursor.execute(_RECORD_SQL, params)
             kept = {row[0] for row in cursor.fetchall() if row[0] != -1}
+        batch.recorded = True  # committed: a retry must not write the attempts twice
         for result in results:
             _log_verdict(result, recorded=result.job.delivery_id in kept)
         lost = len(results) - len(kept)
         if lost:
             logger.warning("%s verdicts discarded: their lease expired and was re-claimed", lost)
-        self._honour_slack_retry_after(results)
-        if self._needs_circuit_write(results):
-            with transaction.atomic():
-                self._circuit(results, now)
-                self._pause_gone(results, now)
         self.delivered_total += sum(
             1 for r in results if r.outcome == "delivered" and r.job.delivery_id in kept
         )
+        try:  # what the verdicts imply for the target: best effort once they are written
+            self._honour_slack_retry_after(results)
+            if self._needs_circuit_write(results):
+                with transaction.atomic():
+                    self._circuit(results, now)
+                    self._pause_gone(results, now)
+        except DjangoDbError as exc:
+            logger.warning("verdicts recorded, target state (circuit, slot) not updated: %s", exc)
 
     @staticmethod
     def _honour_slack_retry_after(results) -> None:
@@ -321,7 +336,9 @@ class Deliverer:
         wait: dict[str, float] = {}
         for r in results:
             if r.status_code == 429 and r.retry_after and r.job.rate_limit:
-                wait[r.job.target_id] = max(wait.get(r.job.target_id, 0.0), r.retry_after)
+                cap = r.job.backoff_max or conf.get("OUTBOX_BACKOFF_MAX_SECONDS")
+                seconds = min(r.retry_after, cap)  # a silly Retry-After cannot park it forever
+                wait[r.job.target_id] = max(wait.get(r.job.target_id, 0.0), seconds)
         for target_id, seconds in wait.items():
             with connection.cursor() as cursor:
                 cursor.execute(

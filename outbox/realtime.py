@@ -161,6 +161,12 @@ class Hub:
         )
         return (await cur.fetchone())[0]
 
+    async def _filled(self, conn) -> bool:
+        cur = await conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM outbox_outboxevent WHERE seq = %s)", [self._hole.seq]
+        )
+        return (await cur.fetchone())[0]
+
     async def _start_cursor(self, conn) -> int:
         """The sequence's last value, once every transaction that may hold a seq up to it has
         ended: from there on everything below the cursor is final (stored or rolled back)."""
@@ -184,7 +190,12 @@ class Hub:
         """Dispatch rows in seq order; stop at a hole whose transactions have not all ended."""
         while True:
             # checked before the fetch: if they had all ended by now, the fetch is final
-            settled = self._hole is not None and await self._ended(conn, self._hole.xids)
+            hole = self._hole
+            settled = hole is not None and await self._ended(conn, hole.xids)
+            valve = conf.get("OUTBOX_REALTIME_SETTLE_SECONDS")
+            waiting = hole is not None and not settled and hole.age() < valve
+            if waiting and not await self._filled(conn):
+                return True  # still open: no need to read everything queued behind it
             cur = await conn.execute(_FETCH_SQL, [self.cursor])
             rows = await cur.fetchall()
             if not rows:

@@ -128,7 +128,7 @@ def _payload_json(payload) -> str:
         raise ApiError("payload_not_object", "payload must be a JSON object.")
     body = json.dumps(payload, cls=DjangoJSONEncoder, separators=(",", ":"))
     if "\\u0000" in body or "\\ud" in body:  # maybe NUL or a lone surrogate: jsonb refuses
-        check_storable(payload, "$.payload")
+        check_storable(json.loads(body), "$.payload")  # as stored: tuples, encoded objects…
     limit = conf.get("OUTBOX_MAX_PAYLOAD_BYTES")
     if len(body.encode()) > limit:
         raise ApiError(

@@ -118,8 +118,10 @@ class Worker:
                         # the database refused these verdicts (not a lost connection): retrying
                         # would stall this worker forever; their leases expire and they go again
                         logger.error("verdicts refused by the database, dropped: %s", exc)
-                        self.deliverer.held.discard(unrecorded.token)  # stop renewing them
+                        self.deliverer.release(unrecorded)  # stop renewing: they lapse
                         unrecorded = None
+                    if claimed is not None and claimed is not inflight:
+                        self.deliverer.release(claimed)  # claimed, never sent: let it lapse
                     logger.warning("database error (%s); reconnecting in %.1fs", exc, db_delay)
                     close_old_connections()
                     connection.close()

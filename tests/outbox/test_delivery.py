@@ -352,3 +352,55 @@ def test_a_slow_send_keeps_its_lease_so_no_other_worker_sends_it_too(tenant, rec
     assert stolen == [0]
     assert len(receiver.requests) == 1 and Delivery.objects.get().status == "delivered"
     assert Delivery.objects.get().locked_by == ""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_leases_are_renewed_through_many_short_sends_in_waves(tenant, receiver, settings):
+    """8 sends of 0.2 s through one thread take 1.6 s: no single wait outlasts a third of the
+    1 s lease, yet the batch outlasts the lease; renewal goes by elapsed time."""
+    import threading
+
+    from outbox.delivery import Deliverer
+
+    settings.OUTBOX_LEASE_SECONDS = 1
+    make_target(tenant, url=receiver.url)
+    publish(tenant, n=8)
+    receiver.delay = 0.2
+    first, second = Deliverer(concurrency=1), Deliverer(concurrency=2)
+    stolen = []
+
+    def other_worker():
+        from django.db import connection
+
+        time.sleep(1.25)
+        try:
+            stolen.append(len(second.claim().jobs))
+        finally:
+            connection.close()
+
+    thief = threading.Thread(target=other_worker)
+    try:
+        batch = first.submit(first.claim())
+        thief.start()
+        first.record(first.collect(batch))
+        thief.join()
+    finally:
+        first.close()
+        second.close()
+    assert stolen == [0]
+    assert len(receiver.requests) == 8 and Delivery.objects.filter(status="delivered").count() == 8
+
+
+def test_recording_a_batch_twice_writes_its_attempts_once(tenant, receiver):
+    from outbox.delivery import Deliverer
+
+    make_target(tenant, url=receiver.url)
+    publish(tenant, n=2)
+    deliverer = Deliverer(concurrency=2)
+    try:
+        batch = deliverer.collect(deliverer.submit(deliverer.claim()))
+        deliverer.record(batch)
+        deliverer.record(batch)  # e.g. the worker retrying after a later statement failed
+    finally:
+        deliverer.close()
+    assert DeliveryAttempt.objects.count() == 2 and not deliverer.held

@@ -7,7 +7,7 @@ import pytest
 import time_machine
 from django.utils import timezone
 
-from outbox.delivery import Deliverer
+from outbox.delivery import Batch, Deliverer
 from outbox.models import CircuitTransition, Delivery, DeliveryAttempt, Target
 from outbox.tasks import outbox_sweep
 from tests.outbox.factories import make_target, publish
@@ -138,7 +138,8 @@ def test_a_held_lease_is_never_delivered_by_another_round(tenant, receiver, sett
         with time_machine.travel(now + timedelta(seconds=31), tick=False):
             assert deliver_round() == 3  # lease expired: someone else delivers
             results = [holder._send(job) for job in claimed]
-            holder._record(results, "holder:1")  # the late holder's verdict is fenced out
+            late = Batch("holder:1", claimed, results=results)
+            holder.record(late)  # the late holder's verdict is fenced out
     finally:
         holder.close()
     assert Delivery.objects.filter(status="delivered", attempts=1).count() == 3
@@ -207,3 +208,21 @@ def test_slack_429_retry_after_holds_back_every_send_to_that_target(tenant, rece
     waiting = Delivery.objects.filter(attempts=0)
     assert waiting.count() == 3
     assert all(d.next_attempt_at > timezone.now() + timedelta(seconds=25) for d in waiting)
+
+
+def test_absurd_rate_limits_and_retry_after_values_never_break_a_round(tenant, receiver):
+    make_target(tenant, "fast", kind="slack", url=receiver.url, rate_limit_per_second=1e12)
+    publish(tenant, n=3, target="fast")
+    assert deliver_round() == 3
+    assert Delivery.objects.filter(status="delivered").count() == 3
+
+    slow = make_target(tenant, "slack", kind="slack", url=receiver.url)
+    receiver.answer = lambda r, i: (429, {"Retry-After": "99999999999"}, "rate_limited")
+    publish(tenant, target="slack")
+    deliver_round()
+    slow.refresh_from_db()
+    assert slow.rate_next_at <= timezone.now() + timedelta(hours=6, minutes=1)  # capped
+    receiver.answer = None
+    publish(tenant, target="slack")
+    deliver_round()  # held back by the slot, no error
+    assert DeliveryAttempt.objects.filter(delivery__target=slow).count() == 1
