@@ -318,23 +318,20 @@ def test_failed_delivery_log_line_carries_tenant_event_and_target(tenant, receiv
     assert line["outcome"] == "retry" and "status 500" in line["message"]
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_slow_send_keeps_its_lease_so_no_other_worker_sends_it_too(tenant, receiver, settings):
+def deliver_while_another_worker_claims(*, concurrency: int, claim_after: float) -> int:
+    """One deliverer claims, sends and records; another tries to claim `claim_after` s into
+    the sends (in its own thread and connection). Returns how many rows the other one got."""
     import threading
+
+    from django.db import connection
 
     from outbox.delivery import Deliverer
 
-    settings.OUTBOX_LEASE_SECONDS = 1
-    make_target(tenant, url=receiver.url)
-    publish(tenant)
-    receiver.delay = 2.5  # the send outlasts the 1 s lease 2.5 times over
-    first, second = Deliverer(concurrency=2), Deliverer(concurrency=2)
+    first, second = Deliverer(concurrency=concurrency), Deliverer(concurrency=2)
     stolen = []
 
     def other_worker():
-        from django.db import connection
-
-        time.sleep(1.6)
+        time.sleep(claim_after)
         try:
             stolen.append(len(second.claim().jobs))
         finally:
@@ -349,7 +346,16 @@ def test_a_slow_send_keeps_its_lease_so_no_other_worker_sends_it_too(tenant, rec
     finally:
         first.close()
         second.close()
-    assert stolen == [0]
+    return stolen[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_slow_send_keeps_its_lease_so_no_other_worker_sends_it_too(tenant, receiver, settings):
+    settings.OUTBOX_LEASE_SECONDS = 1
+    make_target(tenant, url=receiver.url)
+    publish(tenant)
+    receiver.delay = 2.5  # the send outlasts the 1 s lease 2.5 times over
+    assert deliver_while_another_worker_claims(concurrency=2, claim_after=1.6) == 0
     assert len(receiver.requests) == 1 and Delivery.objects.get().status == "delivered"
     assert Delivery.objects.get().locked_by == ""
 
@@ -358,36 +364,11 @@ def test_a_slow_send_keeps_its_lease_so_no_other_worker_sends_it_too(tenant, rec
 def test_leases_are_renewed_through_many_short_sends_in_waves(tenant, receiver, settings):
     """8 sends of 0.2 s through one thread take 1.6 s: no single wait outlasts a third of the
     1 s lease, yet the batch outlasts the lease; renewal goes by elapsed time."""
-    import threading
-
-    from outbox.delivery import Deliverer
-
     settings.OUTBOX_LEASE_SECONDS = 1
     make_target(tenant, url=receiver.url)
     publish(tenant, n=8)
     receiver.delay = 0.2
-    first, second = Deliverer(concurrency=1), Deliverer(concurrency=2)
-    stolen = []
-
-    def other_worker():
-        from django.db import connection
-
-        time.sleep(1.25)
-        try:
-            stolen.append(len(second.claim().jobs))
-        finally:
-            connection.close()
-
-    thief = threading.Thread(target=other_worker)
-    try:
-        batch = first.submit(first.claim())
-        thief.start()
-        first.record(first.collect(batch))
-        thief.join()
-    finally:
-        first.close()
-        second.close()
-    assert stolen == [0]
+    assert deliver_while_another_worker_claims(concurrency=1, claim_after=1.25) == 0
     assert len(receiver.requests) == 8 and Delivery.objects.filter(status="delivered").count() == 8
 
 
