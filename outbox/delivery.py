@@ -264,6 +264,8 @@ class Deliverer:
             probe = self._claim(now, token, lease, 1, "half_open", target_id)
             if not probe:
                 circuit.probe_release(target_id=target_id)
+            for job in probe:
+                job.probe = True
             jobs += probe
         return jobs
 
@@ -322,6 +324,9 @@ class Deliverer:
         )
         try:  # what the verdicts imply for the target: best effort once they are written
             self._honour_slack_retry_after(results)
+            for r in results:
+                if r.job.probe and not r.sent:  # a deferred probe: free it for the next try
+                    circuit.probe_release(target_id=r.job.target_id)
             if self._needs_circuit_write(results):
                 with transaction.atomic():
                     self._circuit(results, now)

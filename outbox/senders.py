@@ -49,6 +49,7 @@ class Job:
     backoff_base: int | None = None
     backoff_max: int | None = None
     circuit_clean: bool = True  # closed with no failures: a success needs no circuit write
+    probe: bool = False  # the one half-open probe of its target
     # set by the rate limit's reservation: send at this time.monotonic(), or hand back for later
     send_at: float | None = None
     defer_seconds: float | None = None

@@ -226,3 +226,18 @@ def test_absurd_rate_limits_and_retry_after_values_never_break_a_round(tenant, r
     publish(tenant, target="slack")
     deliver_round()  # held back by the slot, no error
     assert DeliveryAttempt.objects.filter(delivery__target=slow).count() == 1
+
+
+def test_a_probe_held_back_by_the_rate_limit_frees_the_probe_at_once(tenant, receiver):
+    target = make_target(tenant, "slack", kind="slack", url=receiver.url)
+    now = timezone.now()
+    Target.objects.filter(pk=target.pk).update(
+        circuit_state="open",
+        circuit_opened_at=now - timedelta(seconds=61),
+        rate_next_at=now + timedelta(seconds=30),  # Slack asked for quiet
+    )
+    publish(tenant)
+    deliver_round()
+    target.refresh_from_db()
+    assert receiver.requests == [] and DeliveryAttempt.objects.count() == 0
+    assert (target.circuit_state, target.circuit_probe_until) == ("half_open", None)
