@@ -341,8 +341,7 @@ class Deliverer:
         wait: dict[str, float] = {}
         for r in results:
             if r.status_code == 429 and r.retry_after and r.job.rate_limit:
-                cap = r.job.backoff_max or conf.get("OUTBOX_BACKOFF_MAX_SECONDS")
-                seconds = min(r.retry_after, cap)  # a silly Retry-After cannot park it forever
+                seconds = min(r.retry_after, _backoff_cap(r.job))  # a silly value: not forever
                 wait[r.job.target_id] = max(wait.get(r.job.target_id, 0.0), seconds)
         for target_id, seconds in wait.items():
             with connection.cursor() as cursor:
@@ -395,7 +394,11 @@ class Deliverer:
 def storable(text: str) -> str:
     """A receiver's bytes may hold NUL, which PostgreSQL text refuses (and one refused row
     would fail the whole round's record, again and again)."""
-    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+    return text.replace("\x00", "\ufffd")
+
+
+def _backoff_cap(job: Job) -> float:
+    return job.backoff_max or conf.get("OUTBOX_BACKOFF_MAX_SECONDS")
 
 
 def _verdict_row(result: Result, now) -> tuple:
@@ -417,7 +420,7 @@ def _verdict_row(result: Result, now) -> tuple:
     ):
         row = (status.DEAD, 1, now, None, error)
     else:
-        cap = job.backoff_max or conf.get("OUTBOX_BACKOFF_MAX_SECONDS")
+        cap = _backoff_cap(job)
         if result.retry_after is not None:
             delay = min(cap, result.retry_after)
         else:

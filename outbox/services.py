@@ -11,7 +11,6 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from config.api.errors import ApiError
@@ -315,10 +314,9 @@ def delivery_requeue(*, deliveries) -> int:
     A delivery a worker holds right now (live lease) is left alone: clearing its lease would
     let a second worker send it while the first is still on the wire."""
     now = timezone.now()
-    in_flight = Q(locked_until__gt=now)
     return (
         deliveries.exclude(status=Delivery.Status.DELIVERED)
-        .exclude(in_flight)
+        .exclude(locked_until__gt=now)
         .update(
             status=Delivery.Status.PENDING,
             attempts=0,

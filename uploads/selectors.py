@@ -20,6 +20,30 @@ def _rate(succeeded: int, attempted: int) -> float | None:
     return round(100.0 * succeeded / attempted, 2) if attempted else None
 
 
+def _totals():
+    """What each report sums over a group of retry runs."""
+    return {
+        "runs": Count("id"),
+        "attempted": Sum("attempted"),
+        "succeeded": Sum("succeeded"),
+        "failed": Sum("failed"),
+    }
+
+
+def _source_numbers(source, row: dict) -> dict:
+    """One source's numbers from its aggregate row (absent: it did not run, zeros)."""
+    attempted = row.get("attempted") or 0
+    succeeded = row.get("succeeded") or 0
+    return {
+        "source": source.value,
+        "runs": row.get("runs") or 0,
+        "attempted": attempted,
+        "succeeded": succeeded,
+        "failed": row.get("failed") or 0,
+        "success_rate": _rate(succeeded, attempted),
+    }
+
+
 def retry_health(*, days: int = 7, now=None) -> list[dict]:
     """The 7-day retry health report: per source — runs, attempted, succeeded, failed,
     success rate (%). Every source is listed, with zeros when it did not run."""
@@ -28,29 +52,9 @@ def retry_health(*, days: int = 7, now=None) -> list[dict]:
         row["source"]: row
         for row in RetryLog.objects.filter(started_at__gt=since)
         .values("source")
-        .annotate(
-            runs=Count("id"),
-            attempted=Sum("attempted"),
-            succeeded=Sum("succeeded"),
-            failed=Sum("failed"),
-        )
+        .annotate(**_totals())
     }
-    report = []
-    for source in RETRY_RUN_SOURCES:
-        row = rows.get(source.value, {})
-        attempted = row.get("attempted") or 0
-        succeeded = row.get("succeeded") or 0
-        report.append(
-            {
-                "source": source.value,
-                "runs": row.get("runs") or 0,
-                "attempted": attempted,
-                "succeeded": succeeded,
-                "failed": row.get("failed") or 0,
-                "success_rate": _rate(succeeded, attempted),
-            }
-        )
-    return report
+    return [_source_numbers(source, rows.get(source.value, {})) for source in RETRY_RUN_SOURCES]
 
 
 def retry_health_daily(*, days: int = 7, now=None) -> list[dict]:
@@ -63,32 +67,14 @@ def retry_health_daily(*, days: int = 7, now=None) -> list[dict]:
         for row in RetryLog.objects.filter(started_at__gt=since)
         .annotate(day=TruncDate("started_at"))
         .values("day", "source")
-        .annotate(
-            runs=Count("id"),
-            attempted=Sum("attempted"),
-            succeeded=Sum("succeeded"),
-            failed=Sum("failed"),
-        )
+        .annotate(**_totals())
     }
     result = []
     today = now.date()
     for offset in range(days - 1, -1, -1):
         day = today - timedelta(days=offset)
-        entry = {"day": day, "sources": []}
-        for source in RETRY_RUN_SOURCES:
-            row = found.get((day, source.value), {})
-            attempted = row.get("attempted") or 0
-            succeeded = row.get("succeeded") or 0
-            entry["sources"].append(
-                {
-                    "source": source.value,
-                    "runs": row.get("runs") or 0,
-                    "attempted": attempted,
-                    "succeeded": succeeded,
-                    "failed": row.get("failed") or 0,
-                    "success_rate": _rate(succeeded, attempted),
-                }
-            )
+        sources = [_source_numbers(s, found.get((day, s.value), {})) for s in RETRY_RUN_SOURCES]
+        entry = {"day": day, "sources": sources}
         entry["attempted"] = sum(s["attempted"] for s in entry["sources"])
         entry["succeeded"] = sum(s["succeeded"] for s in entry["sources"])
         entry["failed"] = sum(s["failed"] for s in entry["sources"])

@@ -37,6 +37,24 @@ PAGE = """<!doctype html>
 """
 
 
+def _open_demo_page(browser, origin: str, tenant):
+    """A fresh browser context on PAGE (served at the live server's origin), ready."""
+    key = make_api_key(tenant, "publishable", origins=[origin])
+    context = browser.new_context()
+    page = context.new_page()
+    page.route(
+        f"{origin}/uploads-demo",
+        lambda route: route.fulfill(body=PAGE % {"key": key}, content_type="text/html"),
+    )
+    try:
+        page.goto(f"{origin}/uploads-demo")
+        page.wait_for_function("window.ready === true")
+    except Exception:
+        context.close()
+        raise
+    return context, page
+
+
 def _wait(predicate, timeout=20.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -53,16 +71,8 @@ def test_file_picked_offline_is_stored_exactly_once_when_back_online(
     storage_switch,
 ):
     origin = live_server.url
-    key = make_api_key(tenant, "publishable", origins=[origin])
-    context = chromium_browser.new_context()
-    page = context.new_page()
-    page.route(
-        f"{origin}/uploads-demo",
-        lambda route: route.fulfill(body=PAGE % {"key": key}, content_type="text/html"),
-    )
+    context, page = _open_demo_page(chromium_browser, origin, tenant)
     try:
-        page.goto(f"{origin}/uploads-demo")
-        page.wait_for_function("window.ready === true")
         page.wait_for_function("window.events.some((e) => e.type === 'synced')")  # empty flush
 
         context.set_offline(True)
@@ -118,16 +128,8 @@ def test_file_the_server_refuses_leaves_the_queue_with_its_error_code(
 ):
     settings.UPLOADS_MAX_BYTES = 1000
     origin = live_server.url
-    key = make_api_key(tenant, "publishable", origins=[origin])
-    context = chromium_browser.new_context()
-    page = context.new_page()
-    page.route(
-        f"{origin}/uploads-demo",
-        lambda route: route.fulfill(body=PAGE % {"key": key}, content_type="text/html"),
-    )
+    context, page = _open_demo_page(chromium_browser, origin, tenant)
     try:
-        page.goto(f"{origin}/uploads-demo")
-        page.wait_for_function("window.ready === true")
         page.wait_for_function("window.events.some((e) => e.type === 'synced')")
         # The file is picked while a flush is still running (its /retry call is held back):
         # it must be sent by a follow-up flush, not wait for the next `online` event.
