@@ -13,9 +13,9 @@ from rest_framework.views import APIView
 
 from assessments import inputs, selectors, services
 from assessments.auth import BeaconKeyAuthentication
-from config.api.errors import ApiError
-from config.api.pagination import CursorPagination, paginated
-from config.api.parsers import JSONParser
+from core.api.errors import ApiError
+from core.api.pagination import CursorPagination, paginated
+from core.api.parsers import JSONParser
 from tenants.permissions import HasAnyKey
 
 

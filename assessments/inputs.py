@@ -15,8 +15,9 @@ from django.conf import settings
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from assessments.models import EMAIL_REGEX, AssessmentSession
-from config.api.errors import ApiError
+from assessments.models import AssessmentSession
+from core.api.errors import ApiError
+from core.validation import EMAIL_REGEX
 
 _EMAIL = re.compile(EMAIL_REGEX)
 QUESTION_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,100}$")

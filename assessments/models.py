@@ -1,18 +1,10 @@
 import uuid
 
 from django.db import models
-from django.db.models import F, Func, Q
-from django.db.models.lookups import Exact
+from django.db.models import Q
 
-from tenants.models import TenantOwnedModel
-
-# A sane email: something@something.tld, no spaces (the database refuses anything else).
-EMAIL_REGEX = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
-
-
-def is_json_object(field: str) -> Exact:
-    """CHECK helper: jsonb_typeof(field) = 'object'."""
-    return Exact(Func(F(field), function="jsonb_typeof", output_field=models.CharField()), "object")
+from core.models import TenantOwnedModel
+from core.validation import EMAIL_REGEX, is_json_object
 
 
 class AssessmentSession(TenantOwnedModel):

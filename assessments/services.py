@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from assessments import metrics
 from assessments.models import AnalyticsEvent, AssessmentSession, Submission
-from config.api.errors import ApiError
+from core.api.errors import ApiError
 from outbox.services import event_publish
 from tenants.scoping import tenant_get_or_404, tenant_queryset
 

@@ -1,6 +1,6 @@
 """django-q2 entry points for assessments (thin: they call services)."""
 
-from config.schedules import ScheduleSpec
+from core.ops import ScheduleSpec
 
 SCHEDULES = [
     ScheduleSpec(

@@ -2,8 +2,9 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from config import health, metrics, views
-from config.dashboard import views as dashboard
+from core.api import handlers
+from ops import health, metrics
+from ops.dashboard import views as dashboard
 from uploads.api import UploadCreateView
 
 api_patterns = [
@@ -29,7 +30,7 @@ urlpatterns = [
     path("", include("config.site_urls")),
 ]
 
-handler400 = views.bad_request
-handler403 = views.permission_denied
-handler404 = views.not_found
-handler500 = views.server_error
+handler400 = handlers.bad_request
+handler403 = handlers.permission_denied
+handler404 = handlers.not_found
+handler500 = handlers.server_error

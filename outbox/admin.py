@@ -11,7 +11,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from config.api.errors import ApiError
+from core.api.errors import ApiError
 from outbox import services
 from outbox.models import (
     CircuitTransition,

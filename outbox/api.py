@@ -8,7 +8,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.api.pagination import CursorPagination, paginated
+from core.api.pagination import CursorPagination, paginated
 from outbox import selectors, services
 from outbox.models import Target
 

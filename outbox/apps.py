@@ -1,6 +1,8 @@
-from django.apps import AppConfig
+from core.ops import AtlasAppConfig
 
 
-class OutboxConfig(AppConfig):
+class OutboxConfig(AtlasAppConfig):
+    default = True
     name = "outbox"
     default_auto_field = "django.db.models.BigAutoField"
+    ops_module = "outbox.ops"

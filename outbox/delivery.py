@@ -23,8 +23,8 @@ from django.db import Error as DjangoDbError
 from django.db import connection, transaction
 from django.utils import timezone
 
+from core.backoff import backoff_seconds
 from outbox import circuit, conf
-from outbox.backoff import backoff_seconds
 from outbox.models import Delivery, Target
 from outbox.senders import Job, Result, pool_new, send
 

@@ -3,8 +3,9 @@ import uuid
 from django.db import models
 from django.db.models import Func, Q, Value
 
-from assessments.models import is_json_object
-from tenants.models import Tenant, TenantOwnedModel
+from core.models import TenantOwnedModel
+from core.validation import is_json_object
+from tenants.models import Tenant
 
 # A dedicated sequence numbers events in insert order: the realtime stream's resume cursor.
 EVENT_SEQ_NAME = "outbox_event_seq"

@@ -15,7 +15,7 @@ from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIRequest
 from django.http import StreamingHttpResponse
 
-from config.api.errors import ApiError, error_response
+from core.api.errors import ApiError, error_response
 from outbox import conf
 from outbox.models import OutboxEvent
 from outbox.realtime import event_message, hub

@@ -100,3 +100,13 @@ def lag_seconds() -> float:
         status__in=Delivery.OPEN_STATUSES, next_attempt_at__lte=now, target__paused_at__isnull=True
     ).aggregate(oldest=Min("created_at"))["oldest"]
     return (now - oldest).total_seconds() if oldest else 0.0
+
+
+def workers_alive(*, now=None):
+    """Outbox workers with a fresh heartbeat that have not said they stopped (the one
+    "live worker" query: /health, atlas_status and /metrics all ask this)."""
+    from outbox import conf
+    from outbox.models import WorkerHeartbeat
+
+    stale = (now or timezone.now()) - timedelta(seconds=conf.get("OUTBOX_HEARTBEAT_STALE_SECONDS"))
+    return WorkerHeartbeat.objects.filter(last_seen_at__gte=stale, stopped_at__isnull=True)

@@ -17,7 +17,7 @@ import urllib3
 from urllib3.exceptions import HTTPError, NewConnectionError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
-from outbox.backoff import retry_after_seconds
+from core.backoff import retry_after_seconds
 
 EXCERPT_BYTES = 2048
 RETRYABLE_STATUSES = {408, 425, 429} | set(range(500, 600))

@@ -13,8 +13,8 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from config.api.errors import ApiError
-from config.api.parsers import check_storable
+from core.api.errors import ApiError
+from core.api.parsers import check_storable
 from outbox import conf
 from outbox.models import EVENT_SEQ_NAME, CircuitTransition, Delivery, OutboxEvent, Target
 from tenants.scoping import tenant_get_or_404, tenant_queryset

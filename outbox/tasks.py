@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from config.schedules import ScheduleSpec
+from core.ops import ScheduleSpec
 from outbox import conf
 
 SCHEDULES = [

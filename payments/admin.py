@@ -7,7 +7,7 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.utils.html import format_html
 
-from config.api.errors import ApiError
+from core.api.errors import ApiError
 from payments import services
 from payments.models import (
     CircuitBreakerState,

@@ -17,8 +17,8 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from assessments.models import EMAIL_REGEX
-from config.api.errors import ApiError, error_response
+from core.api.errors import ApiError, error_response
+from core.validation import EMAIL_REGEX
 from payments import selectors, services
 from tenants.permissions import HasAnyKey
 

@@ -1,6 +1,8 @@
-from django.apps import AppConfig
+from core.ops import AtlasAppConfig
 
 
-class PaymentsConfig(AppConfig):
+class PaymentsConfig(AtlasAppConfig):
+    default = True
     name = "payments"
     default_auto_field = "django.db.models.BigAutoField"
+    ops_module = "payments.ops"

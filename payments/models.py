@@ -4,8 +4,9 @@ from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
 
-from assessments.models import EMAIL_REGEX, is_json_object
-from tenants.models import Tenant, TenantOwnedModel
+from core.models import TenantOwnedModel
+from core.validation import EMAIL_REGEX, is_json_object
+from tenants.models import Tenant
 
 
 class PaymentStatus(models.TextChoices):

@@ -10,7 +10,7 @@ from datetime import timedelta
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from config.api.errors import ApiError
+from core.api.errors import ApiError
 from payments.models import PaymentSession, PaymentStatus, StripeEvent
 from tenants.scoping import tenant_get_or_404, tenant_queryset
 

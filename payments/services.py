@@ -22,7 +22,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from assessments.models import AssessmentSession
-from config.api.errors import ApiError
+from core.api.errors import ApiError
 from outbox.services import event_publish
 from payments import selectors
 from payments.models import PaymentSession, PaymentStatus, StripeEvent

@@ -15,7 +15,7 @@ import requests
 import stripe
 from django.conf import settings
 
-from config.api.errors import ApiError
+from core.api.errors import ApiError
 from payments.circuit import (
     CircuitOpen,
     circuit_before_call,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from config.schedules import ScheduleSpec
+from core.ops import ScheduleSpec
 from payments import services
 
 SCHEDULES = [

@@ -1,7 +1,8 @@
-from django.apps import AppConfig
+from core.ops import AtlasAppConfig
 
 
-class TenantsConfig(AppConfig):
+class TenantsConfig(AtlasAppConfig):
+    default = True
     name = "tenants"
     default_auto_field = "django.db.models.BigAutoField"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 
-from config.api.errors import ApiError
-from config.logging import log_context
+from core.api.errors import ApiError
+from core.logging import log_context
 from tenants.services import apikey_authenticate
 from tenants.throttles import IpRateThrottle
 

@@ -4,13 +4,7 @@ from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Q
 
-
-class TimeStampedModel(models.Model):
-    created_at = models.DateTimeField(auto_now_add=True, db_index=False)
-    updated_at = models.DateTimeField(auto_now=True)
-
-    class Meta:
-        abstract = True
+from core.models import TimeStampedModel
 
 
 class Tenant(TimeStampedModel):
@@ -25,15 +19,6 @@ class Tenant(TimeStampedModel):
 
     def __str__(self):
         return self.name
-
-
-class TenantOwnedModel(TimeStampedModel):
-    """Base for domain rows: every query goes through tenants.scoping (one choke point)."""
-
-    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
-
-    class Meta:
-        abstract = True
 
 
 class ApiKey(TimeStampedModel):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from django.db.models import Model, QuerySet
 
-from config.api.errors import ApiError
+from core.errors import DomainError, ErrorKind
 
 
 def tenant_queryset(model_or_queryset: type[Model] | QuerySet, *, tenant_id) -> QuerySet:
@@ -25,5 +25,15 @@ def tenant_queryset(model_or_queryset: type[Model] | QuerySet, *, tenant_id) -> 
 def tenant_get_or_404(model_or_queryset, *, tenant_id, **lookup):
     obj = tenant_queryset(model_or_queryset, tenant_id=tenant_id).filter(**lookup).first()
     if obj is None:
-        raise ApiError("not_found", "No such object.", status_code=404)
+        raise DomainError("not_found", "No such object.", kind=ErrorKind.NOT_FOUND)
     return obj
+
+
+def scoped(model_or_queryset: type[Model] | QuerySet, tenant_id) -> QuerySet:
+    """Through the choke point when a tenant is given; the operator's overall view (staff
+    only, tenant_id=None) reads every tenant's rows."""
+    if tenant_id:
+        return tenant_queryset(model_or_queryset, tenant_id=tenant_id)
+    if isinstance(model_or_queryset, QuerySet):
+        return model_or_queryset
+    return model_or_queryset._default_manager.all()

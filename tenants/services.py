@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from config.api.errors import ApiError
+from core.api.errors import ApiError
 from tenants import keycache
 from tenants.cors import origins_cache_clear
 from tenants.models import ApiKey, Tenant

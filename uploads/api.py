@@ -26,7 +26,7 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.api.errors import ApiError
+from core.api.errors import ApiError
 from tenants.permissions import HasAnyKey
 from uploads import selectors, services, staging
 from uploads.models import Attachment, RetrySource

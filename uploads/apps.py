@@ -1,6 +1,8 @@
-from django.apps import AppConfig
+from core.ops import AtlasAppConfig
 
 
-class UploadsConfig(AppConfig):
+class UploadsConfig(AtlasAppConfig):
+    default = True
     name = "uploads"
     default_auto_field = "django.db.models.BigAutoField"
+    ops_module = "uploads.ops"

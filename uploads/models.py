@@ -5,7 +5,8 @@ import uuid
 from django.db import models
 from django.db.models import F, Q
 
-from tenants.models import Tenant, TenantOwnedModel, TimeStampedModel
+from core.models import TenantOwnedModel, TimeStampedModel
+from tenants.models import Tenant
 
 
 class RetrySource(models.TextChoices):

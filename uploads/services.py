@@ -28,7 +28,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.text import get_valid_filename
 
-from config.api.errors import ApiError
+from core.api.errors import ApiError
 from tenants.scoping import tenant_queryset
 from uploads import staging
 from uploads.models import Attachment, FinaliseAttempt, HealthAlert, RetryLog, RetrySource

@@ -11,7 +11,7 @@ from django.utils import timezone
 from assessments import metrics
 from assessments.models import AssessmentSession
 from assessments.tasks import SCHEDULES, sessions_abandon_stale
-from config.schedules import declared_schedules
+from ops.schedules import declared_schedules
 from tests.assessments.factories import EventFactory, SessionFactory, SubmissionFactory
 
 pytestmark = pytest.mark.django_db

@@ -2,8 +2,8 @@
 
 import re
 
-from config.dashboard.charts import HEIGHT, stacked_bars
-from config.dashboard.figures import Figure
+from core.figures import Figure
+from ops.dashboard.charts import HEIGHT, stacked_bars
 
 
 def column(day, ok, bad, rate, url=None):

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from django.db.models import F
 
-from config.dashboard.figures import Figure
+from core.figures import Figure
 from outbox.models import Delivery
 
 pytestmark = pytest.mark.django_db

@@ -7,7 +7,7 @@ from django.core.management import call_command
 from django.db.models import Count
 from django_q.models import Schedule
 
-from config.schedules import declared_schedules
+from ops.schedules import declared_schedules
 
 pytestmark = pytest.mark.django_db
 

@@ -20,7 +20,7 @@ from django.core.management import call_command
 from django.utils import timezone
 from django_q.models import Schedule
 
-from config.dashboard.status import status_report
+from ops.status import status_report
 from outbox.models import Target, WorkerHeartbeat
 from tests.outbox.factories import make_target
 from tests.processes import ROOT, manage_popen, subprocess_env

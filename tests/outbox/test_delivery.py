@@ -168,7 +168,7 @@ def test_backoff_is_capped_and_configurable_per_target(tenant, receiver, setting
 def test_jitter_spreads_within_twenty_percent():
     import random
 
-    from outbox.backoff import backoff_seconds
+    from core.backoff import backoff_seconds
 
     rng = random.Random(7)
     samples = [backoff_seconds(attempt=3, base=60, cap=21600, rng=rng) for _ in range(2000)]
@@ -302,7 +302,7 @@ def test_failed_delivery_log_line_carries_tenant_event_and_target(tenant, receiv
     import json
     import logging
 
-    from config.logging import JsonFormatter
+    from core.logging import JsonFormatter
 
     target = make_target(tenant, url=receiver.url)
     receiver.answer = answer(500, body="boom")

@@ -9,9 +9,9 @@ import time_machine
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.utils import timezone
+from outbox.ops import health_checks
 
-from config.schedules import declared_schedules
-from outbox.health import health_checks
+from ops.schedules import declared_schedules
 from outbox.models import (
     CircuitTransition,
     Delivery,

@@ -1,7 +1,7 @@
 import pytest
 from django.db import connection, transaction
 
-from config.api.errors import ApiError
+from core.api.errors import ApiError
 from outbox.models import Delivery, OutboxEvent
 from outbox.services import event_publish
 from tests.outbox.factories import make_target, publish

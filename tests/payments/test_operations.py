@@ -12,8 +12,8 @@ from django.core.management import CommandError, call_command
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from config.api.errors import ApiError
-from config.schedules import declared_schedules, sync_schedules
+from core.api.errors import ApiError
+from ops.schedules import declared_schedules, sync_schedules
 from outbox.models import OutboxEvent
 from payments import tasks
 from payments.models import PaymentSession, StripeApiFailure, StripeEvent

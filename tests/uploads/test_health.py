@@ -10,7 +10,7 @@ import time_machine
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from config.schedules import declared_schedules
+from ops.schedules import declared_schedules
 from outbox.models import OutboxEvent
 from outbox.services import target_create
 from tests.uploads.factories import staged_attachment

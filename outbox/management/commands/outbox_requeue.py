@@ -6,7 +6,7 @@ from datetime import datetime
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.dateparse import parse_datetime
 
-from outbox.management.commands._progress import Progress
+from core.progress import Progress
 from outbox.models import Delivery
 from outbox.services import delivery_requeue
 

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from config.api.errors import ApiError
+from core.api.errors import ApiError
 from tenants.selectors import tenant_get_by_name_or_id
 from tenants.services import apikey_create
 

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from config.api.errors import ApiError
+from core.api.errors import ApiError
 from tenants.services import tenant_create
 
 

@@ -5,7 +5,7 @@ import json
 
 from django.core.management.base import BaseCommand
 
-from config.dashboard.status import CLUSTER_WAIT_SECONDS, EXIT_CODES, overall, status_report
+from ops.status import CLUSTER_WAIT_SECONDS, EXIT_CODES, overall, status_report
 
 MARK = {"ok": "ok  ", "degraded": "WARN", "down": "DOWN"}
 

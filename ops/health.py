@@ -1,7 +1,7 @@
 """GET /health: each dependency reported separately; 503 when a critical one fails.
 
-Apps add their own checks in `<app>/health.py` as `health_checks() -> list[Check]`
-(the outbox reports its lag and worker heartbeat there).
+Apps add their own checks through their ops module's `health_checks()` (the outbox reports
+its lag and worker heartbeat there).
 
 Only the database is critical: /health answers for this web process, and without PostgreSQL
 it can neither answer nor store anything. A missing outbox worker or django-q2 cluster, or
@@ -13,9 +13,7 @@ check for those (exit 2 when no process delivers at all).
 
 from __future__ import annotations
 
-import importlib
 import time
-from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import connection
@@ -24,13 +22,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-
-@dataclass
-class Check:
-    name: str
-    ok: bool
-    critical: bool
-    detail: dict = field(default_factory=dict)
+from core.ops import Check, atlas_app_configs
 
 
 def database_check() -> Check:
@@ -63,20 +55,13 @@ def cluster_check() -> Check:
     )
 
 
-APPS_WITH_CHECKS = ("outbox", "uploads", "payments", "assessments")
-
-
 def all_checks() -> list[Check]:
     checks = [database_check()]
     if not checks[0].ok:
         return checks  # everything else needs the database
     checks.append(cluster_check())
-    for app in APPS_WITH_CHECKS:
-        try:
-            module = importlib.import_module(f"{app}.health")
-        except ModuleNotFoundError:
-            continue
-        checks.extend(module.health_checks())
+    for config in atlas_app_configs():
+        checks.extend(config.health_checks())
     return checks
 
 

@@ -2,7 +2,7 @@
 
 from django.views import defaults
 
-from config.api.errors import error_response
+from core.api.errors import error_response
 
 
 def _is_api(request) -> bool:

@@ -3,11 +3,11 @@ them with their next run."""
 
 from django.core.management.base import BaseCommand
 
-from config.schedules import declared_schedules, sync_schedules
+from ops.schedules import declared_schedules, sync_schedules
 
 
 class Command(BaseCommand):
-    help = "Create or update the django-q2 schedules declared in <app>/tasks.py."
+    help = "Create or update the django-q2 schedules declared by each app."
 
     def add_arguments(self, parser):
         parser.add_argument("--list", action="store_true", help="print schedules, change nothing")

@@ -8,7 +8,7 @@ from django.apps import apps
 from django.contrib import admin
 from django.urls import reverse
 
-from config.dashboard.figures import Figure
+from core.figures import Figure
 
 
 def changelist_url(model_label: str, filters: dict) -> str:

@@ -86,7 +86,7 @@ def test_anonymous_ip_is_throttled_too(anon_api, settings):
     assert statuses.count(429) >= 1, statuses
 
 
-@pytest.mark.urls("tests.config.test_error_shape")
+@pytest.mark.urls("tests.core.test_error_shape")
 def test_unhandled_exception_is_500_internal_error(client):
     client.raise_request_exception = False
     response = client.get("/api/crash")

@@ -4,9 +4,12 @@ Two kinds of series:
 - counted in the web process: API requests by route and status (and their latency). Under
   gunicorn with several workers set PROMETHEUS_MULTIPROC_DIR so every worker's counts are
   merged (prometheus-client's multiprocess mode);
-- read from PostgreSQL at scrape time: each app's `<app>/metrics.py` defines
-  `collect_metrics() -> iterable of prometheus_client metric families` (outbox backlog, uploads
-  retries, payments by status …), so every process reports the same truth.
+- read from PostgreSQL at scrape time: each app's ops module defines `metric_families()`
+  (outbox backlog, uploads retries, payments by status …), so every process reports the same
+  truth. States are gauges; activity that is pruned from the database (delivery attempts,
+  upload retry runs) is reported over the last METRICS_WINDOW_MINUTES as `..._window` series:
+  a counter computed from pruned rows would go down at every prune. If the database cannot be
+  read the scrape still succeeds with `atlas_metrics_db_up 0`.
 
 Access: with METRICS_TOKEN set, `Authorization: Bearer <token>` is required; without it only
 clients from METRICS_ALLOWED_NETWORKS (loopback and private ranges by default) are served.
@@ -15,12 +18,13 @@ clients from METRICS_ALLOWED_NETWORKS (loopback and private ranges by default) a
 from __future__ import annotations
 
 import hmac
-import importlib
 import ipaddress
+import logging
 import os
 import time
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.http import HttpResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -31,9 +35,11 @@ from prometheus_client import (
 )
 from prometheus_client.registry import Collector
 
-from config.api.errors import error_response
+from core.api.errors import error_response
+from core.metrics import gauge
+from core.ops import atlas_app_configs
 
-APPS_WITH_METRICS = ("outbox", "uploads", "payments", "assessments")
+logger = logging.getLogger(__name__)
 
 API_REQUESTS = Counter(
     "atlas_api_requests_total",
@@ -49,23 +55,17 @@ API_LATENCY = Histogram(
 
 
 class DatabaseCollector(Collector):
-    """Series computed from PostgreSQL rows at scrape time (config/metrics_db.py), then any
-    app's own `collect_metrics()`."""
+    """Series computed from PostgreSQL rows at scrape time: each app's contribution."""
 
     def collect(self):
-        from config import metrics_db
-
-        yield from metrics_db.collect_metrics()
-        for app in APPS_WITH_METRICS:
-            try:
-                module = importlib.import_module(f"{app}.metrics")
-            except ModuleNotFoundError as exc:
-                if exc.name != f"{app}.metrics":
-                    raise
-                continue
-            collect = getattr(module, "collect_metrics", None)
-            if collect is not None:
-                yield from collect()
+        try:
+            families = [f for config in atlas_app_configs() for f in config.metric_families()]
+        except DatabaseError as exc:
+            logger.warning("metrics: database unreadable (%s)", exc)
+            yield gauge("atlas_metrics_db_up", "1 when the database series could be read", 0)
+            return
+        yield gauge("atlas_metrics_db_up", "1 when the database series could be read", 1)
+        yield from families
 
 
 def _registry() -> CollectorRegistry:

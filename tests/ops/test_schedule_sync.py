@@ -2,8 +2,8 @@ import pytest
 from django.core.management import call_command
 from django_q.models import Schedule
 
-from config import schedules
-from config.schedules import ScheduleSpec
+from core.ops import ScheduleSpec
+from ops import schedules
 
 pytestmark = pytest.mark.django_db
 

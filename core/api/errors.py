@@ -1,8 +1,10 @@
 """The one error shape: {"error": {"code": "...", "message": "...", "details": {...}}}.
 
 Every API error goes through here: DRF exceptions, Django's Http404 / PermissionDenied /
-RequestDataTooBig, and our own ApiError. Non-DRF paths (unknown URLs, crashes) reach the
-same shape through config.urls' handler404 / handler500.
+RequestDataTooBig, the services' DomainError (its kind becomes the HTTP status here, the one
+place that maps the domain to HTTP) and ApiError (raised by views for transport-level
+refusals). Non-DRF paths (unknown URLs, crashes) reach the same shape through config.urls'
+handler404 / handler500.
 """
 
 from __future__ import annotations
@@ -14,11 +16,37 @@ from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 
+from core.errors import DomainError, ErrorKind
+
 logger = logging.getLogger(__name__)
 
 
+# The one mapping from a domain error's kind to an HTTP status.
+HTTP_STATUS_BY_KIND: dict[ErrorKind, int] = {
+    ErrorKind.INVALID: 400,
+    ErrorKind.UNAUTHENTICATED: 401,
+    ErrorKind.FORBIDDEN: 403,
+    ErrorKind.NOT_FOUND: 404,
+    ErrorKind.CONFLICT: 409,
+    ErrorKind.GONE: 410,
+    ErrorKind.LENGTH_REQUIRED: 411,
+    ErrorKind.PRECONDITION_FAILED: 412,
+    ErrorKind.TOO_LARGE: 413,
+    ErrorKind.LOCKED: 423,
+    ErrorKind.CHECKSUM_MISMATCH: 400,
+    ErrorKind.RATE_LIMITED: 429,
+    ErrorKind.UPSTREAM_FAILED: 502,
+    ErrorKind.UNAVAILABLE: 503,
+}
+
+
+def http_status_for(error: DomainError) -> int:
+    return HTTP_STATUS_BY_KIND[error.kind]
+
+
 class ApiError(exceptions.APIException):
-    """Raise from services or views for a 4xx with our own machine-readable code."""
+    """Raise from views for a 4xx with our own machine-readable code (services raise
+    DomainError instead: they know nothing of HTTP)."""
 
     status_code = status.HTTP_400_BAD_REQUEST
 
@@ -109,6 +137,8 @@ def exception_handler(exc, context):
         )
         response["Retry-After"] = "5"
         return response
+    if isinstance(exc, DomainError):
+        exc = ApiError(exc.code, exc.message, status_code=http_status_for(exc), details=exc.details)
     if isinstance(exc, RequestDataTooBig):
         return error_response(
             "payload_too_large", "The request body is larger than this endpoint accepts.", 413

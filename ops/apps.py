@@ -1,12 +1,12 @@
 from django.apps import AppConfig
 
 
-class AtlasConfig(AppConfig):
-    """Project-wide pieces that are no domain app's: run/demo/health commands and checks."""
+class OpsConfig(AppConfig):
+    """The operations console: dashboard, status, /health, /metrics, schedules and the
+    run/demo commands. It asks each app for its contributions (core.ops.AtlasAppConfig)."""
 
-    name = "config"
-    label = "atlas"
-    verbose_name = "Atlas"
+    name = "ops"
+    verbose_name = "Atlas operations"
 
     def ready(self):
         from django.apps import apps
@@ -17,7 +17,7 @@ class AtlasConfig(AppConfig):
 
 
 def _sync_schedules_after_migrate(sender, using="default", **kwargs):
-    """Schedules are created idempotently on every migrate (declared in <app>/tasks.py)."""
-    from config.schedules import sync_schedules
+    """Schedules are created idempotently on every migrate (declared by each app)."""
+    from ops.schedules import sync_schedules
 
     sync_schedules()

@@ -2,7 +2,7 @@
 
 import uuid
 
-from config.logging import log_context
+from core.logging import log_context
 
 
 class RequestIdMiddleware:

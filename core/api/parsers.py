@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from rest_framework import parsers
 
-from config.api.errors import ApiError
+from core.api.errors import ApiError
 
 
 def _bad_text(value: str) -> bool:

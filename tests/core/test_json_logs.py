@@ -3,7 +3,7 @@ import logging
 
 import pytest
 
-from config.logging import JsonFormatter, log_context
+from core.logging import JsonFormatter, log_context
 
 pytestmark = pytest.mark.django_db
 

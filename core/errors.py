@@ -1,0 +1,49 @@
+"""Domain errors: what services raise when a rule is broken. They know nothing of HTTP.
+
+Each carries a machine-readable `code`, a human `message`, optional `details` and a `kind`
+saying what sort of refusal it is. Only the API edge (`core.api.errors`) turns a kind into an
+HTTP status, and the tus views turn a few codes into tus status codes.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorKind(StrEnum):
+    INVALID = "invalid"  # the input breaks a rule
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"  # the current state does not allow it
+    GONE = "gone"  # it existed, and never will again
+    TOO_LARGE = "too_large"
+    LENGTH_REQUIRED = "length_required"
+    PRECONDITION_FAILED = "precondition_failed"
+    LOCKED = "locked"  # someone else holds it right now
+    CHECKSUM_MISMATCH = "checksum_mismatch"
+    RATE_LIMITED = "rate_limited"
+    UPSTREAM_FAILED = "upstream_failed"  # a service we depend on answered badly
+    UNAVAILABLE = "unavailable"  # try again later
+
+
+class DomainError(Exception):
+    """Raise from services for a refusal with our own machine-readable code."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        kind: ErrorKind = ErrorKind.INVALID,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.kind = kind
+        self.details = details or {}
+
+    def __str__(self) -> str:
+        return self.message
