@@ -6,8 +6,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# pytest-xdist: one test process per core (tests that share state take their own database,
+# cache folder and ports per worker).
+XDIST ?= -n auto
 
-.PHONY: install run test lint format check bench fuzz soak load clean-var
+.PHONY: install run test test-fast lint format check bench fuzz soak load clean-var
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Atlas needs Python 3.11+ (set PYTHON=python3.11)")'
@@ -22,7 +25,11 @@ run: install
 	$(BIN)/python manage.py atlas_run
 
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
+
+# The edit loop: everything but the real-process (slow) and Chromium (browser) tests.
+test-fast: install
+	$(BIN)/python -m pytest $(XDIST) -m "not slow and not browser" $(PYTEST_ARGS)
 
 # Many more schemathesis examples per operation than the bounded run inside `make test`.
 fuzz: install
@@ -43,6 +50,8 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python manage.py makemigrations --check --dry-run
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 format: install
 	$(BIN)/ruff check --fix .

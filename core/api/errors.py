@@ -48,7 +48,7 @@ class ApiError(exceptions.APIException):
     """Raise from views for a 4xx with our own machine-readable code (services raise
     DomainError instead: they know nothing of HTTP)."""
 
-    status_code = status.HTTP_400_BAD_REQUEST
+    status_code: int = status.HTTP_400_BAD_REQUEST
 
     def __init__(self, code: str, message: str, *, status_code: int | None = None, details=None):
         super().__init__(detail=message, code=code)

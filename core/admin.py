@@ -1,0 +1,99 @@
+"""Admin pieces every app's console shares: read-only bases, the age filter, a capped
+paginator and a JSON display helper."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from django.contrib import admin
+from django.core.paginator import Paginator
+from django.utils import timezone
+from django.utils.functional import cached_property
+from django.utils.html import format_html
+
+
+class NoAddMixin:
+    """Rows are created by the system (API, worker, webhooks), never by hand."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+class NoDeleteMixin:
+    """Deleting loses evidence: no delete button and no bulk "delete selected"."""
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+
+class ReadOnlyMixin(NoAddMixin, NoDeleteMixin):
+    """Evidence: never added, edited or deleted by hand."""
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+class ReadOnlyAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    pass
+
+
+class AppendOnlyAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
+    """Rows made by the system that staff may still steer through actions."""
+
+
+class ReadOnlyInline(ReadOnlyMixin, admin.TabularInline):
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+
+class AgeFilter(admin.SimpleListFilter):
+    """How old a row is (created_at): recent windows, or older than a day or a week."""
+
+    title = "age"
+    parameter_name = "age"
+    WINDOWS = {
+        "1h": ("last hour", timedelta(hours=1), False),
+        "24h": ("last 24 hours", timedelta(hours=24), False),
+        "7d": ("last 7 days", timedelta(days=7), False),
+        "older-24h": ("older than 24 hours", timedelta(hours=24), True),
+        "older-7d": ("older than 7 days", timedelta(days=7), True),
+    }
+    ALIASES = {"older": "older-7d"}  # the uploads console's earlier name
+
+    def lookups(self, request, model_admin):
+        return [(key, label) for key, (label, _delta, _older) in self.WINDOWS.items()]
+
+    def queryset(self, request, queryset):
+        value = self.ALIASES.get(self.value() or "", self.value())
+        if value not in self.WINDOWS:
+            return queryset
+        _label, delta, older = self.WINDOWS[value]
+        cutoff = timezone.now() - delta
+        if older:
+            return queryset.filter(created_at__lt=cutoff)
+        return queryset.filter(created_at__gte=cutoff)
+
+
+class CappedPaginator(Paginator):
+    """Counts at most CAP rows (COUNT over a LIMIT subquery): an exact COUNT(*) over
+    millions of rows would make every admin page slow."""
+
+    CAP = 10_000
+
+    @cached_property
+    def count(self):
+        return self.object_list[: self.CAP].count()
+
+
+def pretty_json(value) -> str:
+    return format_html(
+        '<pre style="white-space:pre-wrap;max-width:70em">{}</pre>',
+        json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True),
+    )
