@@ -3,18 +3,16 @@ logs and attempts, health alerts, and the retry health page with a chart per day
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.core.files.storage import storages
 from django.http import FileResponse, Http404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils import timezone
 from django.utils.html import format_html
 
-from uploads import selectors, services, staging
+from core.admin import AgeFilter, NoAddMixin, NoDeleteMixin, ReadOnlyAdmin, ReadOnlyInline
+from uploads import selectors, staging
 from uploads.models import (
     Attachment,
     FinaliseAttempt,
@@ -22,51 +20,22 @@ from uploads.models import (
     RetryLog,
     RetrySource,
 )
+from uploads.services.retries import retry_run
 
 
-class _ReadOnly:
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-
-class AgeFilter(admin.SimpleListFilter):
-    title = "age"
-    parameter_name = "age"
-    BUCKETS = {
-        "1h": ("last hour", timedelta(hours=1)),
-        "24h": ("last 24 hours", timedelta(days=1)),
-        "7d": ("last 7 days", timedelta(days=7)),
-        "older": ("older than 7 days", timedelta(days=7)),
-    }
-
-    def lookups(self, request, model_admin):
-        return [(key, label) for key, (label, _delta) in self.BUCKETS.items()]
-
-    def queryset(self, request, queryset):
-        if self.value() not in self.BUCKETS:
-            return queryset
-        cutoff = timezone.now() - self.BUCKETS[self.value()][1]
-        if self.value() == "older":
-            return queryset.filter(created_at__lt=cutoff)
-        return queryset.filter(created_at__gte=cutoff)
-
-
-class FinaliseAttemptInline(_ReadOnly, admin.TabularInline):
+class FinaliseAttemptInline(ReadOnlyInline):
     model = FinaliseAttempt
-    extra = 0
+    show_change_link = False
     fields = ("created_at", "source", "succeeded", "error", "retry_log")
     readonly_fields = fields
     ordering = ("-created_at",)
 
 
 @admin.register(Attachment)
-class AttachmentAdmin(admin.ModelAdmin):
+class AttachmentAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
+    """Staff may retry and download; never add or delete (deleting loses evidence, and
+    maybe the only copy)."""
+
     list_display = (
         "filename",
         "tenant",
@@ -87,12 +56,6 @@ class AttachmentAdmin(admin.ModelAdmin):
     readonly_fields = [f.name for f in Attachment._meta.fields] + ["download_link"]
     inlines = [FinaliseAttemptInline]
     actions = ["retry_now"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False  # deleting loses evidence (and maybe the only copy)
 
     @admin.display(description="last error")
     def short_error(self, obj):
@@ -115,7 +78,7 @@ class AttachmentAdmin(admin.ModelAdmin):
         if not ids:
             self.message_user(request, "None of those is pending or failed.", messages.WARNING)
             return
-        log = services.retry_run(source=RetrySource.MANUAL, attachment_ids=ids)
+        log = retry_run(source=RetrySource.MANUAL, attachment_ids=ids)
         level = messages.SUCCESS if not log.failed else messages.WARNING
         self.message_user(
             request,
@@ -158,7 +121,7 @@ class AttachmentAdmin(admin.ModelAdmin):
 
 
 @admin.register(RetryLog)
-class RetryLogAdmin(_ReadOnly, admin.ModelAdmin):
+class RetryLogAdmin(ReadOnlyAdmin):
     list_display = (
         "started_at",
         "source",
@@ -222,7 +185,7 @@ class RetryLogAdmin(_ReadOnly, admin.ModelAdmin):
 
 
 @admin.register(FinaliseAttempt)
-class FinaliseAttemptAdmin(_ReadOnly, admin.ModelAdmin):
+class FinaliseAttemptAdmin(ReadOnlyAdmin):
     list_display = ("created_at", "tenant", "attachment", "source", "succeeded", "error")
     list_filter = ("succeeded", "source", "tenant")
     list_select_related = ("tenant", "attachment")
@@ -231,7 +194,7 @@ class FinaliseAttemptAdmin(_ReadOnly, admin.ModelAdmin):
 
 
 @admin.register(HealthAlert)
-class HealthAlertAdmin(_ReadOnly, admin.ModelAdmin):
+class HealthAlertAdmin(ReadOnlyAdmin):
     list_display = ("hour", "tenant", "outcome", "reason", "attempted", "failed", "failure_rate")
     list_filter = ("outcome", "tenant")
     list_select_related = ("tenant",)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db.models import Count, Q, Sum
@@ -67,7 +69,7 @@ def metric_families() -> list:
         .order_by()
     }
     for source in RETRY_RUN_SOURCES:
-        row = sums.get(source.value, {})
+        row: Mapping[str, Any] = sums.get(source.value, {})
         runs.add_metric([source.value], row.get("runs") or 0)
         retries.add_metric([source.value, "succeeded"], row.get("ok") or 0)
         retries.add_metric([source.value, "failed"], row.get("failed") or 0)

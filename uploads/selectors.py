@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
+from typing import Any
 
 from django.db.models import Count, Sum
 from django.db.models.functions import TruncDate
@@ -30,7 +32,7 @@ def _totals():
     }
 
 
-def _source_numbers(source, row: dict) -> dict:
+def _source_numbers(source, row: Mapping[str, Any]) -> dict:
     """One source's numbers from its aggregate row (absent: it did not run, zeros)."""
     attempted = row.get("attempted") or 0
     succeeded = row.get("succeeded") or 0

@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 from core.ops import ScheduleSpec
-from uploads import services
 from uploads.models import RetrySource
+from uploads.services import alerts, retries, tus
 
 
 def retry_sweep() -> dict:
-    log = services.retry_run(source=RetrySource.SCHEDULED)
+    log = retries.retry_run(source=RetrySource.SCHEDULED)
     return {"attempted": log.attempted, "succeeded": log.succeeded, "failed": log.failed}
 
 
 def prune_retry_logs() -> int:
-    return services.retry_logs_prune()
+    return retries.retry_logs_prune()
 
 
 def health_alert_check() -> int:
-    return len(services.health_alert_check())
+    return len(alerts.health_alert_check())
 
 
 def expired_uploads_cleanup() -> int:
-    return services.uploads_expired_cleanup()
+    return tus.uploads_expired_cleanup()
 
 
 SCHEDULES = [

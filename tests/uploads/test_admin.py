@@ -10,8 +10,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from tests.uploads.factories import staged_attachment
-from uploads import services
 from uploads.models import Attachment, RetryLog
+from uploads.services.finalising import attachment_finalise
 
 pytestmark = pytest.mark.django_db
 CHANGELIST = "/admin/uploads/attachment/"
@@ -58,7 +58,7 @@ def test_retry_action_stores_selected_and_logs_a_manual_run(admin_client, tenant
 def test_staff_download_link_serves_the_stored_bytes(admin_client, client, tenant):
     attachment = staged_attachment(tenant, b"%PDF-1.7 bytes", filename="report.pdf")
     with TestCase.captureOnCommitCallbacks(execute=True):
-        services.attachment_finalise(attachment_id=attachment.pk, source="manual")
+        attachment_finalise(attachment_id=attachment.pk, source="manual")
     url = reverse("admin:uploads_attachment_download", args=[attachment.pk])
     page = admin_client.get(f"{CHANGELIST}{attachment.pk}/change/")
     assert url.encode() in page.content

@@ -16,8 +16,9 @@ from django.utils import timezone
 from outbox.models import OutboxEvent
 from tests.tenancy import assert_error
 from tests.uploads.factories import staged_attachment
-from uploads import services, staging, tasks
+from uploads import staging, tasks
 from uploads.models import Attachment, FinaliseAttempt, RetryLog
+from uploads.services import retries
 
 
 def _sweep():
@@ -156,7 +157,7 @@ def test_manual_retry_gives_a_failed_attachment_another_chance(tenant, settings)
     settings.UPLOADS_MAX_ATTEMPTS = 2
     attachment = staged_attachment(tenant, status="failed", attempts=2, next_retry_at=None)
     with TestCase.captureOnCommitCallbacks(execute=True):
-        log = services.retry_run(source="manual", attachment_ids=[attachment.pk])
+        log = retries.retry_run(source="manual", attachment_ids=[attachment.pk])
     attachment.refresh_from_db()
     assert attachment.status == "stored" and attachment.attempts == 3
     assert (log.attempted, log.succeeded) == (1, 1)
@@ -165,7 +166,7 @@ def test_manual_retry_gives_a_failed_attachment_another_chance(tenant, settings)
 @pytest.mark.django_db
 def test_unknown_retry_source_is_refused(tenant):
     with pytest.raises(Exception, match="Unknown retry source"):
-        services.retry_run(source="cron")
+        retries.retry_run(source="cron")
     assert RetryLog.objects.count() == 0
 
 
@@ -180,7 +181,7 @@ def test_two_concurrent_runs_never_process_one_attachment_twice(tenant, settings
     def run(source):
         try:
             barrier.wait()
-            logs.append(services.retry_run(source=source))
+            logs.append(retries.retry_run(source=source))
         except Exception as exc:  # surfaced below
             errors.append(exc)
         finally:

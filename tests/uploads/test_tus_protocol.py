@@ -278,7 +278,7 @@ def test_expired_upload_is_410(api):
 def test_expired_uploads_are_cleaned_up(api, tenant):
     url = _path(create(api, 10)["Location"])
     row = Attachment.objects.get()
-    from uploads.services import uploads_expired_cleanup
+    from uploads.services.tus import uploads_expired_cleanup
 
     assert uploads_expired_cleanup() == 0
     assert uploads_expired_cleanup(now=timezone.now() + timedelta(hours=25)) == 1
@@ -341,7 +341,7 @@ def test_a_second_writer_on_the_same_upload_gets_423(api):
 
     from django.db import connections
 
-    from uploads.services import _UploadLock
+    from uploads.services.tus import UploadLock
 
     url = _path(create(api, 10)["Location"])
     upload_id = Attachment.objects.get().pk
@@ -349,7 +349,7 @@ def test_a_second_writer_on_the_same_upload_gets_423(api):
 
     def other_writer():  # another web process in the middle of a PATCH on this upload
         try:
-            with _UploadLock(upload_id):
+            with UploadLock(upload_id):
                 held.set()
                 release.wait(10)
         finally:

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import signal
+from django.core.management.base import CommandError
 
-from django.core.management.base import BaseCommand, CommandError
-
+from core.commands import StoppableCommand
 from tenants.models import Tenant
-from uploads import services
+from tenants.selectors import tenant_get_by_name_or_id
 from uploads.models import RetrySource
+from uploads.services.retries import retry_run
 
 
-class Command(BaseCommand):
+class Command(StoppableCommand):
     help = "Retry finalising pending attachments now (recorded as a `manual` retry run)."
+    stop_message = "SIGTERM: stopping after the current attachment"
 
     def add_arguments(self, parser):
         parser.add_argument("--tenant", help="Tenant name or id (default: every tenant).")
@@ -21,25 +22,19 @@ class Command(BaseCommand):
     def handle(self, *args, tenant=None, limit=None, **options):
         tenant_id = None
         if tenant:
-            found = Tenant.objects.filter(name=tenant).first()
-            if found is None:
-                try:
-                    found = Tenant.objects.filter(pk=tenant).first()
-                except Exception:  # not a UUID
-                    found = None
-            if found is None:
-                raise CommandError(f"No tenant {tenant!r}.")
-            tenant_id = found.pk
-        stop = {"requested": False}
-        signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+            try:
+                tenant_id = tenant_get_by_name_or_id(ref=tenant).pk
+            except Tenant.DoesNotExist:
+                raise CommandError(f"No tenant {tenant!r}.") from None
 
         def progress(done, total, outcome):
             label = {True: "stored", False: "failed", None: "skipped"}[outcome]
             self.stdout.write(f"  [{done}/{total}] {label}")
-            if stop["requested"]:
+            if self.stop_requested:
+                # the run's finally block still writes its RetryLog row
                 raise CommandError("stopped by SIGTERM; the run's log was written")
 
-        log = services.retry_run(
+        log = retry_run(
             source=RetrySource.MANUAL, tenant_id=tenant_id, limit=limit, progress=progress
         )
         self.stdout.write(

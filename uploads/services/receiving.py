@@ -1,0 +1,142 @@
+"""Receiving: the checks every upload passes (size, content type, session), and the simple
+multipart upload, whose bytes are already staged when it reaches us."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from core.errors import DomainError, ErrorKind
+from tenants.scoping import tenant_queryset
+from uploads import staging
+from uploads.models import Attachment, RetrySource
+from uploads.services.finalising import attachment_finalise
+
+Status = Attachment.Status
+
+
+def check_limits(*, size: int, content_type: str) -> None:
+    if size > settings.UPLOADS_MAX_BYTES:
+        raise DomainError(
+            "file_too_large",
+            f"Files may be at most {settings.UPLOADS_MAX_BYTES} bytes.",
+            kind=ErrorKind.TOO_LARGE,
+            details={"maxBytes": settings.UPLOADS_MAX_BYTES, "size": size},
+        )
+    if not staging.content_type_allowed(content_type):
+        # 415 at the edge: core has no kind for "unsupported media type" (uploads.api maps it)
+        raise DomainError(
+            "content_type_not_allowed",
+            f"Content type {content_type!r} is not accepted.",
+            kind=ErrorKind.INVALID,
+            details={"allowed": list(settings.UPLOADS_ALLOWED_CONTENT_TYPES)},
+        )
+
+
+def check_session(*, tenant_id, assessment_session_id) -> None:
+    """The session an upload belongs to must be the tenant's own. The model comes through the
+    foreign key: uploads does not import the assessments app."""
+    if assessment_session_id is None:
+        return
+    session_model = Attachment._meta.get_field("assessment_session").related_model
+    if (
+        not tenant_queryset(session_model, tenant_id=tenant_id)
+        .filter(pk=assessment_session_id)
+        .exists()
+    ):
+        raise DomainError(
+            "unknown_assessment_session",
+            "No such assessment session.",
+            kind=ErrorKind.INVALID,
+            details={"assessmentSessionId": str(assessment_session_id)},
+        )
+
+
+def clean_filename(name: str) -> str:
+    name = (name or "").replace("\\", "/").split("/")[-1].strip().replace("\x00", "")
+    return (name or "upload")[:255]
+
+
+def attachment_receive(
+    *,
+    tenant_id,
+    upload_id: uuid.UUID,
+    staged: staging.StagedFile,
+    expected_sha256: str = "",
+    assessment_session_id=None,
+) -> tuple[Attachment, bool]:
+    """Take a fully staged multipart file. Returns (attachment, created).
+
+    The same uploadId with the same bytes returns the existing attachment (created=False);
+    different bytes → 409. A checksum mismatch keeps nothing. The staged temp file is always
+    either moved under the attachment or removed.
+    """
+    try:
+        check_limits(size=staged.size, content_type=staged.content_type)
+        if expected_sha256 and expected_sha256.lower() != staged.sha256:
+            raise DomainError(
+                "checksum_mismatch",
+                "The file's SHA-256 is not the one you sent; nothing was kept.",
+                kind=ErrorKind.CHECKSUM_MISMATCH,
+                details={"expected": expected_sha256.lower(), "received": staged.sha256},
+            )
+        check_session(tenant_id=tenant_id, assessment_session_id=assessment_session_id)
+        existing = _existing_same_bytes(tenant_id=tenant_id, upload_id=upload_id, staged=staged)
+        if existing is not None:
+            return existing, False
+        now = timezone.now()
+        target = staging.staging_path(tenant_id=tenant_id, attachment_id=upload_id)
+        try:
+            with transaction.atomic():
+                attachment = Attachment.objects.create(
+                    id=upload_id,
+                    tenant_id=tenant_id,
+                    assessment_session_id=assessment_session_id,
+                    channel=Attachment.Channel.MULTIPART,
+                    filename=clean_filename(staged.name),
+                    content_type=staged.content_type[:255],
+                    size=staged.size,
+                    upload_offset=staged.size,
+                    sha256=staged.sha256,
+                    expected_sha256=(expected_sha256 or "").lower(),
+                    status=Status.PENDING,
+                    next_retry_at=now,
+                )
+                staging.move_durably(staged.path, target)
+        except IntegrityError:
+            # A concurrent request with the same uploadId won the insert.
+            existing = _existing_same_bytes(tenant_id=tenant_id, upload_id=upload_id, staged=staged)
+            if existing is not None:
+                return existing, False
+            raise _conflict(upload_id) from None
+    finally:
+        staging.remove_quietly(staged.path)
+    attachment_finalise(attachment_id=attachment.pk, source=RetrySource.UPLOAD)
+    attachment.refresh_from_db()
+    return attachment, True
+
+
+def _conflict(upload_id) -> DomainError:
+    return DomainError(
+        "upload_id_conflict",
+        "This uploadId was used for different bytes.",
+        kind=ErrorKind.CONFLICT,
+        details={"uploadId": str(upload_id)},
+    )
+
+
+def _existing_same_bytes(*, tenant_id, upload_id, staged) -> Attachment | None:
+    found = Attachment.objects.filter(pk=upload_id).first()
+    if found is None:
+        return None
+    if (
+        str(found.tenant_id) == str(tenant_id)
+        and found.status != Status.RECEIVING
+        and found.sha256 == staged.sha256
+        and found.size == staged.size
+    ):
+        return found
+    raise _conflict(upload_id)

@@ -1,0 +1,318 @@
+"""The tus 1.0 protocol's writes: creation, append (streamed to the staged file), completion,
+termination, and the cleanup of uploads that expired unfinished.
+
+Refusals are DomainErrors; the tus views turn their kinds into tus status codes (a checksum
+mismatch is 460 there, a held lock 423, an expired upload 410).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import IO, Any
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from core.errors import DomainError, ErrorKind
+from tenants.scoping import tenant_get_or_404
+from uploads import staging
+from uploads.models import Attachment, RetrySource
+from uploads.services.finalising import attachment_finalise
+from uploads.services.receiving import check_limits, check_session, clean_filename
+
+Status = Attachment.Status
+
+CHECKSUM_ALGORITHMS: dict[str, Callable[[], Any]] = {
+    "sha1": hashlib.sha1,
+    "sha256": hashlib.sha256,
+    "md5": hashlib.md5,
+}
+
+
+def tus_expiry() -> datetime:
+    return timezone.now() + timedelta(hours=settings.UPLOADS_TUS_EXPIRY_HOURS)
+
+
+def tus_upload_create(
+    *,
+    tenant_id,
+    upload_id: uuid.UUID,
+    length: int,
+    filename: str,
+    content_type: str,
+    expected_sha256: str = "",
+    assessment_session_id=None,
+    raw_metadata: str = "",
+) -> tuple[Attachment, bool]:
+    """tus creation. An existing unfinished upload with the same id and length is returned
+    (a re-sent POST), so the client can HEAD it and resume; anything else with that id → 409."""
+    check_limits(size=length, content_type=content_type)
+    check_session(tenant_id=tenant_id, assessment_session_id=assessment_session_id)
+    existing = Attachment.objects.filter(pk=upload_id).first()
+    if existing is not None and _expired_own(existing, tenant_id=tenant_id):
+        # the client starts over after 410: the expired leftovers make room for it
+        if Attachment.objects.filter(
+            pk=existing.pk, status=Status.RECEIVING, expires_at__lte=timezone.now()
+        ).delete()[0]:
+            staging.remove_quietly(
+                staging.staging_path(tenant_id=tenant_id, attachment_id=existing.pk)
+            )
+        existing = None
+    if existing is not None:
+        return _tus_existing(existing, tenant_id=tenant_id, length=length), False
+    path = staging.staging_path(tenant_id=tenant_id, attachment_id=upload_id)
+    try:
+        with transaction.atomic():
+            attachment = Attachment.objects.create(
+                id=upload_id,
+                tenant_id=tenant_id,
+                assessment_session_id=assessment_session_id,
+                channel=Attachment.Channel.TUS,
+                filename=clean_filename(filename),
+                content_type=(content_type or "application/octet-stream")[:255],
+                size=length,
+                expected_sha256=(expected_sha256 or "").lower(),
+                status=Status.RECEIVING,
+                expires_at=tus_expiry(),
+                tus_metadata=raw_metadata,
+            )
+            staging.create_empty(path)
+    except IntegrityError:
+        existing = Attachment.objects.filter(pk=upload_id).first()
+        if existing is None:
+            raise
+        return _tus_existing(existing, tenant_id=tenant_id, length=length), False
+    if length == 0:
+        attachment = _tus_complete(attachment)
+    return attachment, True
+
+
+def _expired_own(attachment: Attachment, *, tenant_id) -> bool:
+    return (
+        str(attachment.tenant_id) == str(tenant_id)
+        and attachment.status == Status.RECEIVING
+        and attachment.expires_at is not None
+        and attachment.expires_at <= timezone.now()
+    )
+
+
+def _tus_existing(existing: Attachment, *, tenant_id, length: int) -> Attachment:
+    if (
+        str(existing.tenant_id) == str(tenant_id)
+        and existing.status == Status.RECEIVING
+        and existing.size == length
+    ):
+        return existing
+    details = {"uploadId": str(existing.pk)}
+    if str(existing.tenant_id) == str(tenant_id):
+        details["status"] = existing.status
+    raise DomainError(
+        "upload_exists",
+        "An upload with this id exists already (finished, or with another length).",
+        kind=ErrorKind.CONFLICT,
+        details=details,
+    )
+
+
+class UploadLock:
+    """A session-level advisory lock per upload: one PATCH/DELETE at a time, without keeping a
+    transaction open while a slow client sends its bytes."""
+
+    def __init__(self, attachment_id) -> None:
+        # 64 bits of the UUID (random in a v4 id): a collision between two uploads written at
+        # the same moment is practically impossible, and would only make one of them wait.
+        value = uuid.UUID(str(attachment_id)).int & (2**64 - 1)
+        self.key = value - 2**64 if value >= 2**63 else value
+
+    def __enter__(self) -> UploadLock:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [self.key])
+            (locked,) = cursor.fetchone()
+        if not locked:
+            raise DomainError(
+                "upload_locked",
+                "Another request is writing to this upload; retry shortly.",
+                kind=ErrorKind.LOCKED,
+            )
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [self.key])
+
+
+def _check_expired(attachment: Attachment) -> None:
+    if (
+        attachment.status == Status.RECEIVING
+        and attachment.expires_at is not None
+        and attachment.expires_at <= timezone.now()
+    ):
+        raise DomainError("upload_expired", "This upload has expired.", kind=ErrorKind.GONE)
+
+
+def tus_upload_get(*, tenant_id, upload_id) -> Attachment:
+    attachment = tenant_get_or_404(Attachment, tenant_id=tenant_id, pk=upload_id)
+    _check_expired(attachment)
+    return attachment
+
+
+def _length_exceeded(details: dict | None = None) -> DomainError:
+    return DomainError(
+        "upload_length_exceeded",
+        "The body goes past the announced Upload-Length.",
+        kind=ErrorKind.TOO_LARGE,
+        details=details,
+    )
+
+
+def tus_upload_append(
+    *,
+    tenant_id,
+    upload_id,
+    offset: int,
+    read: Callable[[int], bytes],
+    content_length: int | None,
+    checksum: tuple[str, bytes] | None,
+) -> Attachment:
+    """Append a PATCH body at `offset`, streaming it to the staged file in 64 KiB chunks.
+
+    A connection cut mid-body keeps (and acknowledges) the bytes that arrived, unless the
+    request carried a checksum, which then cannot be verified: those bytes are dropped.
+    """
+    with UploadLock(upload_id):
+        attachment = tus_upload_get(tenant_id=tenant_id, upload_id=upload_id)
+        if attachment.status != Status.RECEIVING or offset != attachment.upload_offset:
+            raise DomainError(
+                "offset_mismatch",
+                "Upload-Offset does not match the upload's current offset.",
+                kind=ErrorKind.CONFLICT,
+                details={"expected": attachment.upload_offset, "received": offset},
+            )
+        remaining = attachment.size - offset
+        if content_length is not None and content_length > remaining:
+            raise _length_exceeded({"remaining": remaining, "received": content_length})
+        path = staging.staging_path(tenant_id=tenant_id, attachment_id=upload_id)
+        algorithm, expected_digest = checksum if checksum else ("", b"")
+        hasher = CHECKSUM_ALGORITHMS[algorithm]() if algorithm else None
+        to_read = remaining if content_length is None else content_length
+        received = 0
+        cut = False
+        too_much = False
+        with path.open("r+b") as fh:
+            fh.seek(offset)
+            fh.truncate(offset)  # drop any unacknowledged tail
+            while received < to_read:
+                try:
+                    chunk = read(min(staging.CHUNK, to_read - received))
+                except Exception:  # the client went away mid-body
+                    cut = True
+                    break
+                if not chunk:
+                    cut = content_length is not None
+                    break
+                fh.write(chunk)
+                if hasher:
+                    hasher.update(chunk)
+                received += len(chunk)
+            if content_length is None and received >= remaining:
+                too_much = bool(_peek(read))
+            # a cut body with a checksum cannot be verified: its bytes are dropped too
+            bad_checksum = hasher is not None and (cut or hasher.digest() != expected_digest)
+            if bad_checksum or too_much:
+                fh.truncate(offset)
+                _flush_durably(fh)
+                if too_much:
+                    raise _length_exceeded()
+                raise DomainError(
+                    "checksum_mismatch",
+                    "The chunk's checksum does not match; it was discarded.",
+                    kind=ErrorKind.CHECKSUM_MISMATCH,
+                    details={"algorithm": algorithm, "offset": offset},
+                )
+            _flush_durably(fh)
+        new_offset = offset + received
+        Attachment.objects.filter(
+            pk=upload_id, status=Status.RECEIVING, upload_offset=offset
+        ).update(upload_offset=new_offset, expires_at=tus_expiry(), updated_at=timezone.now())
+        attachment.refresh_from_db()
+        if new_offset == attachment.size:
+            attachment = _tus_complete(attachment)
+        return attachment
+
+
+def _peek(read: Callable[[int], bytes]) -> bytes:
+    try:
+        return read(1)
+    except Exception:
+        return b""
+
+
+def _flush_durably(fh: IO[bytes]) -> None:
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def _tus_complete(attachment: Attachment) -> Attachment:
+    """All bytes are staged: verify the whole-file checksum, then finalise inline."""
+    path = staging.staging_path(tenant_id=attachment.tenant_id, attachment_id=attachment.pk)
+    sha256 = staging.file_sha256(path)
+    if attachment.expected_sha256 and attachment.expected_sha256 != sha256:
+        Attachment.objects.filter(pk=attachment.pk).delete()
+        staging.remove_quietly(path)
+        raise DomainError(
+            "checksum_mismatch",
+            "The file's SHA-256 is not the one announced; nothing was kept.",
+            kind=ErrorKind.CHECKSUM_MISMATCH,
+            details={"expected": attachment.expected_sha256, "received": sha256},
+        )
+    Attachment.objects.filter(pk=attachment.pk, status=Status.RECEIVING).update(
+        status=Status.PENDING,
+        sha256=sha256,
+        expires_at=None,
+        next_retry_at=timezone.now(),
+        updated_at=timezone.now(),
+    )
+    attachment_finalise(attachment_id=attachment.pk, source=RetrySource.UPLOAD)
+    attachment.refresh_from_db()
+    return attachment
+
+
+def tus_upload_terminate(*, tenant_id, upload_id) -> None:
+    """tus termination: an unfinished upload and its bytes are removed. A finished one is
+    kept (409 upload_complete): files that reached us are never lost by a client call."""
+    with UploadLock(upload_id):
+        attachment = tenant_get_or_404(Attachment, tenant_id=tenant_id, pk=upload_id)
+        if attachment.status != Status.RECEIVING:
+            raise DomainError(
+                "upload_complete",
+                "This upload is complete and cannot be terminated.",
+                kind=ErrorKind.CONFLICT,
+                details={"status": attachment.status},
+            )
+        deleted, _ = Attachment.objects.filter(pk=upload_id, status=Status.RECEIVING).delete()
+        if deleted:
+            staging.remove_quietly(
+                staging.staging_path(tenant_id=tenant_id, attachment_id=upload_id)
+            )
+
+
+def uploads_expired_cleanup(*, now: datetime | None = None) -> int:
+    """Remove tus uploads that expired unfinished (rows and staged bytes)."""
+    now = now or timezone.now()
+    removed = 0
+    rows = Attachment.objects.filter(status=Status.RECEIVING, expires_at__lte=now).values_list(
+        "pk", "tenant_id"
+    )[:1000]
+    for pk, tenant_id in rows:
+        deleted, _ = Attachment.objects.filter(
+            pk=pk, status=Status.RECEIVING, expires_at__lte=now
+        ).delete()
+        if deleted:
+            staging.remove_quietly(staging.staging_path(tenant_id=tenant_id, attachment_id=pk))
+            removed += 1
+    return removed
