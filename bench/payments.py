@@ -181,7 +181,7 @@ def bench_signature(bodies: list[bytes]) -> dict:
 def bench_in_process(bodies: list[bytes]) -> dict:
     import stripe
 
-    from payments.services import stripe_webhook_receive
+    from payments.services.webhooks import stripe_webhook_receive
 
     latencies = []
     started = time.perf_counter()

@@ -1,5 +1,6 @@
 """Payments in the operations console: sessions, Stripe events (read-only, reprocess), failed
-Stripe calls and the circuit breaker. Nothing here can be bulk-deleted: it is evidence."""
+Stripe calls and the circuit breaker. Payments, events, failures and rejections cannot be
+deleted: they are evidence."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.utils.html import format_html
 
-from core.api.errors import ApiError
-from payments import services
+from core.admin import AppendOnlyAdmin, NoAddMixin, ReadOnlyAdmin, ReadOnlyInline
+from core.errors import DomainError
+from payments.circuit import circuit_record_success
 from payments.models import (
     CircuitBreakerState,
     PaymentSession,
@@ -16,6 +18,7 @@ from payments.models import (
     StripeEvent,
     WebhookRejection,
 )
+from payments.services.reconciliation import payment_session_reconcile, stripe_events_reprocess
 
 
 def stripe_dashboard_url(ps: PaymentSession) -> str:
@@ -27,28 +30,19 @@ def stripe_dashboard_url(ps: PaymentSession) -> str:
     return f"{base}{mode}/search?query={ps.stripe_checkout_session_id}"
 
 
-class _NoBulkDelete:
-    def get_actions(self, request):
-        actions = super().get_actions(request)
-        actions.pop("delete_selected", None)
-        return actions
+_INLINE_EVENT_FIELDS = ("stripe_event_id", "type", "status", "result_note", "event_created_at")
 
 
-class StripeEventInline(admin.TabularInline):
+class StripeEventInline(ReadOnlyInline):
     model = StripeEvent
-    fields = ["stripe_event_id", "type", "status", "result_note", "event_created_at"]
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-    show_change_link = True
+    fields = readonly_fields = _INLINE_EVENT_FIELDS
     ordering = ["event_created_at"]
-
-    def has_add_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(PaymentSession)
-class PaymentSessionAdmin(_NoBulkDelete, admin.ModelAdmin):
+class PaymentSessionAdmin(AppendOnlyAdmin):
+    """Checkouts are started through the API (Stripe first, then the row); staff reconcile."""
+
     list_display = [
         "id",
         "tenant",
@@ -72,9 +66,6 @@ class PaymentSessionAdmin(_NoBulkDelete, admin.ModelAdmin):
     inlines = [StripeEventInline]
     actions = ["reconcile_with_stripe"]
 
-    def has_add_permission(self, request):
-        return False  # checkouts are started through the API (Stripe first, then the row)
-
     @admin.display(description="amount")
     def amount_display(self, obj):
         if obj.amount is None:
@@ -93,10 +84,10 @@ class PaymentSessionAdmin(_NoBulkDelete, admin.ModelAdmin):
         changed = errors = 0
         for ps in queryset:
             try:
-                _status, note = services.payment_session_reconcile(payment_session=ps)
-            except ApiError as exc:
+                _status, note = payment_session_reconcile(payment_session=ps)
+            except DomainError as exc:
                 errors += 1
-                self.message_user(request, f"{ps.pk}: {exc.error_code}", messages.ERROR)
+                self.message_user(request, f"{ps.pk}: {exc.code}", messages.ERROR)
                 continue
             changed += note.startswith("applied")
         self.message_user(
@@ -105,7 +96,7 @@ class PaymentSessionAdmin(_NoBulkDelete, admin.ModelAdmin):
 
 
 @admin.register(StripeEvent)
-class StripeEventAdmin(_NoBulkDelete, admin.ModelAdmin):
+class StripeEventAdmin(ReadOnlyAdmin):
     list_display = [
         "stripe_event_id",
         "type",
@@ -130,26 +121,17 @@ class StripeEventAdmin(_NoBulkDelete, admin.ModelAdmin):
     readonly_fields = [f.name for f in StripeEvent._meta.fields]
     actions = ["reprocess"]
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
     @admin.action(description="Reprocess selected events", permissions=["view"])
     def reprocess(self, request, queryset):
         ids = list(queryset.values_list("stripe_event_id", flat=True))
-        counts = services.stripe_events_reprocess(ids=ids)
+        counts = stripe_events_reprocess(ids=ids)
         level = messages.ERROR if counts["failed"] else messages.SUCCESS
         summary = ", ".join(f"{k}={v}" for k, v in counts.items())
         self.message_user(request, f"Reprocessed {counts['total']} event(s): {summary}", level)
 
 
 @admin.register(StripeApiFailure)
-class StripeApiFailureAdmin(_NoBulkDelete, admin.ModelAdmin):
+class StripeApiFailureAdmin(ReadOnlyAdmin):
     list_display = ["created_at", "operation", "error_code", "http_status", "tenant", "message"]
     list_filter = ["operation", "error_code", "created_at"]
     search_fields = ["=payment_session_id", "stripe_code", "message"]
@@ -158,40 +140,23 @@ class StripeApiFailureAdmin(_NoBulkDelete, admin.ModelAdmin):
     show_full_result_count = False
     readonly_fields = [f.name for f in StripeApiFailure._meta.fields]
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(CircuitBreakerState)
-class CircuitBreakerStateAdmin(admin.ModelAdmin):
+class CircuitBreakerStateAdmin(NoAddMixin, admin.ModelAdmin):
     list_display = ["name", "consecutive_failures", "opened_until", "last_failure_at", "last_error"]
     readonly_fields = [f.name for f in CircuitBreakerState._meta.fields]
     actions = ["close_circuit"]
 
-    def has_add_permission(self, request):
-        return False
-
     @admin.action(description="Close the circuit (let calls through again)")
     def close_circuit(self, request, queryset):
-        from payments.circuit import circuit_record_success
-
         for row in queryset:
             circuit_record_success(row.name)
         self.message_user(request, f"Closed {queryset.count()} circuit(s).", messages.SUCCESS)
 
 
 @admin.register(WebhookRejection)
-class WebhookRejectionAdmin(_NoBulkDelete, admin.ModelAdmin):
+class WebhookRejectionAdmin(ReadOnlyAdmin):
     list_display = ["day", "code", "count", "first_seen_at", "last_seen_at", "last_detail"]
     list_filter = ["code", "day"]
     readonly_fields = [f.name for f in WebhookRejection._meta.fields]
     list_per_page = 50
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False

@@ -18,11 +18,21 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api.errors import ApiError, error_response
+from core.errors import DomainError
 from core.validation import EMAIL_REGEX
-from payments import selectors, services
+from payments import selectors
+from payments.services.checkout import payment_checkout_create
+from payments.services.webhooks import WebhookProcessingFailed, stripe_webhook_receive
 from tenants.permissions import HasAnyKey
 
 _EMAIL = re.compile(EMAIL_REGEX)
+
+# Checkout answers that no ErrorKind maps to: the statuses clients have always seen.
+_CHECKOUT_STATUS_BY_CODE = {
+    "stripe_card_error": 402,
+    "idempotency_key_reused": 422,
+    "stripe_timeout": 504,
+}
 
 
 class CheckoutInSerializer(serializers.Serializer):
@@ -91,11 +101,14 @@ class CheckoutInSerializer(serializers.Serializer):
         has_price = bool(attrs.get("priceId"))
         has_amount = attrs.get("amount") is not None or attrs.get("currency") is not None
         if has_price and has_amount:
-            raise ApiError(
-                "price_and_amount_conflict", "Send either priceId or amount+currency, not both."
+            raise serializers.ValidationError(
+                "Send either priceId or amount+currency, not both.",
+                code="price_and_amount_conflict",
             )
         if not has_price and (attrs.get("amount") is None or attrs.get("currency") is None):
-            raise ApiError("price_or_amount_required", "Send priceId, or both amount and currency.")
+            raise serializers.ValidationError(
+                "Send priceId, or both amount and currency.", code="price_or_amount_required"
+            )
         return attrs
 
 
@@ -181,20 +194,28 @@ class CheckoutView(APIView):
         idempotency_key = request.headers.get("Idempotency-Key") or None
         if idempotency_key is not None and len(idempotency_key) > 255:
             raise ApiError("invalid_idempotency_key", "Idempotency-Key is longer than 255.")
-        row, replayed = services.payment_checkout_create(
-            tenant_id=request.tenant_id,
-            email=data["email"],
-            first_name=data["firstName"],
-            form_data=data.get("formData") or {},
-            assessment_session_id=data.get("sessionId"),
-            price_id=data.get("priceId") or None,
-            amount=data.get("amount"),
-            currency=data.get("currency"),
-            product_name=data.get("productName") or "Assessment",
-            success_url=data["successUrl"],
-            cancel_url=data["cancelUrl"],
-            idempotency_key=idempotency_key,
-        )
+        try:
+            row, replayed = payment_checkout_create(
+                tenant_id=request.tenant_id,
+                email=data["email"],
+                first_name=data["firstName"],
+                form_data=data.get("formData") or {},
+                assessment_session_id=data.get("sessionId"),
+                price_id=data.get("priceId") or None,
+                amount=data.get("amount"),
+                currency=data.get("currency"),
+                product_name=data.get("productName") or "Assessment",
+                success_url=data["successUrl"],
+                cancel_url=data["cancelUrl"],
+                idempotency_key=idempotency_key,
+            )
+        except DomainError as exc:
+            status_code = _CHECKOUT_STATUS_BY_CODE.get(exc.code)
+            if status_code is None:
+                raise  # the kind's status (core.api.errors)
+            raise ApiError(
+                exc.code, exc.message, status_code=status_code, details=exc.details
+            ) from exc
         response = Response(
             CheckoutOutSerializer(row).data,
             status=status.HTTP_200_OK if replayed else status.HTTP_201_CREATED,
@@ -259,10 +280,10 @@ class StripeWebhookView(APIView):
     def post(self, request):
         body = request.body  # the raw bytes: the signature covers them exactly
         try:
-            event, duplicate = services.stripe_webhook_receive(
+            event, duplicate = stripe_webhook_receive(
                 body=body, signature=request.headers.get("Stripe-Signature")
             )
-        except services.WebhookProcessingFailed as exc:
+        except WebhookProcessingFailed as exc:
             return error_response(
                 "webhook_processing_failed",
                 "The event was stored but processing failed; it was recorded and Stripe "

@@ -10,16 +10,16 @@ from datetime import timedelta
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from core.api.errors import ApiError
+from core.errors import DomainError, ErrorKind
 from payments.models import PaymentSession, PaymentStatus, StripeEvent
 from tenants.scoping import tenant_get_or_404, tenant_queryset
 
 
 def payment_session_get(*, tenant_id, payment_session_id) -> PaymentSession:
-    """404 not_found for a malformed id too: ids of other tenants never leak."""
+    """not_found for a malformed id too: ids of other tenants never leak."""
     pk = _as_uuid(payment_session_id)
     if pk is None:
-        raise ApiError("not_found", "No such object.", status_code=404)
+        raise DomainError("not_found", "No such object.", kind=ErrorKind.NOT_FOUND)
     return tenant_get_or_404(PaymentSession, tenant_id=tenant_id, pk=pk)
 
 

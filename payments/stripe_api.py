@@ -1,7 +1,7 @@
 """Every call to Stripe's API goes through here: the SDK client (timeout, retries, base URL),
 the circuit breaker, and the mapping of Stripe's errors to our error codes.
 
-A failed call leaves a StripeApiFailure row (visible in the admin) and raises ApiError.
+A failed call leaves a StripeApiFailure row (visible in the admin) and raises DomainError.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import requests
 import stripe
 from django.conf import settings
 
-from core.api.errors import ApiError
+from core.errors import DomainError, ErrorKind
 from payments.circuit import (
     CircuitOpen,
     circuit_before_call,
@@ -35,10 +35,10 @@ def stripe_client() -> stripe.StripeClient:
     """One client per configuration (settings may change in tests); the requests client keeps
     a connection pool per thread."""
     if not settings.STRIPE_SECRET_KEY:
-        raise ApiError(
+        raise DomainError(
             "payments_not_configured",
             "Payments are not configured on this server (STRIPE_SECRET_KEY is empty).",
-            status_code=503,
+            kind=ErrorKind.UNAVAILABLE,
         )
     timeout = settings.STRIPE_TIMEOUT_SECONDS
     config = (
@@ -68,14 +68,17 @@ def _is_timeout(exc: BaseException) -> bool:
     return "Timeout" in str(exc)
 
 
-def _map_error(exc: Exception) -> tuple[ApiError, bool]:
-    """(the ApiError to answer, whether it counts as a Stripe outage for the breaker)."""
+def _map_error(exc: Exception) -> tuple[DomainError, bool]:
+    """(the error to raise, whether it counts as a Stripe outage for the breaker).
+
+    Two codes answer with an HTTP status no kind maps to (stripe_card_error 402,
+    stripe_timeout 504): the checkout view keeps those statuses at the edge."""
     if isinstance(exc, CircuitOpen):
         return (
-            ApiError(
+            DomainError(
                 "stripe_circuit_open",
                 "Stripe has been failing; calls are paused briefly. Retry later.",
-                status_code=503,
+                kind=ErrorKind.UNAVAILABLE,
                 details={"retryAfterSeconds": exc.retry_after_seconds},
             ),
             False,
@@ -92,40 +95,41 @@ def _map_error(exc: Exception) -> tuple[ApiError, bool]:
         }
     if isinstance(exc, stripe.CardError):
         return (
-            ApiError(
+            DomainError(
                 "stripe_card_error",
                 "Stripe declined the card.",
-                status_code=402,
+                kind=ErrorKind.INVALID,
                 details=stripe_details,
             ),
             False,
         )
     if isinstance(exc, stripe.InvalidRequestError):
         return (
-            ApiError(
+            DomainError(
                 "stripe_invalid_request",
                 f"Stripe refused the request: {exc.user_message or 'invalid request'}",
-                status_code=400,
+                kind=ErrorKind.INVALID,
                 details=stripe_details,
             ),
             False,
         )
     if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
         return (
-            ApiError(
+            DomainError(
                 "stripe_authentication_failed",
                 "Stripe refused our credentials; an operator must fix STRIPE_SECRET_KEY.",
-                status_code=502,
+                kind=ErrorKind.UPSTREAM_FAILED,
                 details=stripe_details,
             ),
             False,
         )
     if isinstance(exc, stripe.RateLimitError):
         return (
-            ApiError(
+            # Stripe limits us, not the client: unavailable for now, not the client's 429
+            DomainError(
                 "stripe_rate_limited",
                 "Stripe is rate limiting us; retry in a moment.",
-                status_code=503,
+                kind=ErrorKind.UNAVAILABLE,
                 details=stripe_details,
             ),
             False,
@@ -133,23 +137,27 @@ def _map_error(exc: Exception) -> tuple[ApiError, bool]:
     if isinstance(exc, stripe.APIConnectionError):
         if _is_timeout(exc):
             return (
-                ApiError(
+                DomainError(
                     "stripe_timeout",
                     f"Stripe did not answer within {settings.STRIPE_TIMEOUT_SECONDS:g} s.",
-                    status_code=504,
+                    kind=ErrorKind.UPSTREAM_FAILED,
                 ),
                 True,
             )
         return (
-            ApiError("stripe_unreachable", "Stripe could not be reached.", status_code=502),
+            DomainError(
+                "stripe_unreachable",
+                "Stripe could not be reached.",
+                kind=ErrorKind.UPSTREAM_FAILED,
+            ),
             True,
         )
     if isinstance(exc, stripe.StripeError):
         return (
-            ApiError(
+            DomainError(
                 "stripe_unavailable",
                 "Stripe answered with an error; retry later.",
-                status_code=502,
+                kind=ErrorKind.UPSTREAM_FAILED,
                 details=stripe_details,
             ),
             (exc.http_status or 500) >= 500,
@@ -164,27 +172,34 @@ def stripe_call(
     tenant_id=None,
     payment_session_id=None,
 ) -> T:
-    """Run `fn(client)` through the circuit breaker; map failures to ApiError (recorded)."""
+    """Run `fn(client)` through the circuit breaker; map failures to DomainError (recorded)."""
     client = stripe_client()
     try:
         circuit_before_call()
         result = fn(client)
     except (CircuitOpen, stripe.StripeError) as exc:
-        api_error, outage = _map_error(exc)
+        error, outage = _map_error(exc)
         if outage:
-            circuit_record_failure(f"{operation}: {api_error.error_code}: {exc}")
+            circuit_record_failure(f"{operation}: {error.code}: {exc}")
         elif not isinstance(exc, CircuitOpen):
             circuit_record_success()  # Stripe answered: it is up
         StripeApiFailure.objects.create(
             operation=operation,
-            error_code=api_error.error_code,
+            error_code=error.code,
             http_status=getattr(exc, "http_status", None),
             stripe_code=(getattr(exc, "code", None) or "")[:100],
             message=str(exc)[:4000],
             tenant_id=tenant_id,
             payment_session_id=payment_session_id,
         )
-        logger.warning("stripe %s failed: %s (%s)", operation, api_error.error_code, exc)
-        raise api_error from exc
+        logger.warning("stripe %s failed: %s (%s)", operation, error.code, exc)
+        raise error from exc
     circuit_record_success()
     return result
+
+
+def stripe_id(value) -> str | None:
+    """Stripe fields can be an id or an expanded object: the id either way."""
+    if isinstance(value, dict):
+        return value.get("id")
+    return value or None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from core.ops import ScheduleSpec
-from payments import services
+from payments.services import reconciliation
 
 SCHEDULES = [
     ScheduleSpec(
@@ -21,4 +21,4 @@ SCHEDULES = [
 
 
 def payments_reconcile(older_than_minutes: int | None = None) -> dict:
-    return services.payments_reconcile(older_than_minutes=older_than_minutes)
+    return reconciliation.payments_reconcile(older_than_minutes=older_than_minutes)

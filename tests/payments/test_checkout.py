@@ -9,7 +9,7 @@ import pytest
 
 from assessments.models import AssessmentSession
 from payments.models import PaymentSession, StripeApiFailure
-from payments.services import stripe_idempotency_key
+from payments.services.checkout import stripe_idempotency_key
 from tests.tenancy import assert_error
 
 pytestmark = pytest.mark.django_db

@@ -12,12 +12,12 @@ from django.core.management import CommandError, call_command
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from core.api.errors import ApiError
+from core.errors import DomainError
 from ops.schedules import declared_schedules, sync_schedules
 from outbox.models import OutboxEvent
 from payments import tasks
 from payments.models import PaymentSession, StripeApiFailure, StripeEvent
-from payments.services import payment_session_reconcile
+from payments.services.reconciliation import payment_session_reconcile
 from payments.transitions import TRANSITIONS, allowed_sources, reachable_from
 from tests.payments.factories import (
     PaymentSessionFactory,
@@ -318,7 +318,7 @@ def test_admin_reconcile_action_and_circuit_close(staff_client, tenant, stripe_s
 
     stripe_stub.mode = "server_error"
     for _ in range(settings.STRIPE_CIRCUIT_FAILURE_THRESHOLD):
-        with pytest.raises(ApiError, match="Stripe answered with an error"):
+        with pytest.raises(DomainError, match="Stripe answered with an error"):
             payment_session_reconcile(payment_session=ps)
     assert circuit_state() == "open"
     response = staff_client.post(

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import signal
+from django.core.management.base import CommandError
 
-from django.core.management.base import BaseCommand, CommandError
+from core.commands import StoppableCommand
+from payments.services.reconciliation import payments_reconcile
 
-from payments import services
 
-
-class Command(BaseCommand):
+class Command(StoppableCommand):
     help = "Bring pending payment sessions older than --older-than minutes up to date from Stripe."
+    stop_message = "SIGTERM: stopping after the current session"
 
     def add_arguments(self, parser):
         parser.add_argument(
@@ -27,28 +27,19 @@ class Command(BaseCommand):
     def handle(self, *args, older_than, limit, **options):
         if older_than is not None and older_than < 0:
             raise CommandError("--older-than must be 0 or more")
-        stop = {"requested": False}
-
-        def _stop(*_):
-            stop["requested"] = True
-            self.stderr.write("SIGTERM: stopping after the current session")
-
-        previous = signal.signal(signal.SIGTERM, _stop)
-        done = {"n": 0}
+        done = 0
 
         def progress(ps, note):
-            done["n"] += 1
-            self.stdout.write(f"[{done['n']}] {ps.pk} {ps.stripe_checkout_session_id}: {note}")
+            nonlocal done
+            done += 1
+            self.stdout.write(f"[{done}] {ps.pk} {ps.stripe_checkout_session_id}: {note}")
 
-        try:
-            counts = services.payments_reconcile(
-                older_than_minutes=older_than if older_than is not None else None,
-                limit=limit,
-                progress=progress,
-                should_stop=lambda: stop["requested"],
-            )
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+        counts = payments_reconcile(
+            older_than_minutes=older_than,
+            limit=limit,
+            progress=progress,
+            should_stop=lambda: self.stop_requested,
+        )
         self.stdout.write(
             f"reconciled: checked={counts['checked']} changed={counts['changed']} "
             f"unchanged={counts['unchanged']} errors={counts['errors']}"

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import signal
+from django.core.management.base import CommandError
 
-from django.core.management.base import BaseCommand, CommandError
+from core.commands import StoppableCommand
+from payments.services.reconciliation import stripe_events_reprocess
 
-from payments import services
 
-
-class Command(BaseCommand):
+class Command(StoppableCommand):
     help = "Re-run stored Stripe webhook events: --failed, --ids evt_… evt_…, --type …"
+    stop_message = "SIGTERM: stopping after the current event"
 
     def add_arguments(self, parser):
         parser.add_argument(
@@ -22,31 +22,22 @@ class Command(BaseCommand):
     def handle(self, *args, failed, ids, types, **options):
         if not (failed or ids or types):
             raise CommandError("say which events: --failed, --ids and/or --type")
-        stop = {"requested": False}
-
-        def _stop(*_):
-            stop["requested"] = True
-            self.stderr.write("SIGTERM: stopping after the current event")
-
-        previous = signal.signal(signal.SIGTERM, _stop)
-        done = {"n": 0}
+        done = 0
 
         def progress(event, note):
-            done["n"] += 1
+            nonlocal done
+            done += 1
             self.stdout.write(
-                f"[{done['n']}] {event.stripe_event_id} {event.type}: {event.status} — {note}"
+                f"[{done}] {event.stripe_event_id} {event.type}: {event.status} — {note}"
             )
 
-        try:
-            counts = services.stripe_events_reprocess(
-                ids=ids,
-                failed_only=failed,
-                types=types,
-                progress=progress,
-                should_stop=lambda: stop["requested"],
-            )
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+        counts = stripe_events_reprocess(
+            ids=ids,
+            failed_only=failed,
+            types=types,
+            progress=progress,
+            should_stop=lambda: self.stop_requested,
+        )
         summary = ", ".join(f"{k}={v}" for k, v in counts.items())
         self.stdout.write(f"reprocessed: {summary}")
         if ids and counts["total"] < len(set(ids)):
