@@ -3,6 +3,8 @@ concurrent runs never processing one attachment twice."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from datetime import timedelta
 
@@ -150,6 +152,27 @@ def test_uploads_retry_command_fails_loudly_when_storage_is_down(tenant, storage
     assert RetryLog.objects.get().failed == 1
     with pytest.raises(CommandError, match="No tenant"):
         call_command("uploads_retry", "--tenant", "Nobody")
+
+
+@pytest.mark.django_db
+def test_uploads_retry_command_stops_after_the_current_attachment_on_sigterm(tenant, monkeypatch):
+    for index in range(3):
+        staged_attachment(tenant, f"file {index}".encode())
+    finalise = retries.attachment_finalise
+
+    def finalise_then_sigterm(**kwargs):
+        outcome = finalise(**kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # the operator stops the command mid-run
+        return outcome
+
+    monkeypatch.setattr(retries, "attachment_finalise", finalise_then_sigterm)
+    handler_before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(CommandError, match="stopped by SIGTERM; the run's log was written"):
+        call_command("uploads_retry")
+    log = RetryLog.objects.get()
+    assert (log.attempted, log.succeeded) == (1, 1) and log.finished_at is not None
+    assert Attachment.objects.filter(status="pending").count() == 2
+    assert signal.getsignal(signal.SIGTERM) == handler_before
 
 
 @pytest.mark.django_db
