@@ -2,62 +2,21 @@
 
 from __future__ import annotations
 
-import json
-
 from django.contrib import admin, messages
-from django.core.paginator import Paginator
-from django.utils.functional import cached_property
-from django.utils.html import format_html
 
 from assessments import metrics
 from assessments.models import AnalyticsEvent, AssessmentSession, Submission
+from core.admin import CappedPaginator, ReadOnlyAdmin, ReadOnlyInline, pretty_json
 
 
-def pretty_json(value) -> str:
-    return format_html(
-        '<pre style="white-space:pre-wrap;max-width:70em">{}</pre>',
-        json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True),
-    )
-
-
-class CappedPaginator(Paginator):
-    """Counts at most CAP rows (COUNT over a LIMIT subquery): an exact COUNT(*) over
-    millions of events would make every admin page slow."""
-
-    CAP = 10_000
-
-    @cached_property
-    def count(self):
-        return self.object_list[: self.CAP].count()
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Evidence: never added, edited or deleted by hand."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-
-class SubmissionInline(admin.TabularInline):
+class SubmissionInline(ReadOnlyInline):
     model = Submission
-    extra = 0
-    can_delete = False
     fields = ("id", "created_at")
     readonly_fields = fields
-    show_change_link = True
-
-    def has_add_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(AssessmentSession)
-class AssessmentSessionAdmin(admin.ModelAdmin):
+class AssessmentSessionAdmin(ReadOnlyAdmin):
     list_display = ("id", "tenant", "status", "email", "created_at", "last_activity_at")
     list_filter = ("status", "tenant", ("created_at", admin.DateFieldListFilter))
     list_select_related = ("tenant",)
@@ -85,15 +44,6 @@ class AssessmentSessionAdmin(admin.ModelAdmin):
     # statements. Deleting would lose evidence (and submissions point at sessions).
     readonly_fields = fields
     inlines = [SubmissionInline]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="responses")
     def responses_pretty(self, obj):

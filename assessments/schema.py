@@ -1,7 +1,8 @@
 """OpenAPI: browser endpoints take the Bearer key (the `ApiKey` scheme of tenants.schema), or,
-for sendBeacon, a publishable key as ?key=. Imported by AssessmentsConfig.ready."""
+for sendBeacon, a publishable key as ?key=; input shapes render their own schema. Imported by
+AssessmentsConfig.ready."""
 
-from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiSerializerExtension
 
 
 class BeaconKeyAuthenticationScheme(OpenApiAuthenticationExtension):
@@ -20,3 +21,16 @@ class BeaconKeyAuthenticationScheme(OpenApiAuthenticationExtension):
             "description": "navigator.sendBeacon cannot set headers: a publishable key (pk_…) "
             "in the query string. Secret keys are ignored there.",
         }
+
+
+class ShapeSchema(OpenApiSerializerExtension):
+    """An input `Shape` (assessments.shapes) documents itself from the table that validates."""
+
+    target_class = "assessments.shapes.Shape"
+    match_subclasses = True
+
+    def get_name(self, auto_schema, direction):
+        return self.target.name
+
+    def map_serializer(self, auto_schema, direction):
+        return self.target.openapi()

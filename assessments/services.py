@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import uuid
 from datetime import timedelta
 
 from django.conf import settings
@@ -22,12 +23,13 @@ from django.utils import timezone
 
 from assessments import metrics
 from assessments.models import AnalyticsEvent, AssessmentSession, Submission
-from core.api.errors import ApiError
+from core.errors import DomainError, ErrorKind
 from outbox.services import event_publish
 from tenants.scoping import tenant_get_or_404, tenant_queryset
 
 logger = logging.getLogger(__name__)
 Status = AssessmentSession.Status
+TenantId = uuid.UUID | str  # a request's tenant_id is the key principal's str
 
 # The one table of allowed status moves. Anything else (backwards, out of `completed`) is
 # ignored: a late or repeated update returns the current state instead of rewinding it.
@@ -69,14 +71,14 @@ RETURNING s.*, (xmax = 0) AS inserted
 """
 
 
-def _json(value) -> str:
+def _json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def session_upsert(
     *,
-    tenant_id,
-    session_id,
+    tenant_id: TenantId,
+    session_id: uuid.UUID,
     status: str,
     email: str | None = None,
     first_name: str | None = None,
@@ -103,12 +105,14 @@ def session_upsert(
     # raw() applies the model's field converters to the RETURNING row: no second SELECT.
     rows = list(AssessmentSession.objects.raw(_SESSION_UPSERT, params))
     if rows:
-        return rows[0], rows[0].inserted
+        return rows[0], rows[0].inserted  # type: ignore[attr-defined]  # RETURNING's extra column
     # No row returned: the session is completed (unchanged) or belongs to another tenant (404).
     return tenant_get_or_404(AssessmentSession, tenant_id=tenant_id, pk=session_id), False
 
 
-def session_answers_merge(*, tenant_id, session_id, answers: dict) -> AssessmentSession:
+def session_answers_merge(
+    *, tenant_id: TenantId, session_id: uuid.UUID, answers: dict
+) -> AssessmentSession:
     """Merge answers into `responses` with ONE UPDATE (`responses || patch`).
 
     Concurrent answers to different questions never overwrite each other: PostgreSQL
@@ -132,10 +136,10 @@ def session_answers_merge(*, tenant_id, session_id, answers: dict) -> Assessment
     )
     session = tenant_get_or_404(AssessmentSession, tenant_id=tenant_id, pk=session_id)
     if not changed:
-        raise ApiError(
+        raise DomainError(
             "session_completed",
             "This session is completed; its answers can no longer change.",
-            status_code=409,
+            kind=ErrorKind.CONFLICT,
             details={"sessionId": str(session_id)},
         )
     return session
@@ -158,11 +162,11 @@ RETURNING *
 
 def submission_create(
     *,
-    tenant_id,
-    submission_id,
-    session_id,
+    tenant_id: TenantId,
+    submission_id: uuid.UUID,
+    session_id: uuid.UUID,
     answers: dict,
-    result=None,
+    result: dict | None = None,
     metadata: dict | None = None,
     email: str | None = None,
     first_name: str | None = None,
@@ -211,15 +215,16 @@ def submission_create(
     return submission, True
 
 
-def _submission_replay(tenant_id, submission_id, body_hash: str) -> Submission:
+def _submission_replay(tenant_id: TenantId, submission_id: uuid.UUID, body_hash: str) -> Submission:
     existing = tenant_queryset(Submission, tenant_id=tenant_id).filter(pk=submission_id).first()
-    # Another tenant's id, or this id with another payload: both are a reused key.
+    # Another tenant's id, or this id with another payload: both are a reused key (the API
+    # answers 422 for it, see assessments.api.SubmitView).
     if existing is None or existing.request_hash != body_hash:
-        raise ApiError(
+        raise DomainError(
             "idempotency_key_reused",
             "This submissionId was already used with a different payload; "
             "generate a new submissionId for a new attempt.",
-            status_code=422,
+            kind=ErrorKind.CONFLICT,
             details={"submissionId": str(submission_id)},
         )
     return existing
@@ -247,7 +252,7 @@ ON CONFLICT (tenant_id, message_id) DO NOTHING
 """
 
 
-def events_store(*, tenant_id, events: list[dict]) -> tuple[bool, int]:
+def events_store(*, tenant_id: TenantId, events: list[dict]) -> tuple[bool, int]:
     """Insert validated events in ONE statement; returns (stored, newly inserted).
 
     Best-effort: a failure (timeout, lock, database down) is logged and counted, and the

@@ -202,10 +202,7 @@ def events_baseline(tenant_id, total: int, batch: int = 50) -> dict:
 
     prefix = uuid.uuid4().hex[:8]
     batches = [
-        [
-            inputs.event_value(_event(f"raw-{prefix}-{b}-{i}"), bounds=inputs.event_time_bounds())
-            for i in range(batch)
-        ]
+        inputs.events_clean([_event(f"raw-{prefix}-{b}-{i}") for i in range(batch)])[0]
         for b in range(total // batch)
     ]
     started = time.perf_counter()

@@ -1,14 +1,13 @@
 from django.contrib import admin, messages
 from django.db import transaction
 
+from core.admin import NoAddMixin, NoDeleteMixin, ReadOnlyInline
 from tenants.models import ApiKey, Tenant
 from tenants.services import apikey_create, apikey_revoke
 
 
-class ApiKeyInline(admin.TabularInline):
+class ApiKeyInline(ReadOnlyInline):
     model = ApiKey
-    extra = 0
-    can_delete = False
     fields = (
         "prefix",
         "kind",
@@ -19,10 +18,6 @@ class ApiKeyInline(admin.TabularInline):
         "revoked_at",
     )
     readonly_fields = fields
-    show_change_link = True
-
-    def has_add_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Tenant)
@@ -51,7 +46,10 @@ class TenantAdmin(admin.ModelAdmin):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
+    """Keys are created from the tenant page or the command (the full key is shown once);
+    never deleted, revoked instead: the row is the audit trail."""
+
     list_display = ("prefix", "tenant", "kind", "name", "created_at", "last_used_at", "revoked_at")
     list_filter = ("kind", ("revoked_at", admin.EmptyFieldListFilter), "tenant")
     list_select_related = ("tenant",)
@@ -81,12 +79,6 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "revoked_at",
     )
     actions = ["revoke"]
-
-    def has_add_permission(self, request):
-        return False  # keys are created from the tenant page or the command: shown once
-
-    def has_delete_permission(self, request, obj=None):
-        return False  # revoke instead: the row is the audit trail
 
     @admin.action(description="Revoke selected keys (effective at once)")
     def revoke(self, request, queryset):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 
-from core.api.errors import ApiError
+from core.errors import DomainError
 from core.logging import log_context
 from tenants.services import apikey_authenticate
 from tenants.throttles import IpRateThrottle
@@ -39,9 +39,9 @@ class ApiKeyAuthentication(BaseAuthentication):
             )
         try:
             principal = apikey_authenticate(raw_key=raw_key)
-        except ApiError as exc:
+        except DomainError as exc:
             _throttle_anonymous(request)  # key guessing is limited per IP
-            raise exceptions.AuthenticationFailed(exc.message, code=exc.error_code) from exc
+            raise exceptions.AuthenticationFailed(exc.message, code=exc.code) from exc
         if principal.kind == "publishable":
             origin = request.headers.get("Origin")
             if origin and origin.rstrip("/").lower() not in principal.allowed_origins:

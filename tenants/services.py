@@ -11,39 +11,33 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from core.api.errors import ApiError
+from core.errors import DomainError, ErrorKind
 from tenants import keycache
 from tenants.cors import origins_cache_clear
 from tenants.models import ApiKey, Tenant
+from tenants.onboarding import tenant_setup_run
 
 _PREFIX_ALPHABET = string.ascii_lowercase + string.digits
-KIND_PREFIX = {ApiKey.Kind.PUBLISHABLE: "pk", ApiKey.Kind.SECRET: "sk"}
+KIND_PREFIX: dict[str, str] = {ApiKey.Kind.PUBLISHABLE: "pk", ApiKey.Kind.SECRET: "sk"}
 
 
 def tenant_create(*, name: str) -> Tenant:
+    """A tenant and, in the same transaction, the defaults other apps registered for every
+    new tenant (tenants.onboarding, e.g. outbox targets from N8N_WEBHOOK_URL)."""
     name = (name or "").strip()
     if not name:
-        raise ApiError("invalid_tenant_name", "A tenant needs a name.")
+        raise DomainError("invalid_tenant_name", "A tenant needs a name.")
     with transaction.atomic():
         if Tenant.objects.filter(name=name).exists():
-            raise ApiError(
-                "tenant_exists", f"A tenant named {name!r} exists already.", status_code=409
+            raise DomainError(
+                "tenant_exists", f"A tenant named {name!r} exists already.", kind=ErrorKind.CONFLICT
             )
         tenant = Tenant.objects.create(name=name)
-        _tenant_defaults_create(tenant=tenant)
+        tenant_setup_run(tenant=tenant)
     return tenant
 
 
-def _tenant_defaults_create(*, tenant: Tenant) -> None:
-    """Per-tenant defaults other apps provide (e.g. outbox targets from N8N_WEBHOOK_URL)."""
-    try:
-        from outbox.services import target_defaults_create
-    except ImportError:  # the outbox app does not provide defaults yet
-        return
-    target_defaults_create(tenant=tenant)
-
-
-def _normalise_origins(origins) -> list[str]:
+def _normalise_origins(origins: list[str] | None) -> list[str]:
     cleaned = []
     for origin in origins or []:
         origin = origin.strip().rstrip("/")
@@ -53,7 +47,7 @@ def _normalise_origins(origins) -> list[str]:
             not (origin.startswith("http://") or origin.startswith("https://"))
             or origin.count("/") != 2
         ):
-            raise ApiError(
+            raise DomainError(
                 "invalid_origin",
                 f"{origin!r} is not an origin (scheme://host[:port], no path).",
                 details={"origin": origin},
@@ -63,11 +57,11 @@ def _normalise_origins(origins) -> list[str]:
 
 
 def apikey_create(
-    *, tenant: Tenant, kind: str, name: str = "", allowed_origins=None
+    *, tenant: Tenant, kind: str, name: str = "", allowed_origins: list[str] | None = None
 ) -> tuple[ApiKey, str]:
     """Create a key; returns the row and the full key, which is never retrievable again."""
     if kind not in ApiKey.Kind.values:
-        raise ApiError("invalid_key_kind", "kind must be 'publishable' or 'secret'.")
+        raise DomainError("invalid_key_kind", "kind must be 'publishable' or 'secret'.")
     prefix = f"{KIND_PREFIX[kind]}_" + "".join(secrets.choice(_PREFIX_ALPHABET) for _ in range(8))
     raw_key = f"{prefix}_{secrets.token_urlsafe(32)}"
     key = ApiKey.objects.create(
@@ -104,11 +98,12 @@ def apikey_cache_invalidate_all() -> int:
 
 
 def apikey_authenticate(*, raw_key: str) -> keycache.ApiKeyPrincipal:
-    """Verify a key (cache first); raises ApiError 401 for an unknown or revoked key."""
+    """Verify a key (cache first); raises DomainError UNAUTHENTICATED for an unknown, revoked
+    or disabled tenant's key."""
     digest = keycache.key_digest(raw_key)
     cached = keycache.cache_get(digest)
     if cached == keycache.INVALID:
-        raise ApiError("invalid_api_key", "The API key is not valid.", status_code=401)
+        raise _unauthenticated("invalid_api_key", "The API key is not valid.")
     if cached is not None:
         return _touch_last_used(digest, cached)
 
@@ -128,12 +123,12 @@ def apikey_authenticate(*, raw_key: str) -> keycache.ApiKeyPrincipal:
     )
     if row is None:
         keycache.cache_put(digest, keycache.INVALID)
-        raise ApiError("invalid_api_key", "The API key is not valid.", status_code=401)
+        raise _unauthenticated("invalid_api_key", "The API key is not valid.")
     if row["revoked_at"] is not None:
         keycache.cache_put(digest, keycache.INVALID)
-        raise ApiError("api_key_revoked", "The API key has been revoked.", status_code=401)
+        raise _unauthenticated("api_key_revoked", "The API key has been revoked.")
     if not row["tenant__is_active"]:
-        raise ApiError("tenant_inactive", "The tenant of this key is disabled.", status_code=401)
+        raise _unauthenticated("tenant_inactive", "The tenant of this key is disabled.")
     principal = keycache.ApiKeyPrincipal(
         key_id=str(row["id"]),
         tenant_id=str(row["tenant_id"]),
@@ -148,7 +143,11 @@ def apikey_authenticate(*, raw_key: str) -> keycache.ApiKeyPrincipal:
     return fresh
 
 
-def _touch_last_used(digest: str, principal: keycache.ApiKeyPrincipal):
+def _unauthenticated(code: str, message: str) -> DomainError:
+    return DomainError(code, message, kind=ErrorKind.UNAUTHENTICATED)
+
+
+def _touch_last_used(digest: str, principal: keycache.ApiKeyPrincipal) -> keycache.ApiKeyPrincipal:
     """Write last_used_at at most once per resolution window, so bursts cost no writes."""
     now = time.time()
     window = settings.API_KEY_LAST_USED_RESOLUTION_SECONDS

@@ -4,6 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from assessments import metrics, selectors
 from tenants.models import Tenant
+from tenants.selectors import tenant_get_by_name_or_id
 
 
 class Command(BaseCommand):
@@ -39,15 +40,10 @@ class Command(BaseCommand):
         )
 
     def _tenant_id(self, value):
-        tenant = Tenant.objects.filter(name=value).first()
-        if tenant is None:
-            try:
-                tenant = Tenant.objects.filter(pk=value).first()
-            except Exception:  # not a UUID
-                tenant = None
-        if tenant is None:
-            raise CommandError(f"no tenant named or with id {value!r}")
-        return tenant.id
+        try:
+            return tenant_get_by_name_or_id(ref=value).id
+        except Tenant.DoesNotExist as exc:
+            raise CommandError(f"no tenant named or with id {value!r}") from exc
 
     def _rate(self, rate):
         return "-" if rate is None else f"{rate:.1%}"

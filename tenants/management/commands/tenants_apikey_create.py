@@ -1,7 +1,8 @@
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from core.api.errors import ApiError
+from core.errors import DomainError
+from tenants.models import Tenant
 from tenants.selectors import tenant_get_by_name_or_id
 from tenants.services import apikey_create
 
@@ -24,14 +25,14 @@ class Command(BaseCommand):
     def handle(self, *args, tenant, kind, name, origins, **options):
         try:
             tenant_obj = tenant_get_by_name_or_id(ref=tenant)
-        except Exception as exc:
+        except Tenant.DoesNotExist as exc:
             raise CommandError(f"no tenant {tenant!r}") from exc
         try:
             with transaction.atomic():
                 key, raw = apikey_create(
                     tenant=tenant_obj, kind=kind, name=name, allowed_origins=origins
                 )
-        except ApiError as exc:
+        except DomainError as exc:
             raise CommandError(exc.message) from exc
         self.stderr.write(f"created {key.kind} key {key.prefix} for {tenant_obj.name}")
         self.stdout.write(raw)

@@ -1,5 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
+from tenants.models import Tenant
 from tenants.selectors import apikey_list, tenant_get_by_name_or_id
 
 
@@ -12,7 +13,7 @@ class Command(BaseCommand):
     def handle(self, *args, tenant, **options):
         try:
             tenant_obj = tenant_get_by_name_or_id(ref=tenant)
-        except Exception as exc:
+        except Tenant.DoesNotExist as exc:
             raise CommandError(f"no tenant {tenant!r}") from exc
         row = "{:<14} {:<12} {:<8} {:<20} {:<25} {:<25} {}"
         self.stdout.write(

@@ -1,5 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
+from tenants.models import ApiKey
 from tenants.selectors import apikey_get_by_prefix
 from tenants.services import apikey_revoke
 
@@ -13,7 +14,7 @@ class Command(BaseCommand):
     def handle(self, *args, prefix, **options):
         try:
             key = apikey_get_by_prefix(prefix=prefix)
-        except Exception as exc:
+        except ApiKey.DoesNotExist as exc:
             raise CommandError(f"no key with prefix {prefix!r}") from exc
         changed = apikey_revoke(key=key)
         self.stdout.write(

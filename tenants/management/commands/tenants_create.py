@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from core.api.errors import ApiError
+from core.errors import DomainError
 from tenants.services import tenant_create
 
 
@@ -13,6 +13,6 @@ class Command(BaseCommand):
     def handle(self, *args, name, **options):
         try:
             tenant = tenant_create(name=name)
-        except ApiError as exc:
+        except DomainError as exc:
             raise CommandError(exc.message) from exc
         self.stdout.write(str(tenant.id))
