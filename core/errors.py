@@ -19,6 +19,7 @@ class ErrorKind(StrEnum):
     CONFLICT = "conflict"  # the current state does not allow it
     GONE = "gone"  # it existed, and never will again
     TOO_LARGE = "too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     LENGTH_REQUIRED = "length_required"
     PRECONDITION_FAILED = "precondition_failed"
     LOCKED = "locked"  # someone else holds it right now

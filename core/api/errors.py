@@ -32,6 +32,7 @@ HTTP_STATUS_BY_KIND: dict[ErrorKind, int] = {
     ErrorKind.LENGTH_REQUIRED: 411,
     ErrorKind.PRECONDITION_FAILED: 412,
     ErrorKind.TOO_LARGE: 413,
+    ErrorKind.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorKind.LOCKED: 423,
     ErrorKind.CHECKSUM_MISMATCH: 400,
     ErrorKind.RATE_LIMITED: 429,
