@@ -170,8 +170,8 @@ def bench_throughput(tenant, url: str, n: int) -> list[dict]:
     from django.db import transaction
 
     from outbox import conf
+    from outbox.delivery.send import Job, pool_new, webhook_request
     from outbox.models import Delivery
-    from outbox.senders import Job, pool_new, webhook_request
     from outbox.services import event_publish, target_create
     from outbox.worker import Worker
 

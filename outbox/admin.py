@@ -11,7 +11,8 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from core.api.errors import ApiError
+from core.admin import AgeFilter, NoAddMixin, NoDeleteMixin, ReadOnlyInline
+from core.errors import DomainError
 from outbox import services
 from outbox.models import (
     CircuitTransition,
@@ -21,44 +22,6 @@ from outbox.models import (
     Target,
     WorkerHeartbeat,
 )
-
-
-class AgeFilter(admin.SimpleListFilter):
-    title = "age"
-    parameter_name = "age"
-    WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7)}
-
-    def lookups(self, request, model_admin):
-        return [
-            ("1h", "last hour"),
-            ("24h", "last 24 hours"),
-            ("older-24h", "older than 24 hours"),
-            ("older-7d", "older than 7 days"),
-        ]
-
-    def queryset(self, request, queryset):
-        value = self.value()
-        if not value:
-            return queryset
-        older = value.startswith("older-")
-        cutoff = timezone.now() - self.WINDOWS[value.removeprefix("older-")]
-        return (
-            queryset.filter(created_at__lt=cutoff)
-            if older
-            else queryset.filter(created_at__gte=cutoff)
-        )
-
-
-class ReadOnlyInline(admin.TabularInline):
-    extra = 0
-    can_delete = False
-    show_change_link = True
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 class DeliveryAttemptInline(ReadOnlyInline):
@@ -88,7 +51,9 @@ def _report(modeladmin, request, count, verb):
 
 
 @admin.register(OutboxEvent)
-class OutboxEventAdmin(admin.ModelAdmin):
+class OutboxEventAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
+    """Evidence: never added by hand, pruned by outbox_prune only."""
+
     list_display = ["event_type", "topic", "tenant", "seq", "created_at"]
     list_filter = [
         ("deliveries__status", admin.ChoicesFieldListFilter),
@@ -105,12 +70,6 @@ class OutboxEventAdmin(admin.ModelAdmin):
     actions = ["requeue_now", "cancel"]
     list_per_page = 100
     show_full_result_count = False  # counting a big outbox on every page is slow
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False  # evidence: pruned by outbox_prune only
 
     @admin.display(description="attempts (every try, every target)")
     def attempt_log(self, obj):
@@ -149,7 +108,7 @@ class OutboxEventAdmin(admin.ModelAdmin):
 
 
 @admin.register(Delivery)
-class DeliveryAdmin(admin.ModelAdmin):
+class DeliveryAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
     list_display = [
         "event",
         "target",
@@ -176,12 +135,6 @@ class DeliveryAdmin(admin.ModelAdmin):
     actions = ["requeue_now", "cancel"]
     list_per_page = 100
     show_full_result_count = False
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="last error")
     def last_error_short(self, obj):
@@ -246,12 +199,14 @@ class TargetAdmin(admin.ModelAdmin):
             .get_queryset(request)
             .annotate(
                 n_pending=Count("deliveries", filter=open_q),
-                n_dead=Count("deliveries", filter=Q(deliveries__status="dead")),
+                n_dead=Count("deliveries", filter=Q(deliveries__status=Delivery.Status.DEAD)),
                 oldest_pending=Min("deliveries__created_at", filter=open_q),
                 tries_24h=Coalesce(Subquery(attempts.annotate(n=Count("id")).values("n")), 0),
                 ok_24h=Coalesce(
                     Subquery(
-                        attempts.filter(outcome="delivered").annotate(n=Count("id")).values("n")
+                        attempts.filter(outcome=DeliveryAttempt.Outcome.DELIVERED)
+                        .annotate(n=Count("id"))
+                        .values("n")
                     ),
                     0,
                 ),
@@ -303,15 +258,12 @@ class TargetAdmin(admin.ModelAdmin):
             try:
                 services.target_test_send(target=target)
                 sent += 1
-            except ApiError as exc:
+            except DomainError as exc:
                 self.message_user(request, f"{target.name}: {exc.message}", messages.ERROR)
         self.message_user(request, f"{sent} test events queued.")
 
 
 @admin.register(WorkerHeartbeat)
-class WorkerHeartbeatAdmin(admin.ModelAdmin):
+class WorkerHeartbeatAdmin(NoAddMixin, admin.ModelAdmin):
     list_display = ["worker_id", "started_at", "last_seen_at", "delivered", "stopped_at"]
     readonly_fields = ["worker_id", "started_at", "last_seen_at", "delivered", "stopped_at"]
-
-    def has_add_permission(self, request):
-        return False

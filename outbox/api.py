@@ -108,7 +108,7 @@ def _event_detail(request, event_id):
     return EventDetailOut(event).data
 
 
-class EventListCreateView(APIView):
+class EventPublishView(APIView):
     @extend_schema(tags=["outbox"], request=EventIn, responses={200: EventOut, 201: EventOut})
     def post(self, request):
         data = EventIn(data=request.data)
@@ -126,6 +126,8 @@ class EventListCreateView(APIView):
             )
         return Response(_event_detail(request, event.id), status=201 if created else 200)
 
+
+class EventListView(APIView):
     @extend_schema(tags=["outbox"], responses=paginated(EventOut))
     def get(self, request):
         queryset = selectors.event_list(
@@ -138,13 +140,21 @@ class EventListCreateView(APIView):
         return paginator.get_paginated_response(EventOut(page, many=True).data)
 
 
+# /events: GET is EventListView.get, POST is EventPublishView.post. Composed by inheritance,
+# not a function dispatcher: DRF keeps one Allow header, OPTIONS answer and 405 for the path,
+# and the schema generator still sees both operations. (No docstring: it would become the
+# operations' description in the OpenAPI schema.)
+class EventsView(EventListView, EventPublishView):
+    pass
+
+
 class EventDetailView(APIView):
     @extend_schema(tags=["outbox"], responses=EventDetailOut)
     def get(self, request, event_id):
         return Response(_event_detail(request, event_id))
 
 
-class TargetListCreateView(APIView):
+class TargetListView(APIView):
     @extend_schema(
         tags=["outbox"],
         responses=inline_serializer("TargetList", {"results": TargetOut(many=True)}),
@@ -153,6 +163,8 @@ class TargetListCreateView(APIView):
         targets = selectors.target_list(tenant_id=request.tenant_id)
         return Response({"results": TargetOut(targets, many=True).data})
 
+
+class TargetCreateView(APIView):
     @extend_schema(tags=["outbox"], request=TargetIn, responses={201: TargetCreatedOut})
     def post(self, request):
         data = TargetIn(data=request.data)
@@ -171,6 +183,11 @@ class TargetListCreateView(APIView):
             backoff_max_seconds=v.get("backoffMaxSeconds"),
         )
         return Response(TargetCreatedOut(target).data, status=201)
+
+
+# /targets: GET is TargetListView.get, POST is TargetCreateView.post (as EventsView).
+class TargetsView(TargetListView, TargetCreateView):
+    pass
 
 
 class TargetSecretView(APIView):

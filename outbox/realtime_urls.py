@@ -1,5 +1,5 @@
-from django.urls import path
+"""Kept for config.urls' `include("outbox.realtime_urls")`: the patterns live with the view."""
 
-from outbox import realtime_views
+from outbox.realtime.urls import urlpatterns
 
-urlpatterns = [path("stream", realtime_views.stream, name="realtime-stream")]
+__all__ = ["urlpatterns"]

@@ -7,19 +7,21 @@ from datetime import timedelta
 from django.db.models import Count, Min, Q
 from django.utils import timezone
 
-from outbox.models import Delivery, DeliveryAttempt, OutboxEvent, Target
+from outbox import conf
+from outbox.models import Delivery, DeliveryAttempt, OutboxEvent, Target, WorkerHeartbeat
 from tenants.scoping import tenant_get_or_404, tenant_queryset
 
 
 def event_status(*, deliveries) -> str:
     """One word for the API: delivered, dead, cancelled, retrying, pending or no_targets."""
+    status = Delivery.Status
     statuses = {d.status for d in deliveries}
     if not statuses:
         return "no_targets"
-    for word in ("dead", "retrying", "pending"):
-        if word in statuses:
-            return word
-    return "cancelled" if "cancelled" in statuses else "delivered"
+    for worst_first in (status.DEAD, status.RETRYING, status.PENDING):
+        if worst_first in statuses:
+            return worst_first.value
+    return (status.CANCELLED if status.CANCELLED in statuses else status.DELIVERED).value
 
 
 def event_get(*, tenant_id, event_id) -> OutboxEvent:
@@ -59,17 +61,23 @@ def target_stats(*, targets=None) -> list[dict]:
         oldest_pending=Min("deliveries__created_at", filter=open_q),
         delivered_24h=Count(
             "deliveries",
-            filter=Q(deliveries__status="delivered", deliveries__delivered_at__gte=since),
+            filter=Q(
+                deliveries__status=Delivery.Status.DELIVERED,
+                deliveries__delivered_at__gte=since,
+            ),
         ),
         dead_24h=Count(
-            "deliveries", filter=Q(deliveries__status="dead", deliveries__updated_at__gte=since)
+            "deliveries",
+            filter=Q(deliveries__status=Delivery.Status.DEAD, deliveries__updated_at__gte=since),
         ),
     ).select_related("tenant")
     attempts = {
         row["delivery__target_id"]: row
         for row in DeliveryAttempt.objects.filter(created_at__gte=since)
         .values("delivery__target_id")
-        .annotate(total=Count("id"), ok=Count("id", filter=Q(outcome="delivered")))
+        .annotate(
+            total=Count("id"), ok=Count("id", filter=Q(outcome=DeliveryAttempt.Outcome.DELIVERED))
+        )
     }
     result = []
     for target in rows:
@@ -105,8 +113,5 @@ def lag_seconds() -> float:
 def workers_alive(*, now=None):
     """Outbox workers with a fresh heartbeat that have not said they stopped (the one
     "live worker" query: /health, atlas_status and /metrics all ask this)."""
-    from outbox import conf
-    from outbox.models import WorkerHeartbeat
-
     stale = (now or timezone.now()) - timedelta(seconds=conf.get("OUTBOX_HEARTBEAT_STALE_SECONDS"))
     return WorkerHeartbeat.objects.filter(last_seen_at__gte=stale, stopped_at__isnull=True)

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from core.api.errors import ApiError
 from core.api.parsers import check_storable
+from core.errors import DomainError, ErrorKind
 from outbox import conf
 from outbox.models import EVENT_SEQ_NAME, CircuitTransition, Delivery, OutboxEvent, Target
 from tenants.scoping import tenant_get_or_404, tenant_queryset
@@ -22,7 +23,7 @@ from tenants.scoping import tenant_get_or_404, tenant_queryset
 # One round trip: the event, one delivery per routed target, and the NOTIFY that fires on
 # commit (so nothing is announced before the caller's transaction commits). The seq is taken
 # only once the transaction has its id: the realtime hub relies on every seq's owner being
-# among the transactions it sees running (outbox/realtime.py, holes).
+# among the transactions it sees running (outbox/realtime/hub.py, holes).
 _PUBLISH_SQL = f"""
 WITH ev AS (
     INSERT INTO outbox_outboxevent (id, tenant_id, topic, event_type, payload, idempotency_key,
@@ -35,7 +36,7 @@ WITH ev AS (
 ), routed AS (
     INSERT INTO outbox_delivery (tenant_id, event_id, target_id, ordering_key, status, attempts,
                                  next_attempt_at, locked_by, last_error, created_at, updated_at)
-    SELECT %(tenant)s, ev.id, t.id, %(ordering_key)s, 'pending', 0, %(now)s, '', '',
+    SELECT %(tenant)s, ev.id, t.id, %(ordering_key)s, %(pending)s, 0, %(now)s, '', '',
            %(now)s, %(now)s
     FROM ev JOIN outbox_target t
       ON t.tenant_id = %(tenant)s AND t.is_enabled
@@ -80,7 +81,7 @@ def event_publish_created(
     tenant_id = str(getattr(tenant, "pk", tenant))
     body = _payload_json(payload)
     if not (event_type or "").strip() or not (topic or "").strip():
-        raise ApiError("invalid_event", "event_type and topic must not be blank.")
+        raise DomainError("invalid_event", "event_type and topic must not be blank.")
     target_id = _target_id_for(tenant_id, target) if target else None
     key = idempotency_key or str(uuid.uuid4())
     now = timezone.now()
@@ -98,6 +99,7 @@ def event_publish_created(
                 "ordering_key": ordering_key or None,
                 "now": now,
                 "target": target_id,
+                "pending": Delivery.Status.PENDING,
             },
         )
         row = cursor.fetchone()
@@ -124,19 +126,27 @@ def event_publish_created(
 
 def _payload_json(payload) -> str:
     if not isinstance(payload, dict):
-        raise ApiError("payload_not_object", "payload must be a JSON object.")
+        raise DomainError("payload_not_object", "payload must be a JSON object.")
     body = json.dumps(payload, cls=DjangoJSONEncoder, separators=(",", ":"))
     if "\\u0000" in body or "\\ud" in body:  # maybe NUL or a lone surrogate: jsonb refuses
-        check_storable(json.loads(body), "$.payload")  # as stored: tuples, encoded objects…
+        _check_storable(json.loads(body), "$.payload")  # as stored: tuples, encoded objects…
     limit = conf.get("OUTBOX_MAX_PAYLOAD_BYTES")
     if len(body.encode()) > limit:
-        raise ApiError(
+        raise DomainError(
             "payload_too_large",
             f"payload is larger than {limit} bytes.",
-            status_code=413,
+            kind=ErrorKind.TOO_LARGE,
             details={"limitBytes": limit},
         )
     return body
+
+
+def _check_storable(data, path: str) -> None:
+    """core.api.parsers.check_storable as a domain error (it raises the API edge's ApiError)."""
+    try:
+        check_storable(data, path)
+    except ApiError as exc:
+        raise DomainError(exc.error_code, exc.message, details=exc.details) from exc
 
 
 def _target_id_for(tenant_id: str, name: str) -> str:
@@ -147,11 +157,11 @@ def _target_id_for(tenant_id: str, name: str) -> str:
         .first()
     )
     if row is None:
-        raise ApiError(
+        raise DomainError(
             "unknown_target", f"No target named {name!r}.", details={"target": str(name)}
         )
     if not row[1]:
-        raise ApiError("target_disabled", f"Target {name!r} is disabled.")
+        raise DomainError("target_disabled", f"Target {name!r} is disabled.")
     return str(row[0])
 
 
@@ -177,11 +187,11 @@ def target_create(
 ) -> Target:
     tenant_id = getattr(tenant, "pk", tenant)
     if kind not in Target.Kind.values:
-        raise ApiError("invalid_target_kind", "kind must be webhook, slack or realtime.")
+        raise DomainError("invalid_target_kind", "kind must be webhook, slack or realtime.")
     if kind != Target.Kind.REALTIME and not url:
-        raise ApiError("target_url_required", f"A {kind} target needs a url.")
+        raise DomainError("target_url_required", f"A {kind} target needs a url.")
     if secret is not None and not _valid_secret(secret):
-        raise ApiError("invalid_secret", "secret must be whsec_ followed by base64.")
+        raise DomainError("invalid_secret", "secret must be whsec_ followed by base64.")
     if rate_limit_per_second is None and kind == Target.Kind.SLACK:
         rate_limit_per_second = conf.get("OUTBOX_SLACK_RATE_PER_SECOND")
     try:
@@ -199,8 +209,8 @@ def target_create(
                 backoff_max_seconds=backoff_max_seconds,
             )
     except IntegrityError as exc:
-        raise ApiError(
-            "target_exists", f"A target named {name!r} exists already.", status_code=409
+        raise DomainError(
+            "target_exists", f"A target named {name!r} exists already.", kind=ErrorKind.CONFLICT
         ) from exc
 
 

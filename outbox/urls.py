@@ -3,9 +3,9 @@ from django.urls import path
 from outbox import api
 
 urlpatterns = [
-    path("events", api.EventListCreateView.as_view(), name="outbox-events"),
+    path("events", api.EventsView.as_view(), name="outbox-events"),
     path("events/<uuid:event_id>", api.EventDetailView.as_view(), name="outbox-event"),
-    path("targets", api.TargetListCreateView.as_view(), name="outbox-targets"),
+    path("targets", api.TargetsView.as_view(), name="outbox-targets"),
     path("targets/<slug:name>/secret", api.TargetSecretView.as_view(), name="outbox-secret"),
     path(
         "targets/<slug:name>/rotate-secret",

@@ -9,7 +9,6 @@ import time_machine
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.utils import timezone
-from outbox.ops import health_checks
 
 from ops.schedules import declared_schedules
 from outbox.models import (
@@ -20,6 +19,7 @@ from outbox.models import (
     Target,
     WorkerHeartbeat,
 )
+from outbox.ops import health_checks
 from tests.outbox.factories import make_target, publish
 from tests.outbox.helpers import deliver_round
 
@@ -72,6 +72,16 @@ def test_requeue_filters_by_target_and_since(tenant, receiver):
     assert "requeued 0 of 0" in run("outbox_requeue", "--since", future)
     with pytest.raises(CommandError):
         run("outbox_requeue", "--since", "yesterday")
+
+
+def test_requeue_filters_by_tenant_name_or_id(tenant, other_tenant, receiver):
+    _dead(tenant, receiver, n=2, name="a")
+    _dead(other_tenant, receiver, n=1, name="b")
+    assert "would requeue 2 dead" in run("outbox_requeue", "--tenant", str(tenant.pk), "--dry-run")
+    assert "requeued 1 of 1" in run("outbox_requeue", "--tenant", other_tenant.name)
+    assert Delivery.objects.filter(status="dead", tenant=tenant).count() == 2
+    with pytest.raises(CommandError, match="No tenant"):
+        run("outbox_requeue", "--tenant", "no-such-tenant")
 
 
 def test_stats_reports_lag_and_circuit_per_target(tenant, receiver):

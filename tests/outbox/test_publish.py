@@ -1,7 +1,8 @@
 import pytest
 from django.db import connection, transaction
 
-from core.api.errors import ApiError
+from core.api.errors import http_status_for
+from core.errors import DomainError
 from outbox.models import Delivery, OutboxEvent
 from outbox.services import event_publish
 from tests.outbox.factories import make_target, publish
@@ -57,17 +58,17 @@ def test_explicit_target_gets_the_only_delivery(tenant):
 
 def test_unknown_target_is_refused_and_writes_nothing(tenant, other_tenant):
     make_target(other_tenant, "theirs")
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(DomainError) as info:
         publish(tenant, target="theirs")
-    assert info.value.error_code == "unknown_target"
+    assert info.value.code == "unknown_target"
     assert OutboxEvent.objects.count() == 0
 
 
 @pytest.mark.parametrize("payload", [[1, 2], "text", 3, None])
 def test_non_object_payload_is_refused(tenant, payload):
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(DomainError) as info:
         publish(tenant, payload=payload)
-    assert info.value.error_code == "payload_not_object"
+    assert info.value.code == "payload_not_object"
     assert OutboxEvent.objects.count() == 0
 
 
@@ -75,9 +76,9 @@ def test_non_object_payload_is_refused(tenant, payload):
     "payload", [{"note": "a\x00b"}, {"deep": [{"k\x00": 1}]}, {"half": "\ud800"}]
 )
 def test_text_postgresql_cannot_store_is_a_4xx_from_code_too(tenant, payload):
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(DomainError) as info:
         publish(tenant, payload=payload)
-    assert (info.value.error_code, info.value.status_code) == ("unstorable_text", 400)
+    assert (info.value.code, http_status_for(info.value)) == ("unstorable_text", 400)
     assert OutboxEvent.objects.count() == 0
 
 
@@ -89,9 +90,9 @@ def test_valid_non_ascii_and_a_literal_backslash_u0000_are_stored(tenant):
 
 def test_oversized_payload_is_refused(tenant, settings):
     settings.OUTBOX_MAX_PAYLOAD_BYTES = 1000
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(DomainError) as info:
         publish(tenant, payload={"blob": "x" * 1000})
-    assert (info.value.error_code, info.value.status_code) == ("payload_too_large", 413)
+    assert (info.value.code, http_status_for(info.value)) == ("payload_too_large", 413)
 
 
 def test_publish_returns_a_saved_event_with_increasing_seq(tenant):

@@ -1,25 +1,31 @@
 """`manage.py outbox_requeue`: put dead (or other) deliveries back in the queue, due now."""
 
-import signal
 from datetime import datetime
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.utils.dateparse import parse_datetime
 
+from core.commands import StoppableCommand
 from core.progress import Progress
 from outbox.models import Delivery
 from outbox.services import delivery_requeue
+from tenants.models import Tenant
+from tenants.selectors import tenant_get_by_name_or_id
 
 BATCH = 500
+REQUEUEABLE = [Delivery.Status.DEAD, Delivery.Status.CANCELLED, Delivery.Status.RETRYING]
 
 
-class Command(BaseCommand):
+class Command(StoppableCommand):
     help = "Requeue deliveries (default: dead ones) so the worker tries them again now."
+    stop_message = "SIGTERM: stopping after the current batch"
 
     def add_arguments(self, parser):
-        parser.add_argument("--status", default="dead", choices=["dead", "cancelled", "retrying"])
+        parser.add_argument(
+            "--status", default=Delivery.Status.DEAD.value, choices=[s.value for s in REQUEUEABLE]
+        )
         parser.add_argument("--target", help="only this target name (any tenant)")
-        parser.add_argument("--tenant", help="only this tenant id")
+        parser.add_argument("--tenant", help="only this tenant (name or id)")
         parser.add_argument("--since", help="only deliveries created at or after (ISO 8601)")
         parser.add_argument("--dry-run", action="store_true", help="count, change nothing")
 
@@ -28,7 +34,10 @@ class Command(BaseCommand):
         if target:
             queryset = queryset.filter(target__name=target)
         if tenant:
-            queryset = queryset.filter(tenant_id=tenant)
+            try:
+                queryset = queryset.filter(tenant=tenant_get_by_name_or_id(ref=tenant))
+            except Tenant.DoesNotExist:
+                raise CommandError(f"No tenant {tenant!r}.") from None
         if since:
             when = parse_datetime(since)
             if when is None:
@@ -41,12 +50,10 @@ class Command(BaseCommand):
         if dry_run:
             self.stdout.write(f"would requeue {len(ids)} {status} deliveries (dry run)")
             return
-        stopping = []
-        signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
         progress = Progress(len(ids), "requeue", self.stdout)
         done = 0
         for start in range(0, len(ids), BATCH):
-            if stopping:
+            if self.stop_requested:
                 break
             chunk = ids[start : start + BATCH]
             # status re-checked per row: a delivery that changed meanwhile is left alone

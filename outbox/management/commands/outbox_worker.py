@@ -2,13 +2,13 @@
 
 import signal
 
-from django.core.management.base import BaseCommand
-
+from core.commands import StoppableCommand
 from outbox.worker import Worker
 
 
-class Command(BaseCommand):
+class Command(StoppableCommand):
     help = "Deliver due outbox events (wakes on NOTIFY, polls as a fallback). Stop with SIGTERM."
+    stop_message = "SIGTERM: stopping after the batch in flight"
 
     def add_arguments(self, parser):
         parser.add_argument("--concurrency", type=int, help="parallel HTTP sends (default 32)")
@@ -17,10 +17,20 @@ class Command(BaseCommand):
         parser.add_argument("--once", action="store_true", help="exit when nothing is due")
 
     def handle(self, *args, concurrency, batch_size, poll, once, **options):
-        worker = Worker(concurrency=concurrency, batch_size=batch_size, poll_seconds=poll)
-        signal.signal(signal.SIGTERM, worker.request_stop)
-        signal.signal(signal.SIGINT, worker.request_stop)
-        self.stdout.write(f"outbox worker {worker.worker_id} running", ending="\n")
-        self.stdout.flush()
-        worker.run(exit_when_idle=once)
-        self.stdout.write(f"stopped; delivered {worker.deliverer.delivered_total}")
+        self.worker = Worker(concurrency=concurrency, batch_size=batch_size, poll_seconds=poll)
+        if self.stop_requested:  # SIGTERM came while the worker was being set up
+            self.worker.request_stop()
+        # Ctrl-C stops like SIGTERM does: the batch in flight finishes and is recorded
+        previous_sigint = signal.signal(signal.SIGINT, self._on_sigterm)
+        try:
+            self.stdout.write(f"outbox worker {self.worker.worker_id} running", ending="\n")
+            self.stdout.flush()
+            self.worker.run(exit_when_idle=once)
+        finally:
+            signal.signal(signal.SIGINT, previous_sigint)
+        self.stdout.write(f"stopped; delivered {self.worker.deliverer.delivered_total}")
+
+    def on_stop(self) -> None:
+        worker = getattr(self, "worker", None)
+        if worker is not None:
+            worker.request_stop()

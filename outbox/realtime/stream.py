@@ -15,10 +15,11 @@ from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIRequest
 from django.http import StreamingHttpResponse
 
-from core.api.errors import ApiError, error_response
+from core.api.errors import ApiError, error_response, http_status_for
+from core.errors import DomainError
 from outbox import conf
 from outbox.models import OutboxEvent
-from outbox.realtime import event_message, hub
+from outbox.realtime.hub import event_message, hub
 from tenants.scoping import tenant_queryset
 from tenants.services import apikey_authenticate
 
@@ -81,6 +82,8 @@ async def stream(request):
         after = _last_event_id(request)
     except ApiError as exc:
         return error_response(exc.error_code, exc.message, exc.status_code, exc.details)
+    except DomainError as exc:  # key authentication refused (once tenants raises domain errors)
+        return error_response(exc.code, exc.message, http_status_for(exc), exc.details)
     topics = frozenset(t for t in request.GET.get("topic", "").split(",") if t)
     response = StreamingHttpResponse(
         _events(principal.tenant_id, topics, after), content_type="text/event-stream"

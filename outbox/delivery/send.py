@@ -1,4 +1,4 @@
-"""How one delivery goes over the wire: request building per target kind and the verdict.
+"""Sending one delivery: request building per target kind, the HTTP try and its verdict.
 
 Runs in the worker's thread pool: no database access here, only HTTP.
 """
@@ -11,6 +11,7 @@ import hmac
 import json
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import certifi
 import urllib3
@@ -18,10 +19,12 @@ from urllib3.exceptions import HTTPError, NewConnectionError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from core.backoff import retry_after_seconds
+from outbox.models import Target
 
 EXCERPT_BYTES = 2048
 RETRYABLE_STATUSES = {408, 425, 429} | set(range(500, 600))
 USER_AGENT = "Atlas-Outbox/1.0"
+_REALTIME, _SLACK = Target.Kind.REALTIME.value, Target.Kind.SLACK.value  # compared per send
 
 
 @dataclass
@@ -36,7 +39,7 @@ class Job:
     event_type: str
     payload: dict
     idempotency_key: str
-    occurred_at: object
+    occurred_at: datetime
     attempts: int
     target_id: str
     target_kind: str
@@ -126,12 +129,14 @@ def pool_new(url: str, size: int) -> urllib3.HTTPConnectionPool:
     return urllib3.connection_from_url(url, maxsize=size, block=False, retries=False, **tls)
 
 
-def send(pool: urllib3.HTTPConnectionPool, job: Job) -> Result:
+def send(pool: urllib3.HTTPConnectionPool | None, job: Job) -> Result:
     """One HTTP try. Never raises: every failure becomes a Result the worker records."""
-    if job.target_kind == "realtime":
+    if job.target_kind == _REALTIME:
         # broadcast by the worker's NOTIFY in the same statement that marks it delivered
         return Result(job, "delivered")
-    headers, body = slack_request(job) if job.target_kind == "slack" else webhook_request(job)
+    if pool is None:  # a caller's bug, never a delivery: the worker records it as a retry
+        raise ValueError(f"no connection pool for {job.target_kind} target {job.target_id}")
+    headers, body = slack_request(job) if job.target_kind == _SLACK else webhook_request(job)
     started = time.perf_counter()
     try:
         response = pool.urlopen(

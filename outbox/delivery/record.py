@@ -1,0 +1,205 @@
+"""Recording a round's verdicts: every delivery row, attempt row and realtime broadcast of the
+round in one statement (one statement = one transaction, all or nothing)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
+
+from django.db import connection
+
+from core.backoff import backoff_seconds
+from outbox import conf
+from outbox.delivery.claim import OPEN
+from outbox.delivery.send import Job, Result
+from outbox.models import Delivery, DeliveryAttempt, Target
+
+logger = logging.getLogger("outbox.delivery")
+
+
+class Verdict(NamedTuple):
+    """One result as the record statement takes it: the delivery's new state, then its
+    attempt row, then the realtime broadcast (if any)."""
+
+    delivery_id: int
+    status: str
+    attempts_add: int
+    next_attempt_at: datetime
+    delivered_at: datetime | None
+    error: str
+    tenant_id: str
+    number: int
+    outcome: str
+    status_code: int | None
+    duration_ms: float
+    excerpt: str
+    sent: bool  # False: handed back by the rate limit, no attempt row
+    broadcast: str | None
+
+
+# Verdict field -> its array's element type. The statement gets one array per field (14
+# parameters, whatever the batch size) and unnests them into the rows of `v`.
+_SQL_TYPES = {
+    "delivery_id": "bigint",
+    "status": "varchar",
+    "attempts_add": "int",
+    "next_attempt_at": "timestamptz",
+    "delivered_at": "timestamptz",
+    "error": "text",
+    "tenant_id": "uuid",
+    "number": "int",
+    "outcome": "varchar",
+    "status_code": "int",
+    "duration_ms": "float8",
+    "excerpt": "text",
+    "sent": "bool",
+    "broadcast": "text",
+}
+if tuple(_SQL_TYPES) != Verdict._fields:
+    raise ImportError("outbox record: _SQL_TYPES and Verdict disagree")
+_V_COLUMNS = ", ".join(Verdict._fields)
+_V_ARRAYS = ", ".join(f"%({name})s::{kind}[]" for name, kind in _SQL_TYPES.items())
+
+# The delivery rows are fenced by the lease token, so a worker whose lease expired changes
+# nothing; the attempt rows are kept even then (evidence); the broadcast goes only for rows
+# this statement marked delivered.
+_RECORD_SQL = f"""
+WITH v ({_V_COLUMNS}) AS (
+    SELECT * FROM unnest({_V_ARRAYS})
+),
+upd AS (
+    UPDATE outbox_delivery d SET status = v.status, attempts = d.attempts + v.attempts_add,
+        next_attempt_at = v.next_attempt_at, delivered_at = v.delivered_at, last_error = v.error,
+        locked_until = NULL, locked_by = '', updated_at = %(now)s
+    FROM v WHERE d.id = v.delivery_id AND d.locked_by = %(token)s AND d.status IN {OPEN}
+    RETURNING d.id
+),
+released AS (  -- cancelled by staff while on the wire: the status stays, the lease goes
+    UPDATE outbox_delivery d SET locked_until = NULL, locked_by = ''
+    FROM v WHERE d.id = v.delivery_id AND d.locked_by = %(token)s AND d.status NOT IN {OPEN}
+),
+ins AS (
+    INSERT INTO outbox_deliveryattempt (created_at, updated_at, tenant_id, delivery_id, number,
+        outcome, status_code, duration_ms, response_excerpt, error, worker)
+    SELECT %(now)s, %(now)s, v.tenant_id, v.delivery_id, v.number, v.outcome, v.status_code,
+           v.duration_ms, v.excerpt, v.error, %(worker)s
+    FROM v WHERE v.sent
+)
+SELECT upd.id FROM upd
+UNION ALL
+SELECT -1 FROM (SELECT pg_notify(%(channel)s, v.broadcast) FROM v
+                WHERE v.broadcast IS NOT NULL AND v.delivery_id IN (SELECT id FROM upd)) AS b
+"""
+
+# Result.outcome -> the attempt row's outcome. Choice values are read once here, as plain
+# strings: an enum attribute lookup per delivery is measurable on the worker's hot path.
+_ATTEMPT_OUTCOME = {
+    "delivered": DeliveryAttempt.Outcome.DELIVERED.value,
+    "retry": DeliveryAttempt.Outcome.RETRY.value,
+}
+_PERMANENT = DeliveryAttempt.Outcome.PERMANENT.value
+_PENDING, _RETRYING = Delivery.Status.PENDING.value, Delivery.Status.RETRYING.value
+_DELIVERED, _DEAD = Delivery.Status.DELIVERED.value, Delivery.Status.DEAD.value
+_REALTIME = Target.Kind.REALTIME.value
+
+
+def verdicts_record(
+    *, results: list[Result], token: str, worker_id: str, now: datetime
+) -> set[int]:
+    """Write the verdicts; returns the delivery ids whose rows changed (the others' lease
+    had expired and was re-claimed: only their attempt rows were written)."""
+    verdicts = [verdict_for(result, now) for result in results]
+    params: dict[str, Any] = {
+        name: list(column)
+        for name, column in zip(Verdict._fields, zip(*verdicts, strict=True), strict=True)
+    }
+    params.update(now=now, token=token, worker=worker_id[:100], channel=conf.CHANNEL_REALTIME)
+    with connection.cursor() as cursor:
+        cursor.execute(_RECORD_SQL, params)
+        return {delivery_id for (delivery_id,) in cursor.fetchall() if delivery_id != -1}
+
+
+def verdict_for(result: Result, now: datetime) -> Verdict:
+    job = result.job
+    error = storable(result.error or "")[:1000]
+    attempt = job.attempts + 1
+    counted, delivered_at, last_error, broadcast = 1, None, error, None
+    if result.outcome == "delivered":
+        new_status, next_at, delivered_at, last_error = _DELIVERED, now, now, ""
+        if job.target_kind == _REALTIME:
+            broadcast = json.dumps({"tenant": job.tenant_id, "seq": job.seq})
+    elif result.outcome == "deferred":  # handed back by the rate limit: not a try
+        new_status = _RETRYING if job.attempts else _PENDING
+        next_at, counted, last_error = now + timedelta(seconds=result.retry_after or 1), 0, ""
+    elif result.outcome == "permanent" or attempt >= (
+        job.max_attempts or conf.get("OUTBOX_MAX_ATTEMPTS")
+    ):
+        new_status, next_at = _DEAD, now
+    else:
+        new_status, next_at = _RETRYING, now + timedelta(seconds=retry_delay(result))
+    return Verdict(
+        delivery_id=job.delivery_id,
+        status=new_status,
+        attempts_add=counted,
+        next_attempt_at=next_at,
+        delivered_at=delivered_at,
+        error=last_error,
+        tenant_id=job.tenant_id,
+        number=attempt,
+        outcome=_ATTEMPT_OUTCOME.get(result.outcome, _PERMANENT),
+        status_code=result.status_code,
+        duration_ms=round(result.duration_ms, 2),
+        excerpt=storable(result.excerpt),
+        sent=result.sent,
+        broadcast=broadcast,
+    )
+
+
+def retry_delay(result: Result) -> float:
+    """Seconds until the next try: the receiver's Retry-After, or our backoff (both capped)."""
+    job = result.job
+    cap = backoff_cap(job)
+    if result.retry_after is not None:
+        return min(cap, result.retry_after)
+    base = job.backoff_base or conf.get("OUTBOX_BACKOFF_BASE_SECONDS")
+    return backoff_seconds(attempt=job.attempts + 1, base=base, cap=cap, rng=random)
+
+
+def backoff_cap(job: Job) -> float:
+    """The longest a delivery of this job's target waits between tries."""
+    return job.backoff_max or conf.get("OUTBOX_BACKOFF_MAX_SECONDS")
+
+
+def storable(text: str) -> str:
+    """A receiver's bytes may hold NUL, which PostgreSQL text refuses (and one refused row
+    would fail the whole round's record, again and again)."""
+    return text.replace("\x00", "\ufffd")
+
+
+def verdict_log(result: Result, *, recorded: bool) -> None:
+    """One line per delivery verdict carrying tenant, event, target and delivery ids (as JSON
+    fields with LOG_FORMAT=json). Failures at WARNING; successes at DEBUG (hot path)."""
+    job = result.job
+    level = logging.DEBUG if result.outcome in {"delivered", "deferred"} else logging.WARNING
+    if not logger.isEnabledFor(level):
+        return
+    logger.log(
+        level,
+        "delivery %s: %s (status %s, %.0f ms)%s%s",
+        job.delivery_id,
+        result.outcome,
+        result.status_code,
+        result.duration_ms,
+        f": {result.error}" if result.error else "",
+        "" if recorded else " [lease lost: not recorded]",
+        extra={
+            "tenant_id": job.tenant_id,
+            "event_id": job.event_id,
+            "target": job.target_id,
+            "delivery_id": job.delivery_id,
+            "outcome": result.outcome,
+        },
+    )

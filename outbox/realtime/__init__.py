@@ -1,0 +1,1 @@
+"""Realtime: the per-process hub (`hub`) and the SSE stream view (`stream`)."""
