@@ -30,19 +30,15 @@ SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 # rest waits for the next sync or the 10-minute schedule.
 CLIENT_SYNC_LIMIT = 10
 
-# Statuses no error kind says: core has no "unsupported media type" kind.
-STATUS_BY_CODE = {"content_type_not_allowed": 415}
-
-
 class UploadsErrorMixin:
-    """Turns a service's DomainError into an ApiError with the status for its code or kind;
-    views with their own protocol (tus) set `status_by_kind`."""
+    """Turns a service's DomainError into an ApiError with the status for its kind; views
+    with their own protocol (tus) set `status_by_kind`."""
 
     status_by_kind: dict[ErrorKind, int] = HTTP_STATUS_BY_KIND
 
     def handle_exception(self, exc):
         if isinstance(exc, DomainError):
-            status_code = STATUS_BY_CODE.get(exc.code) or self.status_by_kind[exc.kind]
+            status_code = self.status_by_kind[exc.kind]
             exc = ApiError(exc.code, exc.message, status_code=status_code, details=exc.details)
         return super().handle_exception(exc)
 

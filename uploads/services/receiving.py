@@ -27,11 +27,10 @@ def check_limits(*, size: int, content_type: str) -> None:
             details={"maxBytes": settings.UPLOADS_MAX_BYTES, "size": size},
         )
     if not staging.content_type_allowed(content_type):
-        # 415 at the edge: core has no kind for "unsupported media type" (uploads.api maps it)
         raise DomainError(
             "content_type_not_allowed",
             f"Content type {content_type!r} is not accepted.",
-            kind=ErrorKind.INVALID,
+            kind=ErrorKind.UNSUPPORTED_MEDIA_TYPE,
             details={"allowed": list(settings.UPLOADS_ALLOWED_CONTENT_TYPES)},
         )
 
