@@ -30,6 +30,7 @@ SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 # rest waits for the next sync or the 10-minute schedule.
 CLIENT_SYNC_LIMIT = 10
 
+
 class UploadsErrorMixin:
     """Turns a service's DomainError into an ApiError with the status for its kind; views
     with their own protocol (tus) set `status_by_kind`."""
