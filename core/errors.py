@@ -13,6 +13,8 @@ from typing import Any
 
 class ErrorKind(StrEnum):
     INVALID = "invalid"  # the input breaks a rule
+    UNPROCESSABLE = "unprocessable"  # well-formed, but it contradicts what was said before
+    PAYMENT_REQUIRED = "payment_required"  # the payment provider declined
     UNAUTHENTICATED = "unauthenticated"
     FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
@@ -26,6 +28,7 @@ class ErrorKind(StrEnum):
     CHECKSUM_MISMATCH = "checksum_mismatch"
     RATE_LIMITED = "rate_limited"
     UPSTREAM_FAILED = "upstream_failed"  # a service we depend on answered badly
+    UPSTREAM_TIMEOUT = "upstream_timeout"  # a service we depend on did not answer in time
     UNAVAILABLE = "unavailable"  # try again later
 
 

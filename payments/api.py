@@ -18,7 +18,6 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api.errors import ApiError, error_response
-from core.errors import DomainError
 from core.validation import EMAIL_REGEX
 from payments import selectors
 from payments.services.checkout import payment_checkout_create
@@ -26,13 +25,6 @@ from payments.services.webhooks import WebhookProcessingFailed, stripe_webhook_r
 from tenants.permissions import HasAnyKey
 
 _EMAIL = re.compile(EMAIL_REGEX)
-
-# Checkout answers that no ErrorKind maps to: the statuses clients have always seen.
-_CHECKOUT_STATUS_BY_CODE = {
-    "stripe_card_error": 402,
-    "idempotency_key_reused": 422,
-    "stripe_timeout": 504,
-}
 
 
 class CheckoutInSerializer(serializers.Serializer):
@@ -194,28 +186,20 @@ class CheckoutView(APIView):
         idempotency_key = request.headers.get("Idempotency-Key") or None
         if idempotency_key is not None and len(idempotency_key) > 255:
             raise ApiError("invalid_idempotency_key", "Idempotency-Key is longer than 255.")
-        try:
-            row, replayed = payment_checkout_create(
-                tenant_id=request.tenant_id,
-                email=data["email"],
-                first_name=data["firstName"],
-                form_data=data.get("formData") or {},
-                assessment_session_id=data.get("sessionId"),
-                price_id=data.get("priceId") or None,
-                amount=data.get("amount"),
-                currency=data.get("currency"),
-                product_name=data.get("productName") or "Assessment",
-                success_url=data["successUrl"],
-                cancel_url=data["cancelUrl"],
-                idempotency_key=idempotency_key,
-            )
-        except DomainError as exc:
-            status_code = _CHECKOUT_STATUS_BY_CODE.get(exc.code)
-            if status_code is None:
-                raise  # the kind's status (core.api.errors)
-            raise ApiError(
-                exc.code, exc.message, status_code=status_code, details=exc.details
-            ) from exc
+        row, replayed = payment_checkout_create(
+            tenant_id=request.tenant_id,
+            email=data["email"],
+            first_name=data["firstName"],
+            form_data=data.get("formData") or {},
+            assessment_session_id=data.get("sessionId"),
+            price_id=data.get("priceId") or None,
+            amount=data.get("amount"),
+            currency=data.get("currency"),
+            product_name=data.get("productName") or "Assessment",
+            success_url=data["successUrl"],
+            cancel_url=data["cancelUrl"],
+            idempotency_key=idempotency_key,
+        )
         response = Response(
             CheckoutOutSerializer(row).data,
             status=status.HTTP_200_OK if replayed else status.HTTP_201_CREATED,

@@ -69,10 +69,7 @@ def _is_timeout(exc: BaseException) -> bool:
 
 
 def _map_error(exc: Exception) -> tuple[DomainError, bool]:
-    """(the error to raise, whether it counts as a Stripe outage for the breaker).
-
-    Two codes answer with an HTTP status no kind maps to (stripe_card_error 402,
-    stripe_timeout 504): the checkout view keeps those statuses at the edge."""
+    """(the error to raise, whether it counts as a Stripe outage for the breaker)."""
     if isinstance(exc, CircuitOpen):
         return (
             DomainError(
@@ -98,7 +95,7 @@ def _map_error(exc: Exception) -> tuple[DomainError, bool]:
             DomainError(
                 "stripe_card_error",
                 "Stripe declined the card.",
-                kind=ErrorKind.INVALID,
+                kind=ErrorKind.PAYMENT_REQUIRED,
                 details=stripe_details,
             ),
             False,
@@ -140,7 +137,7 @@ def _map_error(exc: Exception) -> tuple[DomainError, bool]:
                 DomainError(
                     "stripe_timeout",
                     f"Stripe did not answer within {settings.STRIPE_TIMEOUT_SECONDS:g} s.",
-                    kind=ErrorKind.UPSTREAM_FAILED,
+                    kind=ErrorKind.UPSTREAM_TIMEOUT,
                 ),
                 True,
             )

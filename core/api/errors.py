@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 # The one mapping from a domain error's kind to an HTTP status.
 HTTP_STATUS_BY_KIND: dict[ErrorKind, int] = {
     ErrorKind.INVALID: 400,
+    ErrorKind.PAYMENT_REQUIRED: 402,
+    ErrorKind.UNPROCESSABLE: 422,
     ErrorKind.UNAUTHENTICATED: 401,
     ErrorKind.FORBIDDEN: 403,
     ErrorKind.NOT_FOUND: 404,
@@ -37,6 +39,7 @@ HTTP_STATUS_BY_KIND: dict[ErrorKind, int] = {
     ErrorKind.CHECKSUM_MISMATCH: 400,
     ErrorKind.RATE_LIMITED: 429,
     ErrorKind.UPSTREAM_FAILED: 502,
+    ErrorKind.UPSTREAM_TIMEOUT: 504,
     ErrorKind.UNAVAILABLE: 503,
 }
 

@@ -223,7 +223,7 @@ def _replay(row: PaymentSession, fingerprint: str) -> PaymentSession:
         raise DomainError(
             "idempotency_key_reused",
             "This Idempotency-Key was used for a different checkout request.",
-            kind=ErrorKind.CONFLICT,  # the view answers 422, as before the re-layering
+            kind=ErrorKind.UNPROCESSABLE,
         )
     return row
 
