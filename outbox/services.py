@@ -106,6 +106,7 @@ def event_publish_created(
     if row is None:  # the key exists: return the original event, unchanged
         existing = tenant_queryset(OutboxEvent, tenant_id=tenant_id).get(idempotency_key=key)
         return existing, False
+    seq, _notified = row
     event = OutboxEvent(
         id=event_id,
         tenant_id=tenant_id,
@@ -117,7 +118,7 @@ def event_publish_created(
         occurred_at=now,
         created_at=now,
         updated_at=now,
-        seq=row[0],
+        seq=seq,
     )
     event._state.adding = False
     event._state.db = "default"
@@ -160,9 +161,10 @@ def _target_id_for(tenant_id: str, name: str) -> str:
         raise DomainError(
             "unknown_target", f"No target named {name!r}.", details={"target": str(name)}
         )
-    if not row[1]:
+    target_id, enabled = row
+    if not enabled:
         raise DomainError("target_disabled", f"Target {name!r} is disabled.")
-    return str(row[0])
+    return str(target_id)
 
 
 # --- Targets ---------------------------------------------------------------------------------
