@@ -300,7 +300,7 @@ OUTBOX_SWEEP_SECONDS = env("OUTBOX_SWEEP_SECONDS", "int", 40)
 OUTBOX_PRUNE_DAYS = env("OUTBOX_PRUNE_DAYS", "int", 30)
 OUTBOX_HEARTBEAT_STALE_SECONDS = env("OUTBOX_HEARTBEAT_STALE_SECONDS", "int", 60)
 # Realtime (SSE): the safety valve for a seq hole whose transactions are still running (holes
-# settle when those end; see outbox/realtime.py), the keep-alive comment interval, and the
+# settle when those end; see outbox/realtime/hub.py), the keep-alive comment interval, and the
 # port of the ASGI server `make run` starts for streams.
 OUTBOX_REALTIME_SETTLE_SECONDS = env("OUTBOX_REALTIME_SETTLE_SECONDS", "float", 30.0)
 OUTBOX_REALTIME_KEEPALIVE_SECONDS = env("OUTBOX_REALTIME_KEEPALIVE_SECONDS", "float", 15.0)

@@ -11,7 +11,7 @@ api_patterns = [
     path("", include("tenants.urls")),
     path("assessments/", include("assessments.urls")),
     path("outbox/", include("outbox.urls")),
-    path("realtime/", include("outbox.realtime_urls")),
+    path("realtime/", include("outbox.realtime.urls")),
     # POST /api/uploads (no slash) too: a redirected POST would come back as a GET.
     path("uploads", UploadCreateView.as_view(), name="uploads-create-noslash"),
     path("uploads/", include("uploads.urls")),

@@ -13,9 +13,8 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from core.api.errors import ApiError
-from core.api.parsers import check_storable
 from core.errors import DomainError, ErrorKind
+from core.validation import check_storable
 from outbox import conf
 from outbox.models import EVENT_SEQ_NAME, CircuitTransition, Delivery, OutboxEvent, Target
 from tenants.scoping import tenant_get_or_404, tenant_queryset
@@ -130,7 +129,7 @@ def _payload_json(payload) -> str:
         raise DomainError("payload_not_object", "payload must be a JSON object.")
     body = json.dumps(payload, cls=DjangoJSONEncoder, separators=(",", ":"))
     if "\\u0000" in body or "\\ud" in body:  # maybe NUL or a lone surrogate: jsonb refuses
-        _check_storable(json.loads(body), "$.payload")  # as stored: tuples, encoded objects…
+        check_storable(json.loads(body), "$.payload")  # as stored: tuples, encoded objects…
     limit = conf.get("OUTBOX_MAX_PAYLOAD_BYTES")
     if len(body.encode()) > limit:
         raise DomainError(
@@ -140,14 +139,6 @@ def _payload_json(payload) -> str:
             details={"limitBytes": limit},
         )
     return body
-
-
-def _check_storable(data, path: str) -> None:
-    """core.api.parsers.check_storable as a domain error (it raises the API edge's ApiError)."""
-    try:
-        check_storable(data, path)
-    except ApiError as exc:
-        raise DomainError(exc.error_code, exc.message, details=exc.details) from exc
 
 
 def _target_id_for(tenant_id: str, name: str) -> str:

@@ -8,42 +8,7 @@ from __future__ import annotations
 
 from rest_framework import parsers
 
-from core.api.errors import ApiError
-
-
-def _bad_text(value: str) -> bool:
-    if "\x00" in value:
-        return True
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def check_storable(data, path: str = "$") -> None:
-    """Raise ApiError for a string (key or value) that PostgreSQL cannot store."""
-    stack = [(data, path)]
-    while stack:
-        value, where = stack.pop()
-        if isinstance(value, str):
-            if _bad_text(value):
-                raise ApiError(
-                    "unstorable_text",
-                    "Text may not contain NUL characters or unpaired surrogates.",
-                    details={"path": where},
-                )
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                if _bad_text(key):
-                    raise ApiError(
-                        "unstorable_text",
-                        "Keys may not contain NUL characters or unpaired surrogates.",
-                        details={"path": where},
-                    )
-                stack.append((item, f"{where}.{key}"))
-        elif isinstance(value, list):
-            stack.extend((item, f"{where}[{index}]") for index, item in enumerate(value))
+from core.validation import check_storable
 
 
 class JSONParser(parsers.JSONParser):
