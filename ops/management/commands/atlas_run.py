@@ -9,13 +9,15 @@ import time
 
 from django.conf import settings
 from django.core.management import call_command, get_commands
-from django.core.management.base import BaseCommand
+
+from core.commands import StoppableCommand
 
 STOP_GRACE_SECONDS = 20
 
 
-class Command(BaseCommand):
+class Command(StoppableCommand):
     help = "Start everything for local use (web on 127.0.0.1:8000, cluster, outbox worker)."
+    stop_message = "signal received: stopping every process"
 
     def add_arguments(self, parser):
         parser.add_argument("--port", default=os.environ.get("ATLAS_PORT", "8000"))
@@ -50,22 +52,16 @@ class Command(BaseCommand):
             children[name] = subprocess.Popen(cmd, start_new_session=True)
             self.stdout.write(f"started {name} (pid {children[name].pid})")
 
-        stopping = False
-
-        def request_stop(signum, frame):
-            nonlocal stopping
-            stopping = True
-
-        signal.signal(signal.SIGINT, request_stop)
-        signal.signal(signal.SIGTERM, request_stop)
+        # Ctrl-C stops everything like SIGTERM does (StoppableCommand handles SIGTERM).
+        signal.signal(signal.SIGINT, self._on_sigterm)
 
         exit_code = 0
-        while not stopping:
+        while not self.stop_requested:
             for name, proc in children.items():
                 if proc.poll() is not None:
                     self.stderr.write(f"{name} exited with {proc.returncode}; stopping the rest")
                     exit_code = proc.returncode or 1
-                    stopping = True
+                    self.stop_requested = True
                     break
             time.sleep(0.3)
 
