@@ -14,6 +14,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from tenants.models import ApiKey, Tenant
+from tenants.selectors import tenant_get_by_name_or_id
 from tenants.services import apikey_create, tenant_create
 
 DEMO_TENANT = "Demo"
@@ -27,9 +28,10 @@ class Command(BaseCommand):
         creds = json.loads(path.read_text()) if path.exists() else {}
 
         with transaction.atomic():
-            tenant = Tenant.objects.filter(name=DEMO_TENANT).first() or tenant_create(
-                name=DEMO_TENANT
-            )
+            try:
+                tenant = tenant_get_by_name_or_id(ref=DEMO_TENANT)
+            except Tenant.DoesNotExist:
+                tenant = tenant_create(name=DEMO_TENANT)
             creds["tenant_id"] = str(tenant.id)
             creds["admin_password"] = self._ensure_admin(creds.get("admin_password"))
             base = settings.ATLAS_BASE_URL.rstrip("/")
