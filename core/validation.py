@@ -1,5 +1,7 @@
 """Validation pieces shared by models and inputs of several apps."""
 
+import math
+
 from django.db import models
 from django.db.models import F, Func
 from django.db.models.lookups import Exact
@@ -25,27 +27,52 @@ def _bad_text(value: str) -> bool:
     return False
 
 
-def check_storable(data, path: str = "$") -> None:
-    """Raise DomainError for a string (key or value) that PostgreSQL cannot store: jsonb
-    rejects NUL (\\u0000) and a lone UTF-16 surrogate cannot be encoded."""
-    stack = [(data, path)]
+# Deeper JSON is refused: nothing we store needs it, and walking it costs stack and time.
+MAX_JSON_DEPTH = 64
+
+
+def _refuse(code: str, message: str, where: str) -> DomainError:
+    return DomainError(code, message, details={"path": where})
+
+
+def check_storable(data, path: str = "$", depth: int = 1) -> None:
+    """Raise DomainError for JSON that PostgreSQL's jsonb cannot store or we do not take:
+
+    - text (a key or a value) with NUL (\\u0000) or a lone UTF-16 surrogate: unstorable_text;
+    - a number that is not finite (1e999 reads as Infinity, which jsonb refuses):
+      invalid_json_number;
+    - containers nested deeper than MAX_JSON_DEPTH (the root is level `depth`): json_too_deep.
+    """
+    stack = [(data, path, depth)]
     while stack:
-        value, where = stack.pop()
+        value, where, level = stack.pop()
         if isinstance(value, str):
             if _bad_text(value):
-                raise DomainError(
+                raise _refuse(
                     "unstorable_text",
                     "Text may not contain NUL characters or unpaired surrogates.",
-                    details={"path": where},
+                    where,
                 )
-        elif isinstance(value, dict):
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise _refuse(
+                    "invalid_json_number", "Numbers must be finite (no 1e999, no NaN).", where
+                )
+        elif isinstance(value, dict | list):
+            if level > MAX_JSON_DEPTH:
+                raise _refuse(
+                    "json_too_deep", f"JSON may nest at most {MAX_JSON_DEPTH} levels.", where
+                )
+            if isinstance(value, list):
+                stack.extend(
+                    (item, f"{where}[{index}]", level + 1) for index, item in enumerate(value)
+                )
+                continue
             for key, item in value.items():
                 if _bad_text(key):
-                    raise DomainError(
+                    raise _refuse(
                         "unstorable_text",
                         "Keys may not contain NUL characters or unpaired surrogates.",
-                        details={"path": where},
+                        where,
                     )
-                stack.append((item, f"{where}.{key}"))
-        elif isinstance(value, list):
-            stack.extend((item, f"{where}[{index}]") for index, item in enumerate(value))
+                stack.append((item, f"{where}.{key}", level + 1))
