@@ -30,6 +30,7 @@ class ErrorKind(StrEnum):
     UPSTREAM_FAILED = "upstream_failed"  # a service we depend on answered badly
     UPSTREAM_TIMEOUT = "upstream_timeout"  # a service we depend on did not answer in time
     UNAVAILABLE = "unavailable"  # try again later
+    INSUFFICIENT_STORAGE = "insufficient_storage"  # no room to keep it right now
 
 
 class DomainError(Exception):

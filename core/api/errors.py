@@ -41,6 +41,7 @@ HTTP_STATUS_BY_KIND: dict[ErrorKind, int] = {
     ErrorKind.UPSTREAM_FAILED: 502,
     ErrorKind.UPSTREAM_TIMEOUT: 504,
     ErrorKind.UNAVAILABLE: 503,
+    ErrorKind.INSUFFICIENT_STORAGE: 507,
 }
 
 
