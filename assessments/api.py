@@ -10,7 +10,7 @@ from rest_framework import parsers, serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from assessments import inputs, selectors, services
+from assessments import event_inputs, inputs, selectors, services
 from assessments.auth import BeaconKeyAuthentication
 from core.api.errors import ApiError
 from core.api.pagination import CursorPagination, paginated
@@ -175,7 +175,7 @@ class EventsView(_BrowserView):
 
     @extend_schema(
         tags=["assessments"],
-        request=inputs.EVENTS_IN,
+        request=event_inputs.EVENTS_IN,
         responses=EventsOut,
         summary="Analytics events, best-effort (also text/plain for sendBeacon)",
     )
@@ -187,9 +187,9 @@ class EventsView(_BrowserView):
                 f"At most {limit_bytes} bytes of events per request.",
                 status_code=413,
             )
-        events = inputs.EVENTS_IN.clean(request.data)["events"]
-        valid, errors = inputs.events_clean(
-            events, check_encoding=inputs.events_need_encoding_check(request.body)
+        events = event_inputs.EVENTS_IN.clean(request.data)["events"]
+        valid, errors = event_inputs.events_clean(
+            events, check_encoding=event_inputs.events_need_encoding_check(request.body)
         )
         stored, _inserted = services.events_store(tenant_id=request.tenant_id, events=valid)
         return Response(

@@ -198,11 +198,11 @@ def _event(message_id: str, session_id: str | None = None) -> dict:
 
 def events_baseline(tenant_id, total: int, batch: int = 50) -> dict:
     """The same rows through the same INSERT, minus HTTP / auth / JSON parsing / validation."""
-    from assessments import inputs, services
+    from assessments import event_inputs, services
 
     prefix = uuid.uuid4().hex[:8]
     batches = [
-        inputs.events_clean([_event(f"raw-{prefix}-{b}-{i}") for i in range(batch)])[0]
+        event_inputs.events_clean([_event(f"raw-{prefix}-{b}-{i}") for i in range(batch)])[0]
         for b in range(total // batch)
     ]
     started = time.perf_counter()

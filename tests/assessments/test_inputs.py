@@ -5,12 +5,12 @@ import uuid
 
 import pytest
 
-from assessments import inputs
+from assessments import event_inputs, inputs
 from tests.tenancy import assert_error
 
 pytestmark = pytest.mark.django_db
 
-SHAPES = [inputs.SESSION_IN, inputs.ANSWERS_IN, inputs.SUBMIT_IN, inputs.EVENTS_IN]
+SHAPES = [inputs.SESSION_IN, inputs.ANSWERS_IN, inputs.SUBMIT_IN, event_inputs.EVENTS_IN]
 
 
 @pytest.fixture(scope="module")
