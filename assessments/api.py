@@ -15,7 +15,6 @@ from assessments.auth import BeaconKeyAuthentication
 from core.api.errors import ApiError
 from core.api.pagination import CursorPagination, paginated
 from core.api.parsers import JSONParser
-from core.errors import DomainError
 from tenants.permissions import HasAnyKey
 
 
@@ -124,15 +123,9 @@ class SubmitView(_BrowserView):
     )
     def post(self, request):
         values = inputs.SUBMIT_IN.clean(request.data)
-        try:
-            submission, created = services.submission_create(
-                tenant_id=request.tenant_id, body_hash=services.request_hash(request.data), **values
-            )
-        except DomainError as exc:
-            if exc.code != "idempotency_key_reused":
-                raise
-            # 422 like other APIs' idempotency keys (no ErrorKind maps to 422 yet)
-            raise ApiError(exc.code, exc.message, status_code=422, details=exc.details) from exc
+        submission, created = services.submission_create(
+            tenant_id=request.tenant_id, body_hash=services.request_hash(request.data), **values
+        )
         response = Response(SubmissionOut(submission).data, status=201 if created else 200)
         if not created:
             response["Idempotent-Replayed"] = "true"

@@ -217,14 +217,14 @@ def submission_create(
 
 def _submission_replay(tenant_id: TenantId, submission_id: uuid.UUID, body_hash: str) -> Submission:
     existing = tenant_queryset(Submission, tenant_id=tenant_id).filter(pk=submission_id).first()
-    # Another tenant's id, or this id with another payload: both are a reused key (the API
-    # answers 422 for it, see assessments.api.SubmitView).
+    # Another tenant's id, or this id with another payload: both are a reused key (422, like
+    # other APIs' idempotency keys).
     if existing is None or existing.request_hash != body_hash:
         raise DomainError(
             "idempotency_key_reused",
             "This submissionId was already used with a different payload; "
             "generate a new submissionId for a new attempt.",
-            kind=ErrorKind.CONFLICT,
+            kind=ErrorKind.UNPROCESSABLE,
             details={"submissionId": str(submission_id)},
         )
     return existing

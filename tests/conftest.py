@@ -15,8 +15,9 @@ ORIGIN = "https://app.example.test"
 
 @pytest.fixture(autouse=True)
 def _test_cache_dir(settings, tmp_path_factory, worker_id):
-    """Each xdist worker gets its own file cache, so clearing it cannot break a neighbour."""
-    location = tmp_path_factory.getbasetemp().parent / f"cache-{worker_id}"
+    """Each test process gets its own file cache, so clearing it cannot break a neighbour
+    (another xdist worker, or another pytest run on the same machine)."""
+    location = tmp_path_factory.getbasetemp().parent / f"cache-{worker_id}-{os.getpid()}"
     settings.CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
