@@ -381,6 +381,21 @@ for _name in ("UPLOADS_MAX_BYTES", "UPLOADS_MAX_ATTEMPTS", "UPLOADS_RETRY_BATCH_
         raise ImproperlyConfigured(f"{_name}={globals()[_name]} must be positive")
 if not 0 < UPLOADS_ALERT_FAILURE_RATE <= 1:
     raise ImproperlyConfigured("UPLOADS_ALERT_FAILURE_RATE must be in (0, 1]")
+# Uploads: no tenant fills the disk (issue 13). Quota = bytes held (pending, stored, failed) +
+# bytes announced by open tus uploads; open tus uploads per tenant; a tighter per-upload maximum
+# for publishable keys; free space the staging disk keeps after an upload's announced size;
+# staging files no row needs are removed once untouched this long.
+UPLOADS_TENANT_QUOTA_BYTES = env("UPLOADS_TENANT_QUOTA_BYTES", "int", 10 * 1024**3)
+UPLOADS_TENANT_MAX_OPEN = env("UPLOADS_TENANT_MAX_OPEN", "int", 100)
+UPLOADS_PUBLISHABLE_MAX_BYTES = env("UPLOADS_PUBLISHABLE_MAX_BYTES", "int", 25 * 1024**2)
+UPLOADS_STAGING_MIN_FREE_BYTES = env("UPLOADS_STAGING_MIN_FREE_BYTES", "int", 1024**3)
+UPLOADS_STAGING_ORPHAN_GRACE_MINUTES = env("UPLOADS_STAGING_ORPHAN_GRACE_MINUTES", "int", 60)
+for _name in ("UPLOADS_TENANT_QUOTA_BYTES", "UPLOADS_TENANT_MAX_OPEN",
+              "UPLOADS_PUBLISHABLE_MAX_BYTES", "UPLOADS_STAGING_ORPHAN_GRACE_MINUTES"):  # fmt: skip
+    if globals()[_name] <= 0:
+        raise ImproperlyConfigured(f"{_name}={globals()[_name]} must be positive")
+if UPLOADS_STAGING_MIN_FREE_BYTES < 0:
+    raise ImproperlyConfigured("UPLOADS_STAGING_MIN_FREE_BYTES must be 0 or more")
 
 # --- Assessments (issue 3) ---------------------------------------------------------------------
 # Analytics events: per-request count and size caps, per-event size cap (bigger: rejected alone).

@@ -22,6 +22,7 @@ from core.errors import DomainError, ErrorKind
 from tenants.permissions import HasAnyKey
 from uploads import selectors, staging
 from uploads.models import Attachment, RetrySource
+from uploads.services.quotas import staging_space_check, upload_max_bytes
 from uploads.services.receiving import attachment_receive
 from uploads.services.retries import retry_run
 
@@ -29,6 +30,13 @@ SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 # A client-sync run happens inside the request: it takes at most this many attachments, the
 # rest waits for the next sync or the 10-minute schedule.
 CLIENT_SYNC_LIMIT = 10
+# What a multipart body may carry besides the file (boundaries, part headers, small fields).
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+def is_publishable(request) -> bool:
+    """The request came with the public browser key (pk_), which gets tighter limits."""
+    return not getattr(request.auth, "is_secret", False)
 
 
 class UploadsErrorMixin:
@@ -95,20 +103,27 @@ class UploadCreateView(UploadsErrorMixin, APIView):
             "finalises it into storage. 201: new (status `stored`, or `pending` when storage "
             "is down — it is retried). 200: the same `uploadId` with the same bytes again. "
             "409 `upload_id_conflict`: that uploadId has different bytes. 400 "
-            "`checksum_mismatch`: nothing kept. 413 `file_too_large`, 415 "
-            "`content_type_not_allowed`."
+            "`checksum_mismatch`: nothing kept. 413 `file_too_large` (publishable keys: "
+            "`UPLOADS_PUBLISHABLE_MAX_BYTES`) or `quota_exceeded` (the tenant's "
+            "`UPLOADS_TENANT_QUOTA_BYTES`), 415 `content_type_not_allowed`, 507 "
+            "`insufficient_storage` (the staging disk is short of space)."
         ),
     )
     def post(self, request):
+        publishable = is_publishable(request)
+        max_bytes = upload_max_bytes(publishable=publishable)
         content_length = int(request.META.get("CONTENT_LENGTH") or 0)
-        if content_length > settings.UPLOADS_MAX_BYTES + 64 * 1024:  # multipart overhead
-            raise _too_large(content_length)
-        handler = staging.StagingUploadHandler(request._request)
+        if content_length > max_bytes + MULTIPART_OVERHEAD:
+            raise _too_large(max_bytes)
+        # The disk is checked before a byte is read. The quota is checked once the file is
+        # staged (the uploadId in the body may be an idempotent replay, which takes no room).
+        staging_space_check(size=content_length)
+        handler = staging.StagingUploadHandler(request._request, max_bytes=max_bytes)
         request._request.upload_handlers = [handler]
         try:
             files = request.FILES
             if handler.too_large:
-                raise _too_large(None)
+                raise _too_large(max_bytes)
             if handler.type_refused is not None:
                 raise ApiError(
                     "content_type_not_allowed",
@@ -127,6 +142,7 @@ class UploadCreateView(UploadsErrorMixin, APIView):
                 staged=staged,
                 expected_sha256=form.validated_data.get("sha256") or "",
                 assessment_session_id=form.validated_data.get("assessmentSessionId"),
+                publishable=publishable,
             )
         finally:
             handler.cleanup()
@@ -135,12 +151,12 @@ class UploadCreateView(UploadsErrorMixin, APIView):
         )
 
 
-def _too_large(size) -> ApiError:
+def _too_large(max_bytes: int) -> ApiError:
     return ApiError(
         "file_too_large",
-        f"Files may be at most {settings.UPLOADS_MAX_BYTES} bytes.",
+        f"Files may be at most {max_bytes} bytes.",
         status_code=413,
-        details={"maxBytes": settings.UPLOADS_MAX_BYTES},
+        details={"maxBytes": max_bytes},
     )
 
 

@@ -100,8 +100,9 @@ class StagingUploadHandler(FileUploadHandler):
 
     field = "file"
 
-    def __init__(self, request=None):
+    def __init__(self, request=None, *, max_bytes: int | None = None):
         super().__init__(request)
+        self.max_bytes = settings.UPLOADS_MAX_BYTES if max_bytes is None else max_bytes
         self.too_large = False
         self.type_refused: str | None = None
         self.path: Path | None = None
@@ -123,7 +124,7 @@ class StagingUploadHandler(FileUploadHandler):
 
     def receive_data_chunk(self, raw_data, start):
         self._size += len(raw_data)
-        if self._size > settings.UPLOADS_MAX_BYTES:
+        if self._size > self.max_bytes:
             self.too_large = True
             self.cleanup()
             raise StopUpload(connection_reset=True)

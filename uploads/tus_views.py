@@ -22,7 +22,7 @@ from rest_framework.views import APIView
 from core.api.errors import HTTP_STATUS_BY_KIND, ApiError
 from core.errors import ErrorKind
 from tenants.permissions import HasAnyKey
-from uploads.api import SHA256_RE, UploadsErrorMixin
+from uploads.api import SHA256_RE, UploadsErrorMixin, is_publishable
 from uploads.models import Attachment
 from uploads.services.tus import (
     CHECKSUM_ALGORITHMS,
@@ -40,7 +40,7 @@ TUS_STATUS_BY_KIND: dict[ErrorKind, int] = {
     **HTTP_STATUS_BY_KIND,
     ErrorKind.CONFLICT: 409,  # offset_mismatch, upload_exists, upload_complete
     ErrorKind.GONE: 410,  # upload_expired
-    ErrorKind.TOO_LARGE: 413,  # file_too_large, upload_length_exceeded
+    ErrorKind.TOO_LARGE: 413,  # file_too_large, upload_length_exceeded, quota_exceeded
     ErrorKind.LOCKED: 423,  # upload_locked: another request is writing
     ErrorKind.CHECKSUM_MISMATCH: 460,  # the checksum extension's own status
 }
@@ -259,6 +259,7 @@ class TusCreateView(_TusView):
                 metadata.get("assessmentSessionId"), "invalid_assessment_session_id"
             ),
             raw_metadata=(request.headers.get("Upload-Metadata") or "").strip(),
+            publishable=is_publishable(request),
         )
         has_body = request.headers.get("Content-Type", "").startswith(
             "application/offset+octet-stream"

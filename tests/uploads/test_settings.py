@@ -18,6 +18,11 @@ from tests.processes import ROOT
         ("UPLOADS_TUS_EXPIRY_HOURS", "0"),
         ("UPLOADS_ALERT_FAILURE_RATE", "20"),
         ("UPLOADS_ALERT_MIN_ATTEMPTS", "ten"),
+        ("UPLOADS_TENANT_QUOTA_BYTES", "0"),
+        ("UPLOADS_TENANT_MAX_OPEN", "many"),
+        ("UPLOADS_PUBLISHABLE_MAX_BYTES", "-5"),
+        ("UPLOADS_STAGING_MIN_FREE_BYTES", "-1"),
+        ("UPLOADS_STAGING_ORPHAN_GRACE_MINUTES", "0"),
     ],
 )
 def test_bad_uploads_setting_stops_start_up(name, value):

@@ -1,5 +1,5 @@
 """Receiving: the checks every upload passes (size, content type, session), and the simple
-multipart upload, whose bytes are already staged when it reaches us."""
+multipart upload, whose bytes are already staged when it reaches us (quotas: `quotas`)."""
 
 from __future__ import annotations
 
@@ -14,17 +14,20 @@ from tenants.scoping import tenant_queryset
 from uploads import staging
 from uploads.models import Attachment, RetrySource
 from uploads.services.finalising import attachment_finalise
+from uploads.services.quotas import quota_reserve, upload_max_bytes
 
 Status = Attachment.Status
 
 
-def check_limits(*, size: int, content_type: str) -> None:
-    if size > settings.UPLOADS_MAX_BYTES:
+def check_limits(*, size: int, content_type: str, publishable: bool = False) -> None:
+    """The per-upload rules; publishable keys get the tighter UPLOADS_PUBLISHABLE_MAX_BYTES."""
+    max_bytes = upload_max_bytes(publishable=publishable)
+    if size > max_bytes:
         raise DomainError(
             "file_too_large",
-            f"Files may be at most {settings.UPLOADS_MAX_BYTES} bytes.",
+            f"Files may be at most {max_bytes} bytes.",
             kind=ErrorKind.TOO_LARGE,
-            details={"maxBytes": settings.UPLOADS_MAX_BYTES, "size": size},
+            details={"maxBytes": max_bytes, "size": size},
         )
     if not staging.content_type_allowed(content_type):
         raise DomainError(
@@ -66,15 +69,17 @@ def attachment_receive(
     staged: staging.StagedFile,
     expected_sha256: str = "",
     assessment_session_id=None,
+    publishable: bool = False,
 ) -> tuple[Attachment, bool]:
     """Take a fully staged multipart file. Returns (attachment, created).
 
     The same uploadId with the same bytes returns the existing attachment (created=False);
     different bytes → 409. A checksum mismatch keeps nothing. The staged temp file is always
-    either moved under the attachment or removed.
+    either moved under the attachment or removed. A new attachment takes its room in the
+    tenant's quota in the transaction that inserts it.
     """
     try:
-        check_limits(size=staged.size, content_type=staged.content_type)
+        check_limits(size=staged.size, content_type=staged.content_type, publishable=publishable)
         if expected_sha256 and expected_sha256.lower() != staged.sha256:
             raise DomainError(
                 "checksum_mismatch",
@@ -90,6 +95,7 @@ def attachment_receive(
         target = staging.staging_path(tenant_id=tenant_id, attachment_id=upload_id)
         try:
             with transaction.atomic():
+                quota_reserve(tenant_id=tenant_id, size=staged.size, opens_upload=False)
                 attachment = Attachment.objects.create(
                     id=upload_id,
                     tenant_id=tenant_id,
@@ -105,11 +111,14 @@ def attachment_receive(
                     next_retry_at=now,
                 )
                 staging.move_durably(staged.path, target)
-        except IntegrityError:
-            # A concurrent request with the same uploadId won the insert.
+        except (IntegrityError, DomainError) as exc:
+            # A concurrent request with the same uploadId won the insert (and maybe the last
+            # room in the quota): the replay answers like one that came after it.
             existing = _existing_same_bytes(tenant_id=tenant_id, upload_id=upload_id, staged=staged)
             if existing is not None:
                 return existing, False
+            if isinstance(exc, DomainError):
+                raise
             raise _conflict(upload_id) from None
     finally:
         staging.remove_quietly(staged.path)

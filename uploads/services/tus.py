@@ -23,6 +23,7 @@ from tenants.scoping import tenant_get_or_404
 from uploads import staging
 from uploads.models import Attachment, RetrySource
 from uploads.services.finalising import attachment_finalise
+from uploads.services.quotas import quota_reserve, staging_space_check
 from uploads.services.receiving import check_limits, check_session, clean_filename
 
 Status = Attachment.Status
@@ -48,10 +49,13 @@ def tus_upload_create(
     expected_sha256: str = "",
     assessment_session_id=None,
     raw_metadata: str = "",
+    publishable: bool = False,
 ) -> tuple[Attachment, bool]:
     """tus creation. An existing unfinished upload with the same id and length is returned
-    (a re-sent POST), so the client can HEAD it and resume; anything else with that id → 409."""
-    check_limits(size=length, content_type=content_type)
+    (a re-sent POST), so the client can HEAD it and resume; anything else with that id → 409.
+    A new upload reserves its announced length in the tenant's quota and counts as open until
+    it completes, is terminated or expires."""
+    check_limits(size=length, content_type=content_type, publishable=publishable)
     check_session(tenant_id=tenant_id, assessment_session_id=assessment_session_id)
     existing = Attachment.objects.filter(pk=upload_id).first()
     if existing is not None and _expired_own(existing, tenant_id=tenant_id):
@@ -65,9 +69,11 @@ def tus_upload_create(
         existing = None
     if existing is not None:
         return _tus_existing(existing, tenant_id=tenant_id, length=length), False
+    staging_space_check(size=length)
     path = staging.staging_path(tenant_id=tenant_id, attachment_id=upload_id)
     try:
         with transaction.atomic():
+            quota_reserve(tenant_id=tenant_id, size=length, opens_upload=True)
             attachment = Attachment.objects.create(
                 id=upload_id,
                 tenant_id=tenant_id,
@@ -82,7 +88,8 @@ def tus_upload_create(
                 tus_metadata=raw_metadata,
             )
             staging.create_empty(path)
-    except IntegrityError:
+    except (IntegrityError, DomainError):
+        # a concurrent creation with the same id won the insert (and maybe the last room)
         existing = Attachment.objects.filter(pk=upload_id).first()
         if existing is None:
             raise
