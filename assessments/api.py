@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
-from rest_framework import parsers, serializers
+from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -14,7 +14,7 @@ from assessments import event_inputs, inputs, selectors, services
 from assessments.auth import BeaconKeyAuthentication
 from core.api.errors import ApiError
 from core.api.pagination import CursorPagination, paginated
-from core.api.parsers import JSONParser
+from core.api.parsers import DepthSafeJSONParser, JSONParser
 from tenants.permissions import HasAnyKey
 
 
@@ -24,9 +24,9 @@ class PlainTextJSONParser(JSONParser):
     media_type = "text/plain"
 
 
-class EventsJSONParser(parsers.JSONParser):
-    """Events are validated one by one (a NUL in one event rejects that event alone), so the
-    batch is parsed without the project-wide whole-body text check."""
+class EventsJSONParser(DepthSafeJSONParser):
+    """Events are validated one by one (a NUL, a 1e999 or deep nesting in one event rejects
+    that event alone), so the batch is parsed without the project-wide whole-body check."""
 
 
 class EventsPlainTextParser(EventsJSONParser):

@@ -21,6 +21,7 @@ from django.utils.dateparse import parse_datetime
 from assessments.inputs import OBJECT, UUID_MESSAGE, UUID_SCHEMA, required_object
 from assessments.shapes import ABSENT, Field, Shape
 from core.errors import DomainError, ErrorKind
+from core.validation import check_storable
 
 
 def event_time_bounds() -> tuple[datetime, datetime]:
@@ -169,6 +170,22 @@ def events_need_encoding_check(body: bytes) -> bool:
     )
 
 
+# The batch body is level 1, its events list 2: an event is level 3.
+_EVENT_LEVEL = 3
+
+
+def _event_json_code(event: dict) -> str | None:
+    """Numbers jsonb cannot store (1e999 reads as Infinity) and nesting past core's limit:
+    cheap enough for every event (a walk over its few values, no re-encoding)."""
+    for value in event.values():
+        if isinstance(value, dict | list | float):  # strings and ints need no walk
+            try:
+                check_storable(value, depth=_EVENT_LEVEL + 1, text=False)
+            except DomainError as refused:
+                return refused.code
+    return None
+
+
 def _event_encoding_code(event: dict) -> str | None:
     encoded = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
     try:
@@ -196,7 +213,9 @@ def events_clean(events: list, *, check_encoding: bool = True) -> tuple[list[dic
         if not isinstance(event, dict):
             errors.append({"index": index, "code": "invalid_event"})
             continue
-        code = _event_encoding_code(event) if check_encoding else None
+        code = _event_json_code(event)
+        if code is None and check_encoding:
+            code = _event_encoding_code(event)
         if code is not None:
             errors.append({"index": index, "code": code})
             continue

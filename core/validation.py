@@ -31,23 +31,34 @@ def _bad_text(value: str) -> bool:
 MAX_JSON_DEPTH = 64
 
 
-def _refuse(code: str, message: str, where: str) -> DomainError:
-    return DomainError(code, message, details={"path": where})
+def _render(where) -> str:
+    """A location kept as nested (parent, step) pairs, written out only for an error."""
+    steps = []
+    while isinstance(where, tuple):
+        where, step = where
+        steps.append(step)
+    return where + "".join(reversed(steps))
 
 
-def check_storable(data, path: str = "$", depth: int = 1) -> None:
+def _refuse(code: str, message: str, where) -> DomainError:
+    return DomainError(code, message, details={"path": _render(where)})
+
+
+def check_storable(data, path: str = "$", depth: int = 1, *, text: bool = True) -> None:
     """Raise DomainError for JSON that PostgreSQL's jsonb cannot store or we do not take:
 
     - text (a key or a value) with NUL (\\u0000) or a lone UTF-16 surrogate: unstorable_text;
     - a number that is not finite (1e999 reads as Infinity, which jsonb refuses):
       invalid_json_number;
     - containers nested deeper than MAX_JSON_DEPTH (the root is level `depth`): json_too_deep.
+
+    text=False skips the text check, for callers that check text their own cheaper way.
     """
-    stack = [(data, path, depth)]
+    stack: list = [(data, path, depth)]
     while stack:
         value, where, level = stack.pop()
         if isinstance(value, str):
-            if _bad_text(value):
+            if text and _bad_text(value):
                 raise _refuse(
                     "unstorable_text",
                     "Text may not contain NUL characters or unpaired surrogates.",
@@ -65,14 +76,14 @@ def check_storable(data, path: str = "$", depth: int = 1) -> None:
                 )
             if isinstance(value, list):
                 stack.extend(
-                    (item, f"{where}[{index}]", level + 1) for index, item in enumerate(value)
+                    (item, (where, f"[{index}]"), level + 1) for index, item in enumerate(value)
                 )
                 continue
             for key, item in value.items():
-                if _bad_text(key):
+                if text and _bad_text(key):
                     raise _refuse(
                         "unstorable_text",
                         "Keys may not contain NUL characters or unpaired surrogates.",
                         where,
                     )
-                stack.append((item, f"{where}.{key}", level + 1))
+                stack.append((item, (where, f".{key}"), level + 1))

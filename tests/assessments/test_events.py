@@ -185,3 +185,38 @@ def test_storage_failure_answers_200_stored_false_and_is_counted(
     # the connection is usable afterwards: the next batch is stored
     again = browser_api.post(URL, {"events": [event_body()]}, format="json")
     assert again.json()["stored"] is True and AnalyticsEvent.objects.count() == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("bad_properties", "code"),
+    [
+        ('{"score": 1e999}', "invalid_json_number"),
+        ('{"x": %s}' % ("[" * 70 + "]" * 70), "json_too_deep"),
+    ],
+)
+def test_unstorable_json_rejects_that_event_alone(browser_api, tenant, bad_properties, code):
+    # One such event used to turn a 50-event batch into stored: false (1e999 became
+    # Infinity, which jsonb refuses) or a 500 (nesting); now it is rejected alone.
+    events = [json.dumps(event_body(properties={"i": i})) for i in range(50)]
+    bad = event_body()
+    bad.pop("properties", None)
+    bad_text = json.dumps(bad)[:-1] + ', "properties": ' + bad_properties + "}"
+    events[17] = bad_text
+    body = '{"events": [' + ", ".join(events) + "]}"
+    response = browser_api.generic("POST", URL, body, content_type="application/json")
+    assert response.status_code == 200, response.content
+    assert response.json() == {
+        "accepted": 49,
+        "rejected": 1,
+        "stored": True,
+        "errors": [{"index": 17, "code": code}],
+    }
+    assert AnalyticsEvent.objects.filter(tenant=tenant).count() == 49
+
+
+@pytest.mark.django_db
+def test_events_body_too_deep_for_the_parser_is_json_too_deep(browser_api):
+    body = '{"events": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    response = browser_api.generic("POST", URL, body, content_type="application/json")
+    assert_error(response, 400, "json_too_deep")
