@@ -10,16 +10,26 @@ PYTEST_ARGS ?=
 # cache folder and ports per worker).
 XDIST ?= -n auto
 
-.PHONY: install run test test-fast lint format check bench fuzz soak load clean-var
+.PHONY: install lock run test test-fast lint format check bench fuzz soak load clean-var
 
-$(STAMP): pyproject.toml
+# Installs exactly what requirements.lock pins, every file checked against its hash; then the
+# project itself (no dependencies: they all came from the lock).
+$(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Atlas needs Python 3.11+ (set PYTHON=python3.11)")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Regenerate requirements.lock from pyproject.toml's ranges (newest allowed versions, hashes).
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q 'pip-tools>=7.5,<8'
+	$(BIN)/python -m piptools compile -q --generate-hashes --extra dev --strip-extras \
+		--allow-unsafe -o requirements.lock pyproject.toml
 
 run: install
 	$(BIN)/python manage.py atlas_run
