@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from core.ops import ScheduleSpec
 from uploads.models import RetrySource
-from uploads.services import alerts, retries, tus
+from uploads.services import alerts, cleanup, retries, tus
 
 
 def retry_sweep() -> dict:
@@ -20,8 +20,12 @@ def health_alert_check() -> int:
     return len(alerts.health_alert_check())
 
 
-def expired_uploads_cleanup() -> int:
-    return tus.uploads_expired_cleanup()
+def expired_uploads_cleanup() -> dict:
+    """Expired tus uploads first (their rows go, then their bytes), then orphaned files."""
+    return {
+        "expired": tus.uploads_expired_cleanup(),
+        "orphans": cleanup.staging_orphans_cleanup(),
+    }
 
 
 SCHEDULES = [
@@ -49,7 +53,8 @@ SCHEDULES = [
         name="uploads.expired_uploads_cleanup",
         func="uploads.tasks.expired_uploads_cleanup",
         minutes=60,
-        why="Unfinished tus uploads expire after UPLOADS_TUS_EXPIRY_HOURS; hourly cleanup "
-        "keeps staged bytes from piling up.",
+        why="Unfinished tus uploads expire after UPLOADS_TUS_EXPIRY_HOURS, and staging files "
+        "no row needs (*.part of vanished requests, bytes of rolled-back or stored uploads) are "
+        "removed after UPLOADS_STAGING_ORPHAN_GRACE_MINUTES; hourly keeps them from piling up.",
     ),
 ]
