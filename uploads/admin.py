@@ -3,6 +3,7 @@ logs and attempts, health alerts, and the retry health page with a chart per day
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.core.files.storage import storages
@@ -180,6 +181,9 @@ class RetryLogAdmin(ReadOnlyAdmin):
                 "peak": peak,
             },
             "alerts": HealthAlert.objects.select_related("tenant")[:20],
+            "quotas": selectors.tenant_quota_usage(),
+            "quota_bytes": settings.UPLOADS_TENANT_QUOTA_BYTES,
+            "max_open_uploads": settings.UPLOADS_TENANT_MAX_OPEN,
         }
         return TemplateResponse(request, "admin/uploads/health.html", context)
 

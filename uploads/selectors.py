@@ -1,21 +1,64 @@
-"""Uploads reads: one attachment, the retry health report (per source, per day)."""
+"""Uploads reads: one attachment, the retry health report (per source, per day), quota use per
+tenant."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import timedelta
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Sum
+from django.conf import settings
+from django.db.models import Count, Q, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from tenants.scoping import tenant_get_or_404
+from tenants.scoping import tenant_get_or_404, tenant_queryset
 from uploads.models import RETRY_RUN_SOURCES, Attachment, RetryLog
 
 
 def attachment_get(*, tenant_id, attachment_id) -> Attachment:
     return tenant_get_or_404(Attachment, tenant_id=tenant_id, pk=attachment_id)
+
+
+# --- quota use (the rules that use it: uploads.services.quotas) ---------------------------
+
+HELD_STATUSES = [Attachment.Status.PENDING, Attachment.Status.STORED, Attachment.Status.FAILED]
+
+
+@dataclass(frozen=True)
+class TenantUsage:
+    stored_bytes: int  # pending, stored and failed attachments
+    reserved_bytes: int  # announced by open (unexpired) tus uploads
+    open_uploads: int
+
+    @property
+    def used_bytes(self) -> int:
+        return self.stored_bytes + self.reserved_bytes
+
+
+def open_uploads_filter(now: datetime) -> Q:
+    """A tus upload that is still receiving and has not expired (an expired one answers 410
+    and is removed by the hourly clean-up: it no longer reserves anything)."""
+    return Q(status=Attachment.Status.RECEIVING) & (
+        Q(expires_at__isnull=True) | Q(expires_at__gt=now)
+    )
+
+
+def usage_aggregates(now: datetime) -> dict:
+    open_q = open_uploads_filter(now)
+    return {
+        "stored_bytes": Sum("size", filter=Q(status__in=HELD_STATUSES), default=0),
+        "reserved_bytes": Sum("size", filter=open_q, default=0),
+        "open_uploads": Count("id", filter=open_q),
+    }
+
+
+def tenant_usage(*, tenant_id, now: datetime | None = None) -> TenantUsage:
+    row = tenant_queryset(Attachment, tenant_id=tenant_id).aggregate(
+        **usage_aggregates(now or timezone.now())
+    )
+    return TenantUsage(**row)
 
 
 def _rate(succeeded: int, attempted: int) -> float | None:
@@ -82,3 +125,37 @@ def retry_health_daily(*, days: int = 7, now=None) -> list[dict]:
         entry["failed"] = sum(s["failed"] for s in entry["sources"])
         result.append(entry)
     return result
+
+
+def tenant_quota_usage(*, now=None) -> list[dict]:
+    """Per tenant holding anything: stored bytes (pending, stored, failed), bytes reserved by
+    open tus uploads, open uploads, and the limits they count against. Fullest first."""
+    rows: Iterable[Mapping[str, Any]] = (
+        Attachment.objects.values("tenant_id", "tenant__name")
+        .annotate(**usage_aggregates(now or timezone.now()))
+        .order_by()
+    )
+    quota = settings.UPLOADS_TENANT_QUOTA_BYTES
+    result = []
+    for row in rows:
+        stored, reserved, open_uploads = (
+            row["stored_bytes"],
+            row["reserved_bytes"],
+            row["open_uploads"],
+        )
+        if not (stored or reserved or open_uploads):
+            continue
+        result.append(
+            {
+                "tenant_id": str(row["tenant_id"]),
+                "tenant": row["tenant__name"],
+                "stored_bytes": stored,
+                "reserved_bytes": reserved,
+                "used_bytes": stored + reserved,
+                "open_uploads": open_uploads,
+                "quota_bytes": quota,
+                "max_open_uploads": settings.UPLOADS_TENANT_MAX_OPEN,
+                "used_percent": round(100.0 * (stored + reserved) / quota, 2),
+            }
+        )
+    return sorted(result, key=lambda row: (-row["used_bytes"], row["tenant"]))

@@ -308,3 +308,64 @@ def test_concurrent_multipart_uploads_cannot_both_take_the_last_room(settings):
     assert sorted(results) == ["created"] + ["quota_exceeded"] * 5
     assert Attachment.objects.filter(tenant=tenant).count() == 1
     assert _incoming_parts() == []
+
+
+# --- operators see the quota use per tenant ------------------------------------------------
+
+
+@pytest.fixture
+def quota_use(tenant, other_tenant):
+    """Acme: 300 kB held, one open tus upload reserving 200 kB, one expired (reserves
+    nothing). Globex holds nothing and is not listed."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tests.uploads.factories import staged_attachment
+
+    staged_attachment(tenant, b"h" * 300_000)
+    for expires in (timedelta(hours=1), timedelta(hours=-1)):
+        staged_attachment(
+            tenant, b"", channel="tus", status="receiving", size=200_000, upload_offset=0,
+            sha256="", expires_at=timezone.now() + expires,
+        )  # fmt: skip
+
+
+def test_health_page_shows_quota_use_per_tenant(admin_client, tenant, other_tenant, quota_use):
+    from django.urls import reverse
+
+    html = admin_client.get(reverse("admin:uploads_retrylog_health")).content.decode()
+    flat = " ".join(html.split())
+    assert 'id="quota-usage"' in html
+    assert f'data-tenant="{tenant.pk}"' in html
+    assert f'data-tenant="{other_tenant.pk}"' not in html
+    row = flat.split(f'data-tenant="{tenant.pk}"')[1].split("</tr>")[0]
+    assert 'data-bytes="300000"' in row  # stored
+    assert 'data-bytes="200000"' in row  # reserved by the open upload only
+    assert 'data-bytes="500000"' in row  # used
+    assert 'data-bytes="1000000"' in row  # quota
+    assert "<td>50.0 %</td> <td>1</td><td>100</td>" in row
+
+
+def test_uploads_health_command_lists_quota_use(tenant, quota_use, capsys):
+    import json
+
+    from django.core.management import call_command
+
+    call_command("uploads_health")
+    out = capsys.readouterr().out
+    line = next(row for row in out.splitlines() if row.startswith("Acme"))
+    assert line.split() == ["Acme", "300000", "200000", "1000000", "50.00", "1", "100"]
+    call_command("uploads_health", "--json")
+    (row,) = json.loads(capsys.readouterr().out)["quotas"]
+    assert row == {
+        "tenant_id": str(tenant.pk),
+        "tenant": "Acme",
+        "stored_bytes": 300_000,
+        "reserved_bytes": 200_000,
+        "used_bytes": 500_000,
+        "open_uploads": 1,
+        "quota_bytes": 1_000_000,
+        "max_open_uploads": 100,
+        "used_percent": 50.0,
+    }

@@ -15,37 +15,19 @@ from __future__ import annotations
 import logging
 import shutil
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Count, Q, Sum
-from django.utils import timezone
 
 from core.errors import DomainError, ErrorKind
 from uploads import staging
-from uploads.models import Attachment
+from uploads.selectors import TenantUsage, tenant_usage
 
 logger = logging.getLogger(__name__)
-Status = Attachment.Status
-
 # First key of the two-key advisory lock ("upld"); the two-key space never overlaps the
 # one-key space that UploadLock uses per upload.
 QUOTA_LOCK_CLASS = 0x75706C64
-HELD_STATUSES = [Status.PENDING, Status.STORED, Status.FAILED]
-
-
-@dataclass(frozen=True)
-class TenantUsage:
-    stored_bytes: int  # pending, stored and failed attachments
-    reserved_bytes: int  # announced by open (unexpired) tus uploads
-    open_uploads: int
-
-    @property
-    def used_bytes(self) -> int:
-        return self.stored_bytes + self.reserved_bytes
 
 
 def upload_max_bytes(*, publishable: bool) -> int:
@@ -53,28 +35,6 @@ def upload_max_bytes(*, publishable: bool) -> int:
     if publishable:
         return min(settings.UPLOADS_MAX_BYTES, settings.UPLOADS_PUBLISHABLE_MAX_BYTES)
     return settings.UPLOADS_MAX_BYTES
-
-
-def open_uploads_filter(now: datetime) -> Q:
-    """A tus upload that is still receiving and has not expired (an expired one answers 410
-    and is removed by the hourly clean-up: it no longer reserves anything)."""
-    return Q(status=Status.RECEIVING) & (Q(expires_at__isnull=True) | Q(expires_at__gt=now))
-
-
-def usage_aggregates(now: datetime) -> dict:
-    open_q = open_uploads_filter(now)
-    return {
-        "stored_bytes": Sum("size", filter=Q(status__in=HELD_STATUSES), default=0),
-        "reserved_bytes": Sum("size", filter=open_q, default=0),
-        "open_uploads": Count("id", filter=open_q),
-    }
-
-
-def tenant_usage(*, tenant_id, now: datetime | None = None) -> TenantUsage:
-    row = Attachment.objects.filter(tenant_id=tenant_id).aggregate(
-        **usage_aggregates(now or timezone.now())
-    )
-    return TenantUsage(**row)
 
 
 def _lock_tenant(tenant_id) -> None:
