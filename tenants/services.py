@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import secrets
 import string
 import time
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from core.errors import DomainError, ErrorKind
@@ -77,21 +78,60 @@ def apikey_create(
 
 
 def apikey_revoke(*, key: ApiKey) -> bool:
-    """Revoke at once: the row is marked and the cached verification is dropped everywhere."""
-    updated = ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(
-        revoked_at=timezone.now()
-    )
-    digests = [key.key_hash]
-    # Drop now and again after commit, so no process can re-cache the key in between.
-    keycache.cache_delete(digests)
-    transaction.on_commit(lambda: keycache.cache_delete(digests))
+    """Revoke at once: the row is marked, the cached verification is distrusted everywhere
+    and open realtime streams of the key are told to end (NOTIFY, sent at commit)."""
+    with transaction.atomic():
+        updated = ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(
+            revoked_at=timezone.now()
+        )
+        if updated:
+            _announce_key_change(tenant_id=key.tenant_id, key_id=key.pk)
+        _distrust_cached([key.key_hash])
     transaction.on_commit(origins_cache_clear)
     return bool(updated)
 
 
+def tenant_deactivate(*, tenant: Tenant) -> bool:
+    """Disable a tenant: its keys are refused at once (whatever API_KEY_CACHE_TTL_SECONDS
+    says) and its open realtime streams end. Returns False when it was inactive already."""
+    return _tenant_active_set(tenant=tenant, active=False)
+
+
+def tenant_activate(*, tenant: Tenant) -> bool:
+    return _tenant_active_set(tenant=tenant, active=True)
+
+
+def _tenant_active_set(*, tenant: Tenant, active: bool) -> bool:
+    with transaction.atomic():
+        updated = Tenant.objects.filter(pk=tenant.pk, is_active=not active).update(
+            is_active=active, updated_at=timezone.now()
+        )
+        digests = list(ApiKey.objects.filter(tenant=tenant).values_list("key_hash", flat=True))
+        if updated and not active:
+            _announce_key_change(tenant_id=tenant.pk, key_id=None)
+        _distrust_cached(digests)
+    transaction.on_commit(origins_cache_clear)
+    tenant.is_active = active
+    return bool(updated)
+
+
+def _distrust_cached(digests: list[str]) -> None:
+    # Now and again after commit: a request that read the row before the commit and writes
+    # the cache after it wrote under the old generation, so its entry is never trusted.
+    keycache.cache_invalidate(digests)
+    transaction.on_commit(lambda: keycache.cache_invalidate(digests))
+
+
+def _announce_key_change(*, tenant_id, key_id) -> None:
+    """NOTIFY in the current transaction: delivered at commit, never for a rollback."""
+    payload = json.dumps({"tenantId": str(tenant_id), "keyId": str(key_id) if key_id else None})
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_notify(%s, %s)", [keycache.KEY_CHANGES_CHANNEL, payload])
+
+
 def apikey_cache_invalidate_all() -> int:
     digests = list(ApiKey.objects.values_list("key_hash", flat=True))
-    keycache.cache_delete(digests)
+    keycache.cache_invalidate(digests)
     keycache.stats.reset()
     origins_cache_clear()
     return len(digests)
@@ -101,11 +141,13 @@ def apikey_authenticate(*, raw_key: str) -> keycache.ApiKeyPrincipal:
     """Verify a key (cache first); raises DomainError UNAUTHENTICATED for an unknown, revoked
     or disabled tenant's key."""
     digest = keycache.key_digest(raw_key)
-    cached = keycache.cache_get(digest)
-    if cached == keycache.INVALID:
+    cached = keycache.cache_lookup(digest)
+    if cached.refusal == keycache.REVOKED:
+        raise _unauthenticated("api_key_revoked", "The API key has been revoked.")
+    if cached.refusal is not None:
         raise _unauthenticated("invalid_api_key", "The API key is not valid.")
-    if cached is not None:
-        return _touch_last_used(digest, cached)
+    if cached.principal is not None:
+        return _touch_last_used(digest, cached.principal, cached)
 
     row = (
         ApiKey.objects.filter(key_hash=digest)
@@ -122,10 +164,10 @@ def apikey_authenticate(*, raw_key: str) -> keycache.ApiKeyPrincipal:
         .first()
     )
     if row is None:
-        keycache.cache_put(digest, keycache.INVALID)
+        keycache.cache_put_refusal(digest, keycache.INVALID)
         raise _unauthenticated("invalid_api_key", "The API key is not valid.")
     if row["revoked_at"] is not None:
-        keycache.cache_put(digest, keycache.INVALID)
+        keycache.cache_put_refusal(digest, keycache.REVOKED)
         raise _unauthenticated("api_key_revoked", "The API key has been revoked.")
     if not row["tenant__is_active"]:
         raise _unauthenticated("tenant_inactive", "The tenant of this key is disabled.")
@@ -137,9 +179,9 @@ def apikey_authenticate(*, raw_key: str) -> keycache.ApiKeyPrincipal:
         allowed_origins=tuple(row["allowed_origins"] or ()),
         last_used_at=row["last_used_at"].timestamp() if row["last_used_at"] else None,
     )
-    fresh = _touch_last_used(digest, principal)
+    fresh = _touch_last_used(digest, principal, cached)
     if fresh is principal:  # not re-cached by the touch: cache it now
-        keycache.cache_put(digest, principal)
+        keycache.cache_put(digest, principal, generation=cached.generation)
     return fresh
 
 
@@ -147,13 +189,24 @@ def _unauthenticated(code: str, message: str) -> DomainError:
     return DomainError(code, message, kind=ErrorKind.UNAUTHENTICATED)
 
 
-def _touch_last_used(digest: str, principal: keycache.ApiKeyPrincipal) -> keycache.ApiKeyPrincipal:
-    """Write last_used_at at most once per resolution window, so bursts cost no writes."""
+def _touch_last_used(
+    digest: str, principal: keycache.ApiKeyPrincipal, cached: keycache.Lookup
+) -> keycache.ApiKeyPrincipal:
+    """Write last_used_at at most once per resolution window, so bursts cost no writes.
+
+    The write is also a check: it only touches an unrevoked key, so a revocation that this
+    request's cached verification predates is caught here. Re-caching keeps the entry's
+    generation and absolute expiry: a touch never extends or revives a verification."""
     now = time.time()
     window = settings.API_KEY_LAST_USED_RESOLUTION_SECONDS
     if principal.last_used_at is not None and now - principal.last_used_at < window:
         return principal
-    ApiKey.objects.filter(pk=principal.key_id).update(last_used_at=timezone.now())
+    touched = ApiKey.objects.filter(pk=principal.key_id, revoked_at__isnull=True).update(
+        last_used_at=timezone.now()
+    )
+    if not touched:
+        keycache.cache_invalidate([digest])
+        raise _unauthenticated("api_key_revoked", "The API key has been revoked.")
     fresh = dataclasses.replace(principal, last_used_at=now)
-    keycache.cache_put(digest, fresh)
+    keycache.cache_put(digest, fresh, generation=cached.generation, expires_at=cached.expires_at)
     return fresh
