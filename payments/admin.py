@@ -1,6 +1,6 @@
 """Payments in the operations console: sessions, Stripe events (read-only, reprocess), failed
-Stripe calls and the circuit breaker. Payments, events, failures and rejections cannot be
-deleted: they are evidence."""
+Stripe calls, the circuit breaker and each tenant's allowed prices. Payments, events, failures
+and rejections cannot be deleted: they are evidence."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from core.admin import AppendOnlyAdmin, NoAddMixin, ReadOnlyAdmin, ReadOnlyInlin
 from core.errors import DomainError
 from payments.circuit import circuit_record_success
 from payments.models import (
+    AllowedPrice,
     CircuitBreakerState,
     PaymentSession,
     StripeApiFailure,
@@ -48,12 +49,13 @@ class PaymentSessionAdmin(AppendOnlyAdmin):
         "tenant",
         "email",
         "status",
+        "failure_reason",
         "amount_display",
         "amount_refunded",
         "created_at",
         "stripe_link",
     ]
-    list_filter = ["status", "currency", "created_at", "livemode", "tenant"]
+    list_filter = ["status", "failure_reason", "currency", "created_at", "livemode", "tenant"]
     search_fields = ["=id", "email", "stripe_checkout_session_id", "stripe_payment_intent_id"]
     list_select_related = ["tenant"]
     date_hierarchy = "created_at"
@@ -160,3 +162,18 @@ class WebhookRejectionAdmin(ReadOnlyAdmin):
     list_filter = ["code", "day"]
     readonly_fields = [f.name for f in WebhookRejection._meta.fields]
     list_per_page = 50
+
+
+@admin.register(AllowedPrice)
+class AllowedPriceAdmin(admin.ModelAdmin):
+    """The Stripe prices each tenant may sell: a checkout for any other priceId is refused
+    (price_not_allowed). Staff add and remove them with the model's own permissions."""
+
+    list_display = ["price_id", "tenant", "note", "created_at"]
+    list_filter = ["tenant"]
+    search_fields = ["=price_id", "note"]
+    list_select_related = ["tenant"]
+    raw_id_fields = ["tenant"]
+    fields = ["tenant", "price_id", "note", "created_at", "updated_at"]
+    readonly_fields = ["created_at", "updated_at"]
+    list_per_page = 100

@@ -11,6 +11,7 @@ from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
     extend_schema,
+    extend_schema_field,
     inline_serializer,
 )
 from rest_framework import serializers, status
@@ -113,6 +114,9 @@ class CheckoutOutSerializer(serializers.Serializer):
 class PaymentSessionOutSerializer(serializers.Serializer):
     id = serializers.UUIDField()
     status = serializers.CharField()
+    failureReason = serializers.SerializerMethodField(
+        help_text="amount_mismatch when Stripe charged another price, amount or currency."
+    )
     sessionId = serializers.UUIDField(source="assessment_session_id", allow_null=True)
     email = serializers.CharField()
     firstName = serializers.CharField(source="first_name")
@@ -130,10 +134,15 @@ class PaymentSessionOutSerializer(serializers.Serializer):
     updatedAt = serializers.DateTimeField(source="updated_at")
     completedAt = serializers.DateTimeField(source="completed_at", allow_null=True)
 
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_failureReason(self, obj) -> str | None:
+        return obj.failure_reason or None
+
 
 class CheckoutView(APIView):
     """Browsers may start a checkout with a publishable key, but only for a Stripe Price
-    (priceId): a free amount needs a secret key, so a visitor cannot choose what they pay."""
+    (priceId) on the tenant's allow-list: a free amount needs a secret key, so a visitor
+    cannot choose what they pay."""
 
     permission_classes = [HasAnyKey]
 
@@ -145,7 +154,8 @@ class CheckoutView(APIView):
             201: CheckoutOutSerializer,
             200: OpenApiResponse(CheckoutOutSerializer, "Replayed (same Idempotency-Key)"),
             400: OpenApiResponse(
-                description="invalid_email, blank_first_name, not_object, invalid_currency, "
+                description="price_not_allowed (priceId not on the tenant's allow-list), "
+                "invalid_email, blank_first_name, not_object, invalid_currency, "
                 "invalid_amount, invalid_url, price_or_amount_required, "
                 "price_and_amount_conflict, validation_error, stripe_invalid_request"
             ),

@@ -1,5 +1,6 @@
 import uuid
 
+from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
@@ -16,6 +17,17 @@ class PaymentStatus(models.TextChoices):
     EXPIRED = "expired"
     REFUNDED = "refunded"
     PARTIALLY_REFUNDED = "partially_refunded"
+
+
+class FailureReason(models.TextChoices):
+    """Why Atlas itself failed a payment (Stripe's own failures leave it blank)."""
+
+    NONE = "", "—"
+    AMOUNT_MISMATCH = "amount_mismatch", "Stripe reported another price, amount or currency"
+
+
+# Stripe price ids (price_…, or a legacy plan id): safe in a URL path, no spaces.
+PRICE_ID_REGEX = r"^[A-Za-z0-9_-]{1,255}$"
 
 
 class PaymentSession(TenantOwnedModel):
@@ -35,15 +47,26 @@ class PaymentSession(TenantOwnedModel):
     email = models.CharField(max_length=254)
     first_name = models.CharField(max_length=200)
     form_data = models.JSONField(default=dict, blank=True)
+    # price_id, amount and currency are what the session was created for: the completion
+    # Stripe reports is checked against them (else the payment fails with amount_mismatch).
     price_id = models.CharField(
         max_length=255, null=True, blank=True, help_text="Stripe Price used (else amount+currency)."
     )
     amount = models.BigIntegerField(
-        null=True, blank=True, help_text="Total in minor units (cents), as Stripe reports it."
+        null=True,
+        blank=True,
+        help_text="Total in minor units (cents), as Stripe answered when the session was created.",
     )
     currency = models.CharField(max_length=3, help_text="ISO 4217, lower case (Stripe's form).")
     status = models.CharField(
         max_length=20, choices=PaymentStatus.choices, default=PaymentStatus.PENDING
+    )
+    failure_reason = models.CharField(
+        max_length=30,
+        choices=FailureReason.choices,
+        blank=True,
+        default="",
+        help_text="Set when Atlas failed the payment itself; such a payment never completes.",
     )
     amount_refunded = models.BigIntegerField(default=0, help_text="Minor units refunded so far.")
     refunds = models.JSONField(
@@ -72,6 +95,10 @@ class PaymentSession(TenantOwnedModel):
 
     class Meta:
         ordering = ["-created_at"]
+        # admin actions: each needs its own permission (see the README, security)
+        permissions = [
+            ("reconcile_paymentsession", "Can reconcile payments with Stripe"),
+        ]
         constraints = [
             # webhooks and reconcile find the payment by its Checkout Session id
             models.UniqueConstraint(
@@ -107,6 +134,15 @@ class PaymentSession(TenantOwnedModel):
                 & (Q(amount__isnull=True) | Q(amount_refunded__lte=F("amount"))),
             ),
             models.CheckConstraint(
+                name="payment_session_failure_reason_valid",
+                condition=Q(failure_reason__in=FailureReason.values),
+            ),
+            # a payment Atlas failed (amount_mismatch) stays failed: no later event completes it
+            models.CheckConstraint(
+                name="payment_session_failure_reason_only_failed",
+                condition=Q(failure_reason="") | Q(status="failed"),
+            ),
+            models.CheckConstraint(
                 name="payment_session_completed_at_set",
                 condition=Q(status__in=["pending", "failed", "expired"])
                 | Q(completed_at__isnull=False),
@@ -133,6 +169,41 @@ class PaymentSession(TenantOwnedModel):
 
     def __str__(self):
         return f"{self.id} ({self.status})"
+
+
+class AllowedPrice(TenantOwnedModel):
+    """A Stripe price id the tenant sells: a checkout for any other priceId is refused
+    (price_not_allowed), and a tenant with none cannot start a checkout for a price."""
+
+    price_id = models.CharField(
+        max_length=255,
+        validators=[
+            RegexValidator(
+                PRICE_ID_REGEX,
+                "A Stripe price id: letters, digits, _ and - only.",
+                code="invalid_price_id",
+            )
+        ],
+        help_text="Stripe's price id (price_…), exactly as in the Stripe dashboard.",
+    )
+    note = models.CharField(
+        max_length=200, blank=True, default="", help_text="What it is (e.g. 'Full report 19 EUR')."
+    )
+
+    class Meta:
+        ordering = ["tenant", "price_id"]
+        constraints = [
+            # one entry per price and tenant; the checkout's lookup uses it
+            models.UniqueConstraint(
+                fields=["tenant", "price_id"], name="allowed_price_tenant_uniq"
+            ),
+            models.CheckConstraint(
+                name="allowed_price_id_format", condition=Q(price_id__regex=PRICE_ID_REGEX)
+            ),
+        ]
+
+    def __str__(self):
+        return self.price_id
 
 
 class StripeEvent(models.Model):
@@ -179,6 +250,10 @@ class StripeEvent(models.Model):
 
     class Meta:
         ordering = ["-received_at"]
+        # admin actions: each needs its own permission (see the README, security)
+        permissions = [
+            ("reprocess_stripeevent", "Can reprocess Stripe events"),
+        ]
         constraints = [
             models.CheckConstraint(
                 name="stripe_event_status_valid",
@@ -256,6 +331,10 @@ class CircuitBreakerState(models.Model):
 
     class Meta:
         ordering = ["name"]
+        # admin actions: each needs its own permission (see the README, security)
+        permissions = [
+            ("close_stripe_circuit", "Can close the Stripe circuit breaker"),
+        ]
 
     def __str__(self):
         return self.name

@@ -11,7 +11,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from core.errors import DomainError, ErrorKind
-from payments.models import PaymentSession, PaymentStatus, StripeEvent
+from payments.models import AllowedPrice, PaymentSession, PaymentStatus, StripeEvent
 from tenants.scoping import tenant_get_or_404, tenant_queryset
 
 
@@ -21,6 +21,11 @@ def payment_session_get(*, tenant_id, payment_session_id) -> PaymentSession:
     if pk is None:
         raise DomainError("not_found", "No such object.", kind=ErrorKind.NOT_FOUND)
     return tenant_get_or_404(PaymentSession, tenant_id=tenant_id, pk=pk)
+
+
+def allowed_prices_list(*, tenant_id) -> QuerySet:
+    """The tenant's price allow-list, oldest first."""
+    return tenant_queryset(AllowedPrice, tenant_id=tenant_id).order_by("created_at", "id")
 
 
 def _as_uuid(value) -> uuid.UUID | None:

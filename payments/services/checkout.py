@@ -19,6 +19,7 @@ from django.db import IntegrityError, transaction
 
 from core.errors import DomainError, ErrorKind
 from payments.models import PaymentSession
+from payments.services.prices import allowed_price_check
 from payments.stripe_api import stripe_call, stripe_id
 from tenants.scoping import tenant_queryset
 
@@ -102,9 +103,16 @@ def payment_checkout_create(
 ) -> tuple[PaymentSession, bool]:
     """Create a Stripe Checkout Session, then our row. Returns (row, replayed).
 
-    Raises DomainError: assessment_session_not_found, idempotency_key_reused, or the
-    stripe_* codes of payments.stripe_api (nothing is left behind then).
+    A priceId must be on the tenant's allow-list, whoever asks (a free amount is the
+    server's own choice: the view lets only secret keys send one).
+
+    Raises DomainError: price_not_allowed, assessment_session_not_found,
+    idempotency_key_reused, or the stripe_* codes of payments.stripe_api (nothing is left
+    behind then).
     """
+    if price_id is not None:
+        # first: a price taken off the list is refused even to a replayed request
+        allowed_price_check(tenant_id=tenant_id, price_id=price_id)
     request = CheckoutRequest(
         email=email,
         first_name=first_name,

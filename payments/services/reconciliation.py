@@ -15,8 +15,10 @@ from django.utils import timezone
 from core.errors import DomainError
 from payments import selectors
 from payments.models import PaymentSession, PaymentStatus, StripeEvent
+from payments.services.amounts import checkout_mismatches
 from payments.services.state import (
     Outcome,
+    payment_amount_mismatch,
     payment_intent_lock,
     payment_intent_record,
     payment_session_lock,
@@ -39,7 +41,8 @@ def payment_session_reconcile(*, payment_session: PaymentSession) -> Outcome:
     checkout = stripe_call(
         "checkout.sessions.retrieve",
         lambda client: client.v1.checkout.sessions.retrieve(
-            payment_session.stripe_checkout_session_id
+            payment_session.stripe_checkout_session_id,
+            params={"expand": ["line_items"]},  # the price is checked too
         ),
         tenant_id=payment_session.tenant_id,
         payment_session_id=payment_session.pk,
@@ -50,6 +53,10 @@ def payment_session_reconcile(*, payment_session: PaymentSession) -> Outcome:
         PaymentSession.objects.filter(pk=ps.pk).update(last_reconciled_at=timezone.now())
         payment_intent_record(ps, checkout.get("payment_intent"))
         status, payment_status = checkout.get("status"), checkout.get("payment_status")
+        if status == "complete":
+            mismatches = checkout_mismatches(ps, checkout)
+            if mismatches:
+                return payment_amount_mismatch(ps, mismatches, source="reconcile")
         if status == "complete" and payment_status in PAID:
             return payment_complete(ps, source="reconcile")
         if status == "expired":

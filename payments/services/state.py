@@ -13,7 +13,8 @@ from django.db.models import F
 from django.utils import timezone
 
 from outbox.services import event_publish
-from payments.models import PaymentSession, PaymentStatus, StripeEvent
+from payments.models import FailureReason, PaymentSession, PaymentStatus, StripeEvent
+from payments.services.amounts import Mismatches, mismatch_summary
 from payments.stripe_api import stripe_id
 from payments.transitions import (
     REFUND_WAITS_IN,
@@ -37,6 +38,9 @@ def _payload(ps: PaymentSession, **extra) -> dict:
         "paymentSessionId": str(ps.pk),
         "assessmentSessionId": str(ps.assessment_session_id) if ps.assessment_session_id else None,
         "status": ps.status,
+        "failureReason": ps.failure_reason or None,
+        # what the session was created for (and, once completed, what Stripe confirmed)
+        "priceId": ps.price_id,
         "amount": ps.amount,
         "amountRefunded": ps.amount_refunded,
         "currency": ps.currency,
@@ -88,13 +92,18 @@ def payment_transition(
         return StripeEvent.Status.PROCESSED, f"no change: already {ps.status} (past {target})"
     if not is_allowed(ps.status, target):
         return StripeEvent.Status.IGNORED, f"{ps.status} → {target} is not allowed; ignored"
+    if target == PaymentStatus.COMPLETED and ps.failure_reason:
+        return (
+            StripeEvent.Status.IGNORED,
+            f"failed ({ps.failure_reason}): never completed; ignored",
+        )
     now = timezone.now()
     fields = {**(extra or {}), "status": target, "status_changed_at": now, "updated_at": now}
+    rows = PaymentSession.objects.filter(pk=ps.pk, status__in=allowed_sources(target))
     if target == PaymentStatus.COMPLETED:
         fields["completed_at"] = now
-    updated = PaymentSession.objects.filter(pk=ps.pk, status__in=allowed_sources(target)).update(
-        **fields
-    )
+        rows = rows.filter(failure_reason="")  # the database's word too (and a CHECK)
+    updated = rows.update(**fields)
     if not updated:  # cannot happen under the row lock; kept as the database's word
         return StripeEvent.Status.IGNORED, f"{ps.status} → {target} lost a race; ignored"
     previous = ps.status
@@ -125,6 +134,11 @@ def payment_refund_apply(
             StripeEvent.Status.DEFERRED,
             f"no payment with payment intent {payment_intent_id or '?'} yet; "
             "applied when its checkout completes",
+        )
+    if ps.failure_reason:  # it will never complete: waiting would be forever
+        return (
+            StripeEvent.Status.IGNORED,
+            f"a refund for a payment failed ({ps.failure_reason}); ignored",
         )
     if ps.status in REFUND_WAITS_IN:
         return StripeEvent.Status.DEFERRED, f"payment is {ps.status}; applied after completion"
@@ -174,3 +188,40 @@ def payment_refund_apply(
         StripeEvent.Status.PROCESSED,
         f"applied: {previous} → {target} (refunded {previous_amount} → {new_amount})",
     )
+
+
+def payment_amount_mismatch(
+    ps: PaymentSession, mismatches: Mismatches, *, source: str, stripe_event_id: str = ""
+) -> Outcome:
+    """Stripe reported another price, amount or currency than the locked payment was created
+    for: it ends `failed` with reason amount_mismatch (never completed afterwards: the
+    completion is refused in Python, in its UPDATE and by a CHECK) and an alert
+    `payment.amount_mismatch` goes through the outbox. A payment already past pending/failed
+    keeps its status; the alert still goes out."""
+    summary = mismatch_summary(mismatches)
+    reason = FailureReason.AMOUNT_MISMATCH
+    if ps.failure_reason == reason:
+        return StripeEvent.Status.PROCESSED, f"no change: already failed ({reason}): {summary}"
+    if ps.status == PaymentStatus.PENDING:
+        status, note = payment_transition(
+            ps, PaymentStatus.FAILED, source=source, extra={"failure_reason": reason}
+        )
+    elif ps.status == PaymentStatus.FAILED:  # an async payment failed before: now ours too
+        PaymentSession.objects.filter(pk=ps.pk, status=PaymentStatus.FAILED).update(
+            failure_reason=reason, updated_at=timezone.now()
+        )
+        ps.failure_reason = reason
+        status, note = StripeEvent.Status.PROCESSED, "applied: failed → failed"
+    else:
+        status, note = StripeEvent.Status.IGNORED, f"{ps.status} payment: status kept"
+    event_publish(
+        tenant=ps.tenant_id,
+        event_type="payment.amount_mismatch",
+        topic="payments",
+        payload=_payload(
+            ps, source=source, stripeEventId=stripe_event_id or None, mismatches=mismatches
+        ),
+        idempotency_key=f"payment.amount_mismatch:{ps.pk}",
+        ordering_key=str(ps.pk),
+    )
+    return status, f"{reason}: {summary}; {note}; alerted"

@@ -21,8 +21,10 @@ from django.utils import timezone
 from core.errors import DomainError, ErrorKind
 from payments import selectors
 from payments.models import PaymentSession, PaymentStatus, StripeEvent
+from payments.services.amounts import checkout_mismatches
 from payments.services.state import (
     Outcome,
+    payment_amount_mismatch,
     payment_intent_lock,
     payment_intent_record,
     payment_refund_apply,
@@ -306,6 +308,14 @@ def _handle_checkout(event: StripeEvent, obj: dict) -> Outcome:
     kind = event.type.removeprefix("checkout.session.")
     pi = stripe_id(obj.get("payment_intent"))
     with_pi = {"stripe_payment_intent_id": pi} if pi and pi != ps.stripe_payment_intent_id else {}
+    if kind in ("completed", "async_payment_succeeded"):
+        # what Stripe charged must be what the session was created for, paid yet or not
+        mismatches = checkout_mismatches(ps, obj)
+        if mismatches:
+            payment_intent_record(ps, pi)  # refunds of it find the payment
+            return payment_amount_mismatch(
+                ps, mismatches, source=event.type, stripe_event_id=event.stripe_event_id
+            )
     if kind == "completed":
         if obj.get("payment_status") not in PAID:
             payment_intent_record(ps, pi)  # refunds find the payment by it

@@ -12,7 +12,7 @@ from pathlib import Path
 import factory
 import stripe
 
-from payments.models import PaymentSession
+from payments.models import AllowedPrice, PaymentSession
 from tests.factories import TenantFactory
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -37,6 +37,14 @@ class PaymentSessionFactory(factory.django.DjangoModelFactory):
     checkout_url = factory.LazyAttribute(
         lambda o: f"https://checkout.stripe.com/c/pay/{o.stripe_checkout_session_id}"
     )
+
+
+class AllowedPriceFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = AllowedPrice
+
+    tenant = factory.SubFactory(TenantFactory)
+    price_id = "price_assessment"  # the stub's 19.00 EUR price
 
 
 def fixture(event_type: str) -> dict:
@@ -78,6 +86,15 @@ def make_event(
         obj["payment_intent"] = pi
     obj.update(object_fields)
     return event
+
+
+def line_items(*price_ids: str, has_more: bool = False) -> dict:
+    """A Checkout Session's `line_items` as Stripe returns them when expanded (webhook events
+    carry none; pass this to make_event to report the price)."""
+    data = [
+        {"object": "item", "price": {"id": p, "object": "price"}, "quantity": 1} for p in price_ids
+    ]
+    return {"object": "list", "data": data, "has_more": has_more}
 
 
 def charge_refunded(ps=None, *, amount_refunded: int, refunds: list[tuple[str, int]], **kw):

@@ -3,7 +3,8 @@
 It records every request (method, path, headers, form parameters exactly as the `stripe` SDK
 encoded them) and answers like Stripe: Checkout Sessions are created, retrieved and expired;
 a repeated Idempotency-Key replays the first answer (as Stripe does); errors use Stripe's
-error JSON shape. Behaviour is switchable: `stub.mode = "server_error"`, or a script of
+error JSON shape; a retrieve with `expand[]=line_items` includes the line item and its price.
+Behaviour is switchable: `stub.mode = "server_error"`, or a script of
 modes consumed one per request: `stub.script = ["server_error", "success"]`.
 """
 
@@ -64,6 +65,7 @@ class StripeStub:
     script: list = field(default_factory=list)
     prices: dict = field(default_factory=lambda: {"price_assessment": (1900, "eur")})
     sessions: dict = field(default_factory=dict)
+    line_item_prices: dict = field(default_factory=dict)  # session id → price id (or None)
     requests: list = field(default_factory=list)
 
     def __post_init__(self):
@@ -114,7 +116,9 @@ class StripeStub:
                 if (method is None or r.method == method) and r.path.startswith(path_prefix)
             ]
 
-    def add_session(self, session_id: str, **fields) -> dict:
+    def add_session(self, session_id: str, *, price: str | None = None, **fields) -> dict:
+        """A Checkout Session Stripe knows (default: 19.00 EUR, like PaymentSessionFactory).
+        `price` is its line item's price id, returned when the client expands line_items."""
         session = {
             "id": session_id,
             "object": "checkout.session",
@@ -123,9 +127,12 @@ class StripeStub:
             "payment_intent": None,
             "livemode": False,
             "metadata": {},
+            "amount_total": 1900,
+            "currency": "eur",
             **fields,
         }
         self.sessions[session_id] = session
+        self.line_item_prices[session_id] = price
         return session
 
     # -- the server --------------------------------------------------------------------------
@@ -178,8 +185,22 @@ class StripeStub:
                 }
             if method == "POST" and parts[1:] == ["expire"]:
                 session["status"] = "expired"
+            if "line_items" in params.values():  # expand[0]=line_items, as Stripe does
+                return 200, {**session, "line_items": self._line_items(session)}
             return 200, session
         return 404, {"error": {"type": "invalid_request_error", "message": "Unrecognized URL"}}
+
+    def _line_items(self, session: dict) -> dict:
+        price = self.line_item_prices.get(session["id"]) or f"price_adhoc_{session['id']}"
+        item = {
+            "id": f"li_{session['id']}",
+            "object": "item",
+            "amount_total": session["amount_total"],
+            "currency": session["currency"],
+            "price": {"id": price, "object": "price"},
+            "quantity": 1,
+        }
+        return {"object": "list", "data": [item], "has_more": False}
 
     def _create(self, params: dict) -> dict:
         n = next(self._ids)
@@ -196,6 +217,7 @@ class StripeStub:
         }
         return self.add_session(
             session_id,
+            price=params.get("line_items[0][price]"),
             url=f"https://checkout.stripe.com/c/pay/{session_id}",
             amount_total=amount,
             currency=currency,

@@ -10,6 +10,7 @@ import pytest
 from assessments.models import AssessmentSession
 from payments.models import PaymentSession, StripeApiFailure
 from payments.services.checkout import stripe_idempotency_key
+from tests.payments.factories import AllowedPriceFactory
 from tests.tenancy import assert_error
 
 pytestmark = pytest.mark.django_db
@@ -73,7 +74,8 @@ def test_checkout_with_amount_sends_exact_params_and_idempotency_key(api, tenant
     assert row.stripe_checkout_session_id.startswith("cs_test_stub")
 
 
-def test_browser_key_can_start_a_checkout_for_a_price(browser_api, stripe_stub):
+def test_browser_key_can_start_a_checkout_for_an_allowed_price(browser_api, tenant, stripe_stub):
+    AllowedPriceFactory(tenant=tenant, price_id="price_assessment")
     response = browser_api.post(URL, _price_body(), format="json")
     assert response.status_code == 201, response.content
     [call] = stripe_stub.calls("POST", "/v1/checkout/sessions")
