@@ -29,7 +29,7 @@ lock:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q 'pip-tools>=7.5,<8'
 	$(BIN)/python -m piptools compile -q --generate-hashes --extra dev --strip-extras \
-		--allow-unsafe -o requirements.lock pyproject.toml
+		--allow-unsafe --no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
 
 run: install
 	$(BIN)/python manage.py atlas_run
