@@ -11,11 +11,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from assessments import event_inputs, inputs, selectors, services
-from assessments.auth import BeaconKeyAuthentication
+from assessments.auth import BeaconKeyAuthentication, session_proof
 from core.api.errors import ApiError
 from core.api.pagination import CursorPagination, paginated
 from core.api.parsers import DepthSafeJSONParser, JSONParser
 from tenants.permissions import HasAnyKey
+from tenants.throttles import SUBMIT_BUCKET
 
 
 class PlainTextJSONParser(JSONParser):
@@ -33,12 +34,11 @@ class EventsPlainTextParser(EventsJSONParser):
     media_type = "text/plain"
 
 
-class SessionOut(serializers.Serializer):
+class VisitorSessionOut(serializers.Serializer):
+    """What a publishable key sees of a session: never its email, first name or form data."""
+
     id = serializers.UUIDField()
     status = serializers.CharField()
-    email = serializers.CharField(allow_null=True)
-    firstName = serializers.CharField(source="first_name", allow_null=True)
-    formData = serializers.JSONField(source="form_data")
     responses = serializers.JSONField()
     metadata = serializers.JSONField()
     createdAt = serializers.DateTimeField(source="created_at")
@@ -46,6 +46,29 @@ class SessionOut(serializers.Serializer):
     completedAt = serializers.DateTimeField(source="completed_at", allow_null=True)
     abandonedAt = serializers.DateTimeField(source="abandoned_at", allow_null=True)
     lastActivityAt = serializers.DateTimeField(source="last_activity_at", allow_null=True)
+
+
+class SessionOut(VisitorSessionOut):
+    """What a secret key sees of a session."""
+
+    email = serializers.CharField(allow_null=True)
+    firstName = serializers.CharField(source="first_name", allow_null=True)
+    formData = serializers.JSONField(source="form_data")
+
+
+class SessionCreatedOut(SessionOut):
+    """The 201 answer that created a session (fields as the key may see them)."""
+
+    sessionToken = serializers.CharField(
+        help_text="Only in this answer: keep it and send it as X-Session-Token on every later "
+        "publishable-key call for this session."
+    )
+
+
+def session_data(request, session) -> dict:
+    """The session as the caller's key may see it."""
+    out = SessionOut if request.auth.is_secret else VisitorSessionOut
+    return out(session).data
 
 
 class SubmissionOut(serializers.Serializer):
@@ -81,21 +104,36 @@ class SessionUpsertView(_BrowserView):
     @extend_schema(
         tags=["assessments"],
         request=inputs.SESSION_IN,
-        responses={200: SessionOut, 201: SessionOut},
+        responses={200: SessionOut, 201: SessionCreatedOut},
         summary="Create or move a session forward (never backwards; safe out of order)",
+        description="The 201 answer that creates a session carries `sessionToken` (once). "
+        "With a publishable key a later call for the session needs it (X-Session-Token; a "
+        "text/plain beacon may send it as the body field sessionToken) and the answer "
+        "leaves out email, firstName and formData.",
     )
     def post(self, request):
         values = inputs.SESSION_IN.clean(request.data)
-        session, created = services.session_upsert(tenant_id=request.tenant_id, **values)
-        return Response(SessionOut(session).data, status=201 if created else 200)
+        proof = session_proof(request, beacon_body=True)
+        upsert = services.session_upsert(tenant_id=request.tenant_id, proof=proof, **values)
+        data = session_data(request, upsert.session)
+        if upsert.token is not None:
+            data = {**data, "sessionToken": upsert.token}
+        return Response(data, status=201 if upsert.created else 200)
 
 
 class SessionDetailView(_BrowserView):
-    @extend_schema(tags=["assessments"], responses=SessionOut, summary="A session of the tenant")
+    @extend_schema(
+        tags=["assessments"],
+        responses=SessionOut,
+        summary="A session of the tenant (publishable key: with X-Session-Token, no personal "
+        "fields)",
+    )
     def get(self, request, session_id: str):
         session_uuid = inputs.path_uuid(session_id, code="invalid_session_id", field="sessionId")
-        session = selectors.session_get(tenant_id=request.tenant_id, session_id=session_uuid)
-        return Response(SessionOut(session).data)
+        session = selectors.session_get(
+            tenant_id=request.tenant_id, session_id=session_uuid, proof=session_proof(request)
+        )
+        return Response(session_data(request, session))
 
 
 class SessionAnswersView(_BrowserView):
@@ -109,12 +147,17 @@ class SessionAnswersView(_BrowserView):
         session_uuid = inputs.path_uuid(session_id, code="invalid_session_id", field="sessionId")
         values = inputs.ANSWERS_IN.clean(request.data)
         session = services.session_answers_merge(
-            tenant_id=request.tenant_id, session_id=session_uuid, **values
+            tenant_id=request.tenant_id,
+            session_id=session_uuid,
+            proof=session_proof(request),
+            **values,
         )
-        return Response(SessionOut(session).data)
+        return Response(session_data(request, session))
 
 
 class SubmitView(_BrowserView):
+    throttle_bucket = SUBMIT_BUCKET  # publishable keys: its own per-visitor budget
+
     @extend_schema(
         tags=["assessments"],
         request=inputs.SUBMIT_IN,
@@ -124,7 +167,10 @@ class SubmitView(_BrowserView):
     def post(self, request):
         values = inputs.SUBMIT_IN.clean(request.data)
         submission, created = services.submission_create(
-            tenant_id=request.tenant_id, body_hash=services.request_hash(request.data), **values
+            tenant_id=request.tenant_id,
+            body_hash=services.request_hash(request.data),
+            proof=session_proof(request),
+            **values,
         )
         response = Response(SubmissionOut(submission).data, status=201 if created else 200)
         if not created:

@@ -1,9 +1,13 @@
-"""sendBeacon cannot set headers, so a beacon carries its publishable key as `?key=pk_…`.
+"""Browser authentication for the assessment endpoints.
 
-Only publishable keys (public by design, still bound to their allowed origins) are taken
-from the URL; a secret key in a URL would end up in access logs, so it is ignored.
+sendBeacon cannot set headers, so a beacon carries its publishable key as `?key=pk_…`. Only
+publishable keys (public by design, still bound to their allowed origins) are taken from the
+URL; a secret key in a URL is refused with 400 secret_key_in_url (tenants.auth). The session
+token a publishable-key request presents is read here too (assessments.session_tokens).
 """
 
+from assessments import session_tokens
+from assessments.session_tokens import SessionProof
 from tenants.auth import ApiKeyAuthentication
 
 
@@ -18,3 +22,19 @@ class BeaconKeyAuthentication(ApiKeyAuthentication):
                 # request.headers is a cached view of META built by earlier middleware.
                 django_request.__dict__.pop("headers", None)
         return super().authenticate(request)
+
+
+def session_proof(request, *, beacon_body: bool = False) -> SessionProof | None:
+    """What a publishable-key request presents for its session (None for a secret key: trusted).
+
+    The token comes from the X-Session-Token header; a beacon (text/plain: sendBeacon cannot
+    set headers) may carry it as the body field `sessionToken` when `beacon_body` allows.
+    """
+    if request.auth.is_secret:
+        return None
+    token = request.headers.get(session_tokens.HEADER)
+    if not token and beacon_body and request.content_type.startswith("text/plain"):
+        data = request.data
+        candidate = data.get(session_tokens.BODY_FIELD) if isinstance(data, dict) else None
+        token = candidate if isinstance(candidate, str) else None
+    return SessionProof(token or None)

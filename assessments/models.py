@@ -30,6 +30,14 @@ class AssessmentSession(TenantOwnedModel):
     completed_at = models.DateTimeField(null=True, blank=True)
     abandoned_at = models.DateTimeField(null=True, blank=True)
     last_activity_at = models.DateTimeField(null=True, blank=True)
+    token_hash = models.CharField(
+        max_length=64,
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="SHA-256 of the session token handed to the browser that created it "
+        "(assessments.session_tokens); the token itself is never stored.",
+    )
 
     class Meta:
         ordering = ["-created_at"]

@@ -8,11 +8,17 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from assessments.models import AssessmentSession, Submission
+from assessments.session_tokens import SessionProof
 from tenants.scoping import tenant_get_or_404, tenant_queryset
 
 
-def session_get(*, tenant_id, session_id) -> AssessmentSession:
-    return tenant_get_or_404(AssessmentSession, tenant_id=tenant_id, pk=session_id)
+def session_get(*, tenant_id, session_id, proof: SessionProof | None = None) -> AssessmentSession:
+    """A session of the tenant (404 otherwise); with a `proof` (publishable key) only for the
+    holder of its token (403)."""
+    session = tenant_get_or_404(AssessmentSession, tenant_id=tenant_id, pk=session_id)
+    if proof is not None:
+        proof.check(session.token_hash)
+    return session
 
 
 def submission_get(*, tenant_id, submission_id) -> Submission:

@@ -13,6 +13,7 @@ import json
 import logging
 import uuid
 from datetime import timedelta
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
@@ -23,6 +24,7 @@ from django.utils import timezone
 
 from assessments import metrics
 from assessments.models import AnalyticsEvent, AssessmentSession, Submission
+from assessments.session_tokens import SessionProof, token_issue
 from core.errors import DomainError, ErrorKind
 from outbox.services import event_publish
 from tenants.scoping import tenant_get_or_404, tenant_queryset
@@ -44,12 +46,12 @@ _MOVES = [f"{old}>{new}" for old, targets in TRANSITIONS.items() for new in targ
 _SESSION_UPSERT = f"""
 INSERT INTO {AssessmentSession._meta.db_table} AS s
     (id, tenant_id, status, email, first_name, form_data, responses, metadata,
-     completed_at, abandoned_at, last_activity_at, created_at, updated_at)
+     completed_at, abandoned_at, last_activity_at, created_at, updated_at, token_hash)
 VALUES (%(id)s, %(tenant_id)s, %(status)s, %(email)s, %(first_name)s, %(form_data)s::jsonb,
         %(responses)s::jsonb, %(metadata)s::jsonb,
         CASE WHEN %(status)s = 'completed' THEN %(now)s END,
         CASE WHEN %(status)s = 'abandoned' THEN %(now)s END,
-        %(now)s, %(now)s, %(now)s)
+        %(now)s, %(now)s, %(now)s, %(token_hash)s)
 ON CONFLICT (id) DO UPDATE SET
     status = CASE WHEN s.status || '>' || EXCLUDED.status = ANY(%(moves)s)
                   THEN EXCLUDED.status ELSE s.status END,
@@ -65,14 +67,22 @@ ON CONFLICT (id) DO UPDATE SET
                         THEN EXCLUDED.updated_at ELSE s.abandoned_at END,
     last_activity_at = EXCLUDED.updated_at,
     updated_at = EXCLUDED.updated_at
--- another tenant's id is never touched; a completed session is final (fields included)
+-- another tenant's id is never touched; a completed session is final (fields included);
+-- with a publishable key only the holder of the session's token changes it
 WHERE s.tenant_id = EXCLUDED.tenant_id AND s.status <> 'completed'
+  AND (%(trusted)s OR s.token_hash = %(presented_hash)s)
 RETURNING s.*, (xmax = 0) AS inserted
 """
 
 
 def _json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class SessionUpsert(NamedTuple):
+    session: AssessmentSession
+    created: bool
+    token: str | None  # the new session's token: handed out once, never stored
 
 
 def session_upsert(
@@ -85,11 +95,15 @@ def session_upsert(
     form_data: dict | None = None,
     metadata: dict | None = None,
     responses: dict | None = None,
-) -> tuple[AssessmentSession, bool]:
-    """Create or move a session forward in one statement; returns (session, created).
+    proof: SessionProof | None = None,
+) -> SessionUpsert:
+    """Create or move a session forward in one statement.
 
-    Safe out of order and under concurrency: the transition guard lives in the UPDATE.
+    Safe out of order and under concurrency: the transition guard lives in the UPDATE, and
+    so does the token check for publishable-key callers (`proof`; None: a trusted caller).
+    A new session gets a token; only its digest is stored.
     """
+    token, digest = token_issue()
     params = {
         "id": session_id,
         "tenant_id": tenant_id,
@@ -101,41 +115,55 @@ def session_upsert(
         "metadata": _json(metadata or {}),
         "now": timezone.now(),
         "moves": _MOVES,
+        "token_hash": digest,
+        "trusted": proof is None,
+        "presented_hash": proof.digest if proof else None,
     }
     # raw() applies the model's field converters to the RETURNING row: no second SELECT.
     rows = list(AssessmentSession.objects.raw(_SESSION_UPSERT, params))
     if rows:
-        return rows[0], rows[0].inserted  # type: ignore[attr-defined]  # RETURNING's extra column
-    # No row returned: the session is completed (unchanged) or belongs to another tenant (404).
-    return tenant_get_or_404(AssessmentSession, tenant_id=tenant_id, pk=session_id), False
+        created = rows[0].inserted  # type: ignore[attr-defined]  # RETURNING's extra column
+        return SessionUpsert(rows[0], created, token if created else None)
+    # No row returned: another tenant's (404), the token does not match (403), or the
+    # session is completed (returned unchanged).
+    session = tenant_get_or_404(AssessmentSession, tenant_id=tenant_id, pk=session_id)
+    if proof is not None:
+        proof.check(session.token_hash)
+    return SessionUpsert(session, False, None)
 
 
 def session_answers_merge(
-    *, tenant_id: TenantId, session_id: uuid.UUID, answers: dict
+    *,
+    tenant_id: TenantId,
+    session_id: uuid.UUID,
+    answers: dict,
+    proof: SessionProof | None = None,
 ) -> AssessmentSession:
     """Merge answers into `responses` with ONE UPDATE (`responses || patch`).
 
     Concurrent answers to different questions never overwrite each other: PostgreSQL
-    serialises the row update and each one merges into the latest version.
+    serialises the row update and each one merges into the latest version. With a `proof`
+    (publishable key) the UPDATE also matches the session's token digest.
     """
     patch = Value(answers, output_field=JSONField())
-    changed = (
-        tenant_queryset(AssessmentSession, tenant_id=tenant_id)
-        .filter(pk=session_id)
-        .exclude(status=Status.COMPLETED)
-        .update(
-            responses=CombinedExpression(F("responses"), "||", patch, output_field=JSONField()),
-            # answering resumes a started or abandoned session
-            status=Case(
-                When(status__in=[Status.STARTED, Status.ABANDONED], then=Value(Status.IN_PROGRESS)),
-                default=F("status"),
-            ),
-            last_activity_at=Now(),
-            updated_at=Now(),
-        )
+    target = tenant_queryset(AssessmentSession, tenant_id=tenant_id).filter(pk=session_id)
+    if proof is not None:
+        digest = proof.digest
+        target = target.filter(token_hash=digest) if digest else target.none()
+    changed = target.exclude(status=Status.COMPLETED).update(
+        responses=CombinedExpression(F("responses"), "||", patch, output_field=JSONField()),
+        # answering resumes a started or abandoned session
+        status=Case(
+            When(status__in=[Status.STARTED, Status.ABANDONED], then=Value(Status.IN_PROGRESS)),
+            default=F("status"),
+        ),
+        last_activity_at=Now(),
+        updated_at=Now(),
     )
     session = tenant_get_or_404(AssessmentSession, tenant_id=tenant_id, pk=session_id)
     if not changed:
+        if proof is not None:
+            proof.check(session.token_hash)
         raise DomainError(
             "session_completed",
             "This session is completed; its answers can no longer change.",
@@ -171,12 +199,18 @@ def submission_create(
     email: str | None = None,
     first_name: str | None = None,
     body_hash: str,
+    proof: SessionProof | None = None,
 ) -> tuple[Submission, bool]:
     """Store a submission once per submissionId; returns (submission, created).
 
     ON CONFLICT DO NOTHING waits for a concurrent insert of the same id to commit, so 20
     identical requests produce one row, one completed session and one outbox event; the
     other 19 read the winner's row and compare payload hashes.
+
+    With a `proof` (publishable key) the session must exist and the token match, checked
+    first, so neither a new submission nor a replay reaches a session the caller did not
+    create (a browser creates its session, and gets its token, before it submits; a retried
+    submit then still holds the token). Trusted callers may submit into a new session.
     """
     now = timezone.now()
     params = [
@@ -191,19 +225,22 @@ def submission_create(
         now,
     ]
     with transaction.atomic():
+        if proof is not None:
+            _session_proof_check(tenant_id, session_id, proof)
         inserted = list(Submission.objects.raw(_SUBMISSION_INSERT, params))
         if not inserted:
             return _submission_replay(tenant_id, submission_id, body_hash), False
         submission = inserted[0]
 
-        session, _created = session_upsert(
+        session = session_upsert(
             tenant_id=tenant_id,
             session_id=session_id,
             status=Status.COMPLETED,
             email=email,
             first_name=first_name,
             responses=answers,
-        )
+            proof=proof,  # the token is matched again in the UPDATE itself
+        ).session
         event_publish(
             tenant=tenant_id,
             event_type="assessment.submitted",
@@ -213,6 +250,18 @@ def submission_create(
             ordering_key=f"assessment-session:{session_id}",
         )
     return submission, True
+
+
+def _session_proof_check(tenant_id: TenantId, session_id: uuid.UUID, proof: SessionProof) -> None:
+    """The tenant's session (404, like another tenant's) and its token (403)."""
+    stored = list(
+        tenant_queryset(AssessmentSession, tenant_id=tenant_id)
+        .filter(pk=session_id)
+        .values_list("token_hash", flat=True)
+    )
+    if not stored:
+        raise DomainError("not_found", "No such object.", kind=ErrorKind.NOT_FOUND)
+    proof.check(stored[0])
 
 
 def _submission_replay(tenant_id: TenantId, submission_id: uuid.UUID, body_hash: str) -> Submission:

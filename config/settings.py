@@ -190,6 +190,23 @@ API_KEY_LAST_USED_RESOLUTION_SECONDS = env("API_KEY_LAST_USED_RESOLUTION_SECONDS
 THROTTLE_KEY_RATE = env("THROTTLE_KEY_RATE", default="20000/min")
 THROTTLE_ANON_RATE = env("THROTTLE_ANON_RATE", default="120/min")
 THROTTLE_ENABLED = env("THROTTLE_ENABLED", "bool", True)
+# --- Publishable keys: visitor throttles and the client IP (see tenants/throttles.py) --------
+# The pk_ key is shared by every visitor: budgets are per (key, client IP), submits apart.
+THROTTLE_PUBLISHABLE_RATE = env("THROTTLE_PUBLISHABLE_RATE", default="1200/min")
+THROTTLE_PUBLISHABLE_SUBMIT_RATE = env("THROTTLE_PUBLISHABLE_SUBMIT_RATE", default="60/min")
+for _name, _rate in (
+    ("THROTTLE_KEY_RATE", THROTTLE_KEY_RATE),
+    ("THROTTLE_ANON_RATE", THROTTLE_ANON_RATE),
+    ("THROTTLE_PUBLISHABLE_RATE", THROTTLE_PUBLISHABLE_RATE),
+    ("THROTTLE_PUBLISHABLE_SUBMIT_RATE", THROTTLE_PUBLISHABLE_SUBMIT_RATE),
+):
+    _count, _, _period = _rate.partition("/")
+    if not (_count.isdigit() and int(_count) > 0 and _period[:1] in {"s", "m", "h", "d"}):
+        raise ImproperlyConfigured(f"{_name}={_rate!r} must look like 120/min (s, min, h, day)")
+# Proxies in front of the app that append to X-Forwarded-For; 0: the client is REMOTE_ADDR.
+TRUSTED_PROXY_COUNT = env("TRUSTED_PROXY_COUNT", "int", 0)
+if TRUSTED_PROXY_COUNT < 0:
+    raise ImproperlyConfigured(f"TRUSTED_PROXY_COUNT={TRUSTED_PROXY_COUNT} must be 0 or more")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["tenants.auth.ApiKeyAuthentication"],
@@ -198,7 +215,12 @@ REST_FRAMEWORK = {
         "tenants.throttles.ApiKeyRateThrottle",
         "tenants.throttles.AnonymousIpRateThrottle",
     ],
-    "DEFAULT_THROTTLE_RATES": {"api_key": THROTTLE_KEY_RATE, "anon_ip": THROTTLE_ANON_RATE},
+    "DEFAULT_THROTTLE_RATES": {
+        "api_key": THROTTLE_KEY_RATE,
+        "anon_ip": THROTTLE_ANON_RATE,
+        "publishable": THROTTLE_PUBLISHABLE_RATE,
+        "publishable_submit": THROTTLE_PUBLISHABLE_SUBMIT_RATE,
+    },
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["core.api.parsers.JSONParser"],
     "DEFAULT_PAGINATION_CLASS": "core.api.pagination.CursorPagination",

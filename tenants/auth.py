@@ -5,6 +5,7 @@ from __future__ import annotations
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 
+from core.api.errors import ApiError
 from core.errors import DomainError
 from core.logging import log_context
 from tenants.services import apikey_authenticate
@@ -19,10 +20,25 @@ def _throttle_anonymous(request):
         raise exceptions.Throttled(wait=throttle.wait())
 
 
+def refuse_secret_key_in_url(request) -> None:
+    """A secret key in a URL ends up in access logs, proxies and browser history: refuse it
+    (400 secret_key_in_url) under any parameter name, whatever else authenticates."""
+    for name, values in request.query_params.lists():
+        if any(value.startswith("sk_") for value in values):
+            raise ApiError(
+                "secret_key_in_url",
+                "Secret keys never go in a URL: send 'Authorization: Bearer <key>' and "
+                "revoke this key, it may be in logs already.",
+                details={"parameter": name},
+            )
+
+
 class ApiKeyAuthentication(BaseAuthentication):
     keyword = "Bearer"
 
     def authenticate(self, request):
+        if request.META.get("QUERY_STRING"):
+            refuse_secret_key_in_url(request)
         header = get_authorization_header(request).decode("latin-1").strip()
         if not header:
             _throttle_anonymous(request)

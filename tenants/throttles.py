@@ -1,10 +1,24 @@
-"""Rate limits per API key and per anonymous IP (DRF throttles on the shared cache).
+"""Rate limits (DRF throttles on the shared cache). A throttled request gets 429 rate_limited
+with Retry-After.
 
-A throttled request gets 429 rate_limited with Retry-After.
+- secret key: one budget per key (`api_key`, THROTTLE_KEY_RATE);
+- publishable key: it is public and shared by every visitor, so a budget per key would let
+  one visitor spend everyone's. Its budget is per (key, client IP) (`publishable`,
+  THROTTLE_PUBLISHABLE_RATE), and views that set `throttle_bucket = "submit"` count in a
+  separate per (key, client IP) bucket (`publishable_submit`,
+  THROTTLE_PUBLISHABLE_SUBMIT_RATE), so spent event traffic never blocks a submit;
+- no valid key: per client IP (`anon_ip`, THROTTLE_ANON_RATE).
+
+The client IP is `core.clientip.client_ip` (X-Forwarded-For only through TRUSTED_PROXY_COUNT
+proxies), never DRF's own reading of the whole header, which a client can rotate.
 """
 
 from django.conf import settings
 from rest_framework.throttling import SimpleRateThrottle
+
+from core.clientip import client_ip
+
+SUBMIT_BUCKET = "submit"
 
 
 class _AtlasThrottle(SimpleRateThrottle):
@@ -13,6 +27,9 @@ class _AtlasThrottle(SimpleRateThrottle):
         from rest_framework.settings import api_settings
 
         return api_settings.DEFAULT_THROTTLE_RATES[self.scope]
+
+    def get_ident(self, request):
+        return client_ip(request)
 
     def allow_request(self, request, view):
         if not settings.THROTTLE_ENABLED:
@@ -23,11 +40,24 @@ class _AtlasThrottle(SimpleRateThrottle):
 class ApiKeyRateThrottle(_AtlasThrottle):
     scope = "api_key"
 
+    def allow_request(self, request, view):
+        principal = getattr(request, "auth", None)
+        if getattr(principal, "kind", None) == "publishable":
+            # The bucket depends on the view: pick its rate before counting.
+            bucket = getattr(view, "throttle_bucket", None)
+            self.scope = "publishable_submit" if bucket == SUBMIT_BUCKET else "publishable"
+            self.rate = self.get_rate()
+            self.num_requests, self.duration = self.parse_rate(self.rate)
+        return super().allow_request(request, view)
+
     def get_cache_key(self, request, view):
-        key_id = getattr(getattr(request, "auth", None), "key_id", None)
+        principal = getattr(request, "auth", None)
+        key_id = getattr(principal, "key_id", None)
         if key_id is None:
             return None
-        return self.cache_format % {"scope": self.scope, "ident": key_id}
+        # a publishable key's buckets are per visitor: (key, client IP)
+        ident = key_id if self.scope == "api_key" else f"{key_id}:{self.get_ident(request)}"
+        return self.cache_format % {"scope": self.scope, "ident": ident}
 
 
 class IpRateThrottle(_AtlasThrottle):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 import factory
@@ -9,6 +10,10 @@ from django.utils import timezone
 
 from assessments.models import AnalyticsEvent, AssessmentSession, Submission
 from tests.factories import TenantFactory
+
+# Sessions made by SessionFactory carry this token (as its hash, like real ones); the
+# assessments tests' browser_api sends it as X-Session-Token.
+SESSION_TOKEN = "test-session-token-0123456789abcdefghijklmnop"
 
 
 class SessionFactory(factory.django.DjangoModelFactory):
@@ -18,6 +23,7 @@ class SessionFactory(factory.django.DjangoModelFactory):
     tenant = factory.SubFactory(TenantFactory)
     status = AssessmentSession.Status.STARTED
     last_activity_at = factory.LazyFunction(timezone.now)
+    token_hash = hashlib.sha256(SESSION_TOKEN.encode()).hexdigest()
 
 
 class SubmissionFactory(factory.django.DjangoModelFactory):

@@ -8,7 +8,7 @@ from django.test.utils import CaptureQueriesContext
 
 from assessments.models import AssessmentSession
 from assessments.services import session_answers_merge
-from tests.assessments.factories import SessionFactory
+from tests.assessments.factories import SESSION_TOKEN, SessionFactory
 from tests.tenancy import assert_error, assert_tenant_isolated
 
 
@@ -142,7 +142,9 @@ def test_hundred_concurrent_answers_are_all_stored(tenant, publishable_key):
 
     def answer(i):
         try:
-            client = client_for(publishable_key, HTTP_ORIGIN=ORIGIN)
+            client = client_for(
+                publishable_key, HTTP_ORIGIN=ORIGIN, HTTP_X_SESSION_TOKEN=SESSION_TOKEN
+            )
             barrier.wait(timeout=30)
             response = client.post(url(session.id), {"questionId": f"q{i}", "answer": i}, "json")
             with lock:

@@ -11,6 +11,13 @@ URL = "/api/assessments/session"
 pytestmark = pytest.mark.django_db
 
 
+def create(client, body) -> dict:
+    """POST a new session; the headers that carry its token on the next calls."""
+    response = client.post(URL, body, format="json")
+    assert response.status_code == 201, response.content
+    return {"HTTP_X_SESSION_TOKEN": response.json()["sessionToken"]}
+
+
 def test_first_post_creates_session_with_client_id(browser_api, tenant):
     body = session_body(
         email="ada@example.com", firstName="Ada", formData={"age": 36}, metadata={"src": "ad"}
@@ -27,18 +34,21 @@ def test_first_post_creates_session_with_client_id(browser_api, tenant):
     assert row.form_data == {"age": 36} and row.metadata == {"src": "ad"}
     assert row.last_activity_at is not None
     assert response.json()["id"] == body["sessionId"]
-    assert response.json()["formData"] == {"age": 36}
+    assert response.json()["metadata"] == {"src": "ad"}
+    assert response.json()["sessionToken"]
+    # a publishable key never reads personal fields back (assessments.session_tokens)
+    assert not {"email", "firstName", "formData"} & set(response.json())
 
 
 def test_status_moves_forward_and_merges_fields(browser_api):
     body = session_body(formData={"a": 1})
-    browser_api.post(URL, body, format="json")
+    token = create(browser_api, body)
     response = browser_api.post(
-        URL, {**body, "status": "in_progress", "formData": {"b": 2}}, format="json"
+        URL, {**body, "status": "in_progress", "formData": {"b": 2}}, format="json", **token
     )
     assert response.status_code == 200
     assert response.json()["status"] == "in_progress"
-    assert response.json()["formData"] == {"a": 1, "b": 2}
+    assert AssessmentSession.objects.get(pk=body["sessionId"]).form_data == {"a": 1, "b": 2}
 
 
 @pytest.mark.parametrize(
@@ -56,8 +66,8 @@ def test_status_moves_forward_and_merges_fields(browser_api):
 )
 def test_late_updates_never_move_backwards(browser_api, first, late, expected):
     body = session_body(status=first)
-    browser_api.post(URL, body, format="json")
-    response = browser_api.post(URL, {**body, "status": late}, format="json")
+    token = create(browser_api, body)
+    response = browser_api.post(URL, {**body, "status": late}, format="json", **token)
     assert response.status_code == 200
     assert response.json()["status"] == expected
     assert AssessmentSession.objects.get(pk=body["sessionId"]).status == expected
@@ -65,11 +75,11 @@ def test_late_updates_never_move_backwards(browser_api, first, late, expected):
 
 def test_completed_session_is_final_including_fields(browser_api):
     body = session_body(status="completed", email="a@example.com")
-    browser_api.post(URL, body, format="json")
+    token = create(browser_api, body)
     row = AssessmentSession.objects.get(pk=body["sessionId"])
     assert row.completed_at is not None
     response = browser_api.post(
-        URL, {**body, "status": "in_progress", "email": "late@example.com"}, format="json"
+        URL, {**body, "status": "in_progress", "email": "late@example.com"}, "json", **token
     )
     assert response.status_code == 200
     again = AssessmentSession.objects.get(pk=body["sessionId"])
@@ -83,10 +93,10 @@ def test_completed_session_is_final_including_fields(browser_api):
 
 def test_abandoned_sets_abandoned_at_and_repeat_is_harmless(browser_api):
     body = session_body(status="in_progress")
-    browser_api.post(URL, body, format="json")
-    first = browser_api.post(URL, {**body, "status": "abandoned"}, format="json").json()
+    token = create(browser_api, body)
+    first = browser_api.post(URL, {**body, "status": "abandoned"}, "json", **token).json()
     assert first["status"] == "abandoned" and first["abandonedAt"]
-    second = browser_api.post(URL, {**body, "status": "abandoned"}, format="json").json()
+    second = browser_api.post(URL, {**body, "status": "abandoned"}, "json", **token).json()
     assert second["abandonedAt"] == first["abandonedAt"]
     assert AssessmentSession.objects.count() == 1
 
@@ -105,9 +115,9 @@ def test_beacon_text_plain_with_key_in_query(publishable_key):
     assert AssessmentSession.objects.get(pk=body["sessionId"]).status == "abandoned"
 
 
-def test_secret_key_in_query_is_ignored(secret_key, anon_api):
+def test_secret_key_in_query_is_refused(secret_key, anon_api):
     response = anon_api.post(f"{URL}?key={secret_key}", session_body(), format="json")
-    assert_error(response, 401, "authentication_required")
+    assert_error(response, 400, "secret_key_in_url")
     assert AssessmentSession.objects.count() == 0
 
 
@@ -206,14 +216,16 @@ def test_database_refuses_invalid_rows(tenant, field, value):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_concurrent_out_of_order_updates_end_completed(tenant, publishable_key):
+def test_concurrent_out_of_order_updates_end_completed(tenant, secret_key):
     """30 threads race to create/update one session; one of them says completed. Whatever the
-    order, there is one row and it ends completed (never rewound by a late update)."""
+    order, there is one row and it ends completed (never rewound by a late update). A secret
+    key: with a publishable one only the creator holds the token (tested in
+    test_session_token)."""
     import threading
 
     from django.db import connections
 
-    from tests.conftest import ORIGIN, client_for
+    from tests.conftest import client_for
 
     session_id = str(uuid.uuid4())
     statuses = ["started", "in_progress", "abandoned"] * 10
@@ -223,7 +235,7 @@ def test_concurrent_out_of_order_updates_end_completed(tenant, publishable_key):
 
     def send(status):
         try:
-            client = client_for(publishable_key, HTTP_ORIGIN=ORIGIN)
+            client = client_for(secret_key)
             barrier.wait(timeout=30)
             response = client.post(URL, {"sessionId": session_id, "status": status}, "json")
             with lock:
@@ -240,7 +252,5 @@ def test_concurrent_out_of_order_updates_end_completed(tenant, publishable_key):
     row = AssessmentSession.objects.get(pk=session_id)
     assert row.status == "completed" and row.completed_at is not None
     # and a late update after the race changes nothing
-    client_for(publishable_key, HTTP_ORIGIN=ORIGIN).post(
-        URL, {"sessionId": session_id, "status": "started"}, "json"
-    )
+    client_for(secret_key).post(URL, {"sessionId": session_id, "status": "started"}, "json")
     assert AssessmentSession.objects.get(pk=session_id).status == "completed"

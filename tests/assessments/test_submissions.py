@@ -6,7 +6,12 @@ from django.db import connections
 
 from assessments.models import AssessmentSession, Submission
 from outbox.models import OutboxEvent
-from tests.assessments.factories import SessionFactory, SubmissionFactory, submit_body
+from tests.assessments.factories import (
+    SESSION_TOKEN,
+    SessionFactory,
+    SubmissionFactory,
+    submit_body,
+)
 from tests.conftest import ORIGIN, client_for
 from tests.tenancy import assert_error, assert_tenant_isolated
 
@@ -43,9 +48,10 @@ def test_first_submit_stores_completes_session_and_enqueues_event(browser_api, t
 
 
 @pytest.mark.django_db
-def test_submit_without_prior_session_creates_it_completed(browser_api, tenant):
+def test_submit_without_prior_session_creates_it_completed(api, tenant):
+    # a secret key may; a publishable key needs its session first (test_session_token)
     body = submit_body(email="b@example.com", firstName="Bo")
-    assert browser_api.post(URL, body, format="json").status_code == 201
+    assert api.post(URL, body, format="json").status_code == 201
     session = AssessmentSession.objects.get(pk=body["sessionId"])
     assert (session.tenant_id, session.status, session.email, session.first_name) == (
         tenant.id,
@@ -57,7 +63,7 @@ def test_submit_without_prior_session_creates_it_completed(browser_api, tenant):
 
 @pytest.mark.django_db
 def test_replayed_submission_returns_original(browser_api, tenant):
-    body = submit_body()
+    body = submit_body(SessionFactory(tenant=tenant).id)
     first = browser_api.post(URL, body, format="json")
     # same payload, keys in another order
     second = browser_api.post(URL, dict(reversed(list(body.items()))), format="json")
@@ -68,8 +74,8 @@ def test_replayed_submission_returns_original(browser_api, tenant):
 
 
 @pytest.mark.django_db
-def test_reused_submission_id_with_other_payload_is_422(browser_api):
-    body = submit_body()
+def test_reused_submission_id_with_other_payload_is_422(browser_api, tenant):
+    body = submit_body(SessionFactory(tenant=tenant).id)
     browser_api.post(URL, body, format="json")
     response = browser_api.post(URL, {**body, "answers": {"q1": "no"}}, format="json")
     assert_error(response, 422, "idempotency_key_reused")
@@ -78,8 +84,10 @@ def test_reused_submission_id_with_other_payload_is_422(browser_api):
 
 
 @pytest.mark.django_db
-def test_other_tenant_reusing_a_submission_id_gets_422_and_sees_nothing(browser_api, other_api):
-    body = submit_body()
+def test_other_tenant_reusing_a_submission_id_gets_422_and_sees_nothing(
+    browser_api, other_api, tenant
+):
+    body = submit_body(SessionFactory(tenant=tenant).id)
     browser_api.post(URL, body, format="json")
     response = other_api.post(URL, body, format="json")
     error = assert_error(response, 422, "idempotency_key_reused")
@@ -143,13 +151,15 @@ def test_submit_body_must_be_object(browser_api):
 
 @pytest.mark.django_db(transaction=True)
 def test_twenty_concurrent_identical_submissions_make_one_row(tenant, publishable_key):
-    body = submit_body()
+    body = submit_body(SessionFactory(tenant=tenant).id)
     barrier = threading.Barrier(20)
     results, lock = [], threading.Lock()
 
     def submit():
         try:
-            client = client_for(publishable_key, HTTP_ORIGIN=ORIGIN)
+            client = client_for(
+                publishable_key, HTTP_ORIGIN=ORIGIN, HTTP_X_SESSION_TOKEN=SESSION_TOKEN
+            )
             barrier.wait(timeout=30)
             response = client.post(URL, body, format="json")
             with lock:

@@ -1,19 +1,28 @@
 """Tenant isolation matrix, generated from the URL configuration.
 
-For every API route: no key → 401; a publishable key on a server-only route → 403; and for
+For every API route: no key → 401; a publishable key on a server-only route → 403; for
 every route that takes an id, tenant A's secret key on tenant B's object → 404 for every
-method the view implements, with B's object unchanged.
+method the view implements, with B's object unchanged; and for every browser route of one
+assessment session, the tenant's own publishable key without (or with a wrong) session token
+→ 403 session_token_required / invalid_session_token, nothing changed.
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.views import APIView
 
 from tenants.auth import ApiKeyAuthentication
-from tenants.permissions import HasSecretKey
-from tests.hardening.isolation_registry import REGISTRY, REQUEST_SHAPES
+from tenants.permissions import HasAnyKey, HasSecretKey
+from tests.hardening.isolation_registry import (
+    REGISTRY,
+    REQUEST_SHAPES,
+    SESSION_SCOPED,
+    TOKEN_EXEMPT,
+)
 from tests.tenancy import assert_error
 
 METHODS = ("get", "head", "post", "put", "patch", "delete")
@@ -130,3 +139,67 @@ def test_publishable_key_is_403_on_server_only_routes(route, view_class, methods
             assert response.status_code == 403, (route, response.status_code)
             continue
         assert_error(response, 403, "secret_key_required")
+
+
+BROWSER_SESSION_ROUTES = [
+    r
+    for r in ROUTES
+    if r[0].startswith("api/assessments/") and HasAnyKey in (r[1].permission_classes or [])
+]
+
+
+@pytest.mark.parametrize("route", [r[0] for r in BROWSER_SESSION_ROUTES])
+def test_every_browser_assessment_route_is_token_checked_or_exempt(route):
+    assert route in SESSION_SCOPED or route in TOKEN_EXEMPT, (
+        f"{route} is open to publishable keys: add it to SESSION_SCOPED (and check the session "
+        "token) or to TOKEN_EXEMPT with the reason, in tests/hardening/isolation_registry.py"
+    )
+
+
+def _session_state(session_id):
+    from assessments.models import AssessmentSession, Submission
+    from outbox.models import OutboxEvent
+
+    return (
+        AssessmentSession.objects.filter(pk=session_id).values().get(),
+        Submission.objects.count(),
+        OutboxEvent.objects.count(),
+    )
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("token", "code"),
+    [(None, "session_token_required"), ("not-the-token", "invalid_session_token")],
+    ids=["no-token", "wrong-token"],
+)
+@pytest.mark.parametrize(
+    ("route", "view_class", "methods"),
+    [r for r in BROWSER_SESSION_ROUTES if r[0] in SESSION_SCOPED],
+    ids=[r[0] for r in BROWSER_SESSION_ROUTES if r[0] in SESSION_SCOPED],
+)
+def test_publishable_key_without_the_session_token_is_refused_and_changes_nothing(
+    route, view_class, methods, token, code, tenant, publishable_key
+):
+    from tests.assessments.factories import SessionFactory
+    from tests.conftest import ORIGIN, client_for
+
+    session = SessionFactory(tenant=tenant, status="in_progress", email="owner@example.test")
+    shape = SESSION_SCOPED[route]
+    url = _url(route, shape["kwargs"](session)) if "kwargs" in shape else "/" + route
+    headers = {"HTTP_X_SESSION_TOKEN": token} if token else {}
+    client = client_for(publishable_key, HTTP_ORIGIN=ORIGIN, **headers)
+    before = _session_state(session.id)
+    for method in methods:
+        response = client.generic(
+            method.upper(),
+            url,
+            "" if method == "get" else json.dumps(shape["body"](session)),
+            content_type="application/json",
+        )
+        if method == "head":
+            assert response.status_code == 403, (route, response.status_code)
+            continue
+        assert_error(response, 403, code)
+        assert b"owner@example.test" not in response.content
+    assert _session_state(session.id) == before
