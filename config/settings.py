@@ -6,6 +6,7 @@ A malformed value stops start-up with ImproperlyConfigured naming the variable.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "django_q",
+    "axes",  # staff login throttle (see "Staff login" below)
     "tenants",
     "assessments",
     "outbox",
@@ -103,6 +105,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: answers a locked-out login with 429
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -207,6 +210,27 @@ for _name, _rate in (
 TRUSTED_PROXY_COUNT = env("TRUSTED_PROXY_COUNT", "int", 0)
 if TRUSTED_PROXY_COUNT < 0:
     raise ImproperlyConfigured(f"TRUSTED_PROXY_COUNT={TRUSTED_PROXY_COUNT} must be 0 or more")
+
+# --- Staff login: failed logins throttled per account and per IP (django-axes) -------------
+# ADMIN_LOGIN_FAILURE_LIMIT failures for one username, or from one client IP, lock further
+# logins (even with the right password: 429) for ADMIN_LOGIN_COOLOFF_MINUTES. The client IP
+# is the one the API's throttles use (core.clientip: REMOTE_ADDR unless TRUSTED_PROXY_COUNT).
+# Unlock sooner: `manage.py axes_reset_username <name>` / `axes_reset_ip <ip>`.
+ADMIN_LOGIN_FAILURE_LIMIT = env("ADMIN_LOGIN_FAILURE_LIMIT", "int", 5)
+ADMIN_LOGIN_COOLOFF_MINUTES = env("ADMIN_LOGIN_COOLOFF_MINUTES", "int", 15)
+for _name in ("ADMIN_LOGIN_FAILURE_LIMIT", "ADMIN_LOGIN_COOLOFF_MINUTES"):
+    if globals()[_name] < 1:
+        raise ImproperlyConfigured(f"{_name}={globals()[_name]} must be at least 1")
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out login up front
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = ADMIN_LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(minutes=ADMIN_LOGIN_COOLOFF_MINUTES)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # each alone: per account, per IP
+AXES_CLIENT_IP_CALLABLE = "core.clientip.client_ip"
+AXES_RESET_ON_SUCCESS = False  # one valid login must not wipe an IP's failed guesses
+AXES_HTTP_RESPONSE_CODE = 429
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["tenants.auth.ApiKeyAuthentication"],

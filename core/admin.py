@@ -1,5 +1,6 @@
 """Admin pieces every app's console shares: read-only bases, the age filter, a capped
-paginator and a JSON display helper."""
+paginator, a JSON display helper, and the two rules of every action: it declares the
+permission it needs, and it leaves a LogEntry."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from datetime import timedelta
 
 from django.contrib import admin
+from django.contrib.admin.models import CHANGE, LogEntry
 from django.core.paginator import Paginator
 from django.utils import timezone
 from django.utils.functional import cached_property
@@ -96,4 +98,37 @@ def pretty_json(value) -> str:
     return format_html(
         '<pre style="white-space:pre-wrap;max-width:70em">{}</pre>',
         json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True),
+    )
+
+
+# --- Actions: each declares its permission, each leaves a LogEntry ---------------------------
+
+
+def permission_check(codename: str):
+    """`has_<name>_permission` for `@admin.action(permissions=["<name>"])`: the user holds the
+    model app's permission `codename` (e.g. tenants.create_apikey)."""
+
+    def has_permission(self, request) -> bool:
+        return request.user.has_perm(f"{self.opts.app_label}.{codename}")
+
+    has_permission.__name__ = f"has_{codename}_permission"
+    return has_permission
+
+
+def log_admin_action(
+    request, objects, *, action: str, selected: int, changed: int, detail: str = "", flag=None
+) -> None:
+    """One admin LogEntry per row (who, which row, which action, how many rows it touched),
+    so each row's history page shows what staff did to it."""
+    rows = list(objects)
+    if not rows:
+        return
+    message = f"Action {action}: {selected} selected, {changed} changed."
+    if detail:
+        message = f"{message} {detail}"
+    LogEntry.objects.log_actions(
+        user_id=request.user.pk,
+        queryset=rows,
+        action_flag=CHANGE if flag is None else flag,
+        change_message=message,
     )

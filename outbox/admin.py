@@ -5,13 +5,21 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import Count, F, Min, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from core.admin import AgeFilter, NoAddMixin, NoDeleteMixin, ReadOnlyInline
+from core.admin import (
+    AgeFilter,
+    NoAddMixin,
+    NoDeleteMixin,
+    ReadOnlyInline,
+    log_admin_action,
+    permission_check,
+)
 from core.errors import DomainError
 from outbox import services
 from outbox.models import (
@@ -50,6 +58,31 @@ def _report(modeladmin, request, count, verb):
     modeladmin.message_user(request, f"{count} deliveries {verb}.", messages.SUCCESS)
 
 
+def _steer_deliveries(modeladmin, request, queryset, deliveries, *, action, service, verb):
+    """Requeue or cancel the deliveries behind the selected rows; each selected row's history
+    records who did it and how many deliveries changed."""
+    rows = list(queryset)
+    with transaction.atomic():
+        count = service(deliveries=deliveries)
+        log_admin_action(
+            request,
+            rows,
+            action=action,
+            selected=len(rows),
+            changed=count,
+            detail=f"{count} deliveries {verb}.",
+        )
+    _report(modeladmin, request, count, verb)
+
+
+def _steer_targets(modeladmin, request, queryset, *, action, service, verb):
+    targets = list(queryset)
+    with transaction.atomic():
+        changed = sum(service(target=t) for t in targets)
+        log_admin_action(request, targets, action=action, selected=len(targets), changed=changed)
+    modeladmin.message_user(request, f"{changed} targets {verb}.")
+
+
 @admin.register(OutboxEvent)
 class OutboxEventAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
     """Evidence: never added by hand, pruned by outbox_prune only."""
@@ -70,6 +103,9 @@ class OutboxEventAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
     actions = ["requeue_now", "cancel"]
     list_per_page = 100
     show_full_result_count = False  # counting a big outbox on every page is slow
+
+    has_requeue_delivery_permission = permission_check("requeue_delivery")
+    has_cancel_delivery_permission = permission_check("cancel_delivery")
 
     @admin.display(description="attempts (every try, every target)")
     def attempt_log(self, obj):
@@ -96,15 +132,34 @@ class OutboxEventAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
         head = "<tr><th>at</th><th>target</th><th>#</th><th>status</th><th>took</th><th></th></tr>"
         return format_html("<table>{}{}</table>", mark_safe(head), rows) if rows else "—"
 
-    @admin.action(description="Requeue now (dead, cancelled or waiting deliveries)")
+    @admin.action(
+        description="Requeue now (dead, cancelled or waiting deliveries)",
+        permissions=["requeue_delivery"],
+    )
     def requeue_now(self, request, queryset):
-        count = services.delivery_requeue(deliveries=Delivery.objects.filter(event__in=queryset))
-        _report(self, request, count, "requeued")
+        deliveries = Delivery.objects.filter(event__in=queryset)
+        _steer_deliveries(
+            self,
+            request,
+            queryset,
+            deliveries,
+            action="requeue_now",
+            service=services.delivery_requeue,
+            verb="requeued",
+        )
 
-    @admin.action(description="Cancel open deliveries")
+    @admin.action(description="Cancel open deliveries", permissions=["cancel_delivery"])
     def cancel(self, request, queryset):
-        count = services.delivery_cancel(deliveries=Delivery.objects.filter(event__in=queryset))
-        _report(self, request, count, "cancelled")
+        deliveries = Delivery.objects.filter(event__in=queryset)
+        _steer_deliveries(
+            self,
+            request,
+            queryset,
+            deliveries,
+            action="cancel",
+            service=services.delivery_cancel,
+            verb="cancelled",
+        )
 
 
 @admin.register(Delivery)
@@ -136,17 +191,36 @@ class DeliveryAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
     list_per_page = 100
     show_full_result_count = False
 
+    has_requeue_delivery_permission = permission_check("requeue_delivery")
+    has_cancel_delivery_permission = permission_check("cancel_delivery")
+
     @admin.display(description="last error")
     def last_error_short(self, obj):
         return obj.last_error[:80]
 
-    @admin.action(description="Requeue now")
+    @admin.action(description="Requeue now", permissions=["requeue_delivery"])
     def requeue_now(self, request, queryset):
-        _report(self, request, services.delivery_requeue(deliveries=queryset), "requeued")
+        _steer_deliveries(
+            self,
+            request,
+            queryset,
+            queryset,
+            action="requeue_now",
+            service=services.delivery_requeue,
+            verb="requeued",
+        )
 
-    @admin.action(description="Cancel")
+    @admin.action(description="Cancel", permissions=["cancel_delivery"])
     def cancel(self, request, queryset):
-        _report(self, request, services.delivery_cancel(deliveries=queryset), "cancelled")
+        _steer_deliveries(
+            self,
+            request,
+            queryset,
+            queryset,
+            action="cancel",
+            service=services.delivery_cancel,
+            verb="cancelled",
+        )
 
 
 class CircuitTransitionInline(ReadOnlyInline):
@@ -187,6 +261,10 @@ class TargetAdmin(admin.ModelAdmin):
     exclude = ["secret", "previous_secret"]  # shown by the API's secret endpoint, not here
     inlines = [CircuitTransitionInline]
     actions = ["pause", "resume", "reset_circuit", "send_test_event"]
+
+    has_pause_target_permission = permission_check("pause_target")
+    has_reset_target_circuit_permission = permission_check("reset_target_circuit")
+    has_send_target_test_permission = permission_check("send_target_test")
 
     def get_queryset(self, request):
         since = timezone.now() - timedelta(hours=24)
@@ -236,31 +314,49 @@ class TargetAdmin(admin.ModelAdmin):
     def success_rate_24h(self, obj):
         return f"{100 * obj.ok_24h / obj.tries_24h:.1f}%" if obj.tries_24h else "—"
 
-    @admin.action(description="Pause delivery")
+    @admin.action(description="Pause delivery", permissions=["pause_target"])
     def pause(self, request, queryset):
-        n = sum(services.target_pause(target=t) for t in queryset)
-        self.message_user(request, f"{n} targets paused.")
+        _steer_targets(
+            self, request, queryset, action="pause", service=services.target_pause, verb="paused"
+        )
 
-    @admin.action(description="Resume delivery")
+    @admin.action(description="Resume delivery", permissions=["pause_target"])
     def resume(self, request, queryset):
-        n = sum(services.target_resume(target=t) for t in queryset)
-        self.message_user(request, f"{n} targets resumed.")
+        _steer_targets(
+            self, request, queryset, action="resume", service=services.target_resume, verb="resumed"
+        )
 
-    @admin.action(description="Reset circuit breaker (close it)")
+    @admin.action(
+        description="Reset circuit breaker (close it)", permissions=["reset_target_circuit"]
+    )
     def reset_circuit(self, request, queryset):
-        n = sum(services.target_circuit_reset(target=t) for t in queryset)
-        self.message_user(request, f"{n} circuits reset.")
+        _steer_targets(
+            self,
+            request,
+            queryset,
+            action="reset_circuit",
+            service=services.target_circuit_reset,
+            verb="reset",
+        )
 
-    @admin.action(description="Send a test event")
+    @admin.action(description="Send a test event", permissions=["send_target_test"])
     def send_test_event(self, request, queryset):
-        sent = 0
+        sent = []
         for target in queryset:
             try:
                 services.target_test_send(target=target)
-                sent += 1
+                sent.append(target)
             except DomainError as exc:
                 self.message_user(request, f"{target.name}: {exc.message}", messages.ERROR)
-        self.message_user(request, f"{sent} test events queued.")
+        log_admin_action(
+            request,
+            sent,
+            action="send_test_event",
+            selected=len(queryset),
+            changed=len(sent),
+            detail="A test event was queued.",
+        )
+        self.message_user(request, f"{len(sent)} test events queued.")
 
 
 @admin.register(WorkerHeartbeat)

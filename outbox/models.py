@@ -107,6 +107,12 @@ class Target(TenantOwnedModel):
 
     class Meta:
         ordering = ["name"]
+        # admin actions: each needs its own permission (see the README, security)
+        permissions = [
+            ("pause_target", "Can pause and resume delivery to a target"),
+            ("reset_target_circuit", "Can reset a target's circuit breaker"),
+            ("send_target_test", "Can send a test event to a target"),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["tenant", "name"], name="outbox_target_tenant_name_uniq"
@@ -152,6 +158,11 @@ class Delivery(TenantOwnedModel):
 
     class Meta:
         ordering = ["-created_at"]
+        # admin actions: each needs its own permission (see the README, security)
+        permissions = [
+            ("requeue_delivery", "Can requeue deliveries"),
+            ("cancel_delivery", "Can cancel deliveries"),
+        ]
         verbose_name_plural = "deliveries"
         constraints = [
             models.UniqueConstraint(

@@ -8,7 +8,14 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.utils.html import format_html
 
-from core.admin import AppendOnlyAdmin, NoAddMixin, ReadOnlyAdmin, ReadOnlyInline
+from core.admin import (
+    AppendOnlyAdmin,
+    NoAddMixin,
+    ReadOnlyAdmin,
+    ReadOnlyInline,
+    log_admin_action,
+    permission_check,
+)
 from core.errors import DomainError
 from payments.circuit import circuit_record_success
 from payments.models import (
@@ -68,6 +75,8 @@ class PaymentSessionAdmin(AppendOnlyAdmin):
     inlines = [StripeEventInline]
     actions = ["reconcile_with_stripe"]
 
+    has_reconcile_paymentsession_permission = permission_check("reconcile_paymentsession")
+
     @admin.display(description="amount")
     def amount_display(self, obj):
         if obj.amount is None:
@@ -81,10 +90,14 @@ class PaymentSessionAdmin(AppendOnlyAdmin):
             stripe_dashboard_url(obj),
         )
 
-    @admin.action(description="Reconcile with Stripe (re-read the Checkout Session)")
+    @admin.action(
+        description="Reconcile with Stripe (re-read the Checkout Session)",
+        permissions=["reconcile_paymentsession"],
+    )
     def reconcile_with_stripe(self, request, queryset):
         changed = errors = 0
-        for ps in queryset:
+        sessions = list(queryset)
+        for ps in sessions:
             try:
                 _status, note = payment_session_reconcile(payment_session=ps)
             except DomainError as exc:
@@ -92,6 +105,14 @@ class PaymentSessionAdmin(AppendOnlyAdmin):
                 self.message_user(request, f"{ps.pk}: {exc.code}", messages.ERROR)
                 continue
             changed += note.startswith("applied")
+        log_admin_action(
+            request,
+            sessions,
+            action="reconcile_with_stripe",
+            selected=len(sessions),
+            changed=changed,
+            detail=f"{errors} error(s).",
+        )
         self.message_user(
             request, f"{changed} session(s) changed, {errors} error(s).", messages.SUCCESS
         )
@@ -123,12 +144,23 @@ class StripeEventAdmin(ReadOnlyAdmin):
     readonly_fields = [f.name for f in StripeEvent._meta.fields]
     actions = ["reprocess"]
 
-    @admin.action(description="Reprocess selected events", permissions=["view"])
+    has_reprocess_stripeevent_permission = permission_check("reprocess_stripeevent")
+
+    @admin.action(description="Reprocess selected events", permissions=["reprocess_stripeevent"])
     def reprocess(self, request, queryset):
-        ids = list(queryset.values_list("stripe_event_id", flat=True))
+        events = list(queryset)
+        ids = [event.stripe_event_id for event in events]
         counts = stripe_events_reprocess(ids=ids)
         level = messages.ERROR if counts["failed"] else messages.SUCCESS
         summary = ", ".join(f"{k}={v}" for k, v in counts.items())
+        log_admin_action(
+            request,
+            events,
+            action="reprocess",
+            selected=len(events),
+            changed=counts["total"],
+            detail=f"Result: {summary}.",
+        )
         self.message_user(request, f"Reprocessed {counts['total']} event(s): {summary}", level)
 
 
@@ -149,11 +181,20 @@ class CircuitBreakerStateAdmin(NoAddMixin, admin.ModelAdmin):
     readonly_fields = [f.name for f in CircuitBreakerState._meta.fields]
     actions = ["close_circuit"]
 
-    @admin.action(description="Close the circuit (let calls through again)")
+    has_close_stripe_circuit_permission = permission_check("close_stripe_circuit")
+
+    @admin.action(
+        description="Close the circuit (let calls through again)",
+        permissions=["close_stripe_circuit"],
+    )
     def close_circuit(self, request, queryset):
-        for row in queryset:
+        rows = list(queryset)
+        for row in rows:
             circuit_record_success(row.name)
-        self.message_user(request, f"Closed {queryset.count()} circuit(s).", messages.SUCCESS)
+        log_admin_action(
+            request, rows, action="close_circuit", selected=len(rows), changed=len(rows)
+        )
+        self.message_user(request, f"Closed {len(rows)} circuit(s).", messages.SUCCESS)
 
 
 @admin.register(WebhookRejection)

@@ -1,7 +1,19 @@
-from django.contrib import admin, messages
-from django.db import transaction
+"""Tenants and their API keys in the console. Creating and revoking keys are permissions of
+their own (tenants.create_apikey, tenants.revoke_apikey): viewing a tenant is not enough."""
 
-from core.admin import NoAddMixin, NoDeleteMixin, ReadOnlyInline
+from django.contrib import admin
+from django.contrib.admin.models import ADDITION
+from django.db import transaction
+from django.template.response import TemplateResponse
+from django.utils.cache import add_never_cache_headers
+
+from core.admin import (
+    NoAddMixin,
+    NoDeleteMixin,
+    ReadOnlyInline,
+    log_admin_action,
+    permission_check,
+)
 from tenants.models import ApiKey, Tenant
 from tenants.services import apikey_create, apikey_revoke
 
@@ -29,20 +41,54 @@ class TenantAdmin(admin.ModelAdmin):
     inlines = [ApiKeyInline]
     actions = ["create_secret_key", "create_publishable_key"]
 
-    def _create_key(self, request, queryset, kind):
-        for tenant in queryset:
-            with transaction.atomic():
+    has_create_apikey_permission = permission_check("create_apikey")
+
+    def _create_keys(self, request, queryset, kind: str, action: str):
+        """The full keys go into this one response (never a message: messages travel in a
+        cookie and are shown again on the next page), which no cache may keep."""
+        tenants = list(queryset)
+        created, skipped = [], []
+        with transaction.atomic():
+            for tenant in tenants:
+                if not tenant.is_active:
+                    skipped.append(tenant.name)
+                    continue
                 key, raw = apikey_create(tenant=tenant, kind=kind, name="admin")
-            # Shown once: the full key is not stored.
-            self.message_user(request, f"{tenant.name}: new {kind} key {raw}", messages.WARNING)
+                created.append({"tenant": tenant, "key": key, "raw": raw})
+            for row in created:
+                detail = f"Created {kind} key {row['key'].prefix}… for {row['tenant'].name}."
+                for obj, flag in ((row["key"], ADDITION), (row["tenant"], None)):
+                    log_admin_action(
+                        request,
+                        [obj],
+                        action=action,
+                        selected=len(tenants),
+                        changed=len(created),
+                        detail=detail,
+                        flag=flag,
+                    )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"New {kind} keys: shown once",
+            "opts": self.opts,
+            "created": created,
+            "skipped": skipped,
+        }
+        response = TemplateResponse(request, "admin/tenants/apikey_created.html", context)
+        add_never_cache_headers(response)  # Cache-Control: no-store (and no-cache, private)
+        return response
 
-    @admin.action(description="Create a secret key (shown once)")
+    @admin.action(description="Create a secret key (shown once)", permissions=["create_apikey"])
     def create_secret_key(self, request, queryset):
-        self._create_key(request, queryset, ApiKey.Kind.SECRET)
+        return self._create_keys(request, queryset, ApiKey.Kind.SECRET, "create_secret_key")
 
-    @admin.action(description="Create a publishable key (shown once)")
+    @admin.action(
+        description="Create a publishable key (shown once)", permissions=["create_apikey"]
+    )
     def create_publishable_key(self, request, queryset):
-        self._create_key(request, queryset, ApiKey.Kind.PUBLISHABLE)
+        return self._create_keys(
+            request, queryset, ApiKey.Kind.PUBLISHABLE, "create_publishable_key"
+        )
 
 
 @admin.register(ApiKey)
@@ -80,7 +126,14 @@ class ApiKeyAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
     )
     actions = ["revoke"]
 
-    @admin.action(description="Revoke selected keys (effective at once)")
+    has_revoke_apikey_permission = permission_check("revoke_apikey")
+
+    @admin.action(
+        description="Revoke selected keys (effective at once)", permissions=["revoke_apikey"]
+    )
     def revoke(self, request, queryset):
-        changed = sum(apikey_revoke(key=key) for key in queryset)
+        keys = list(queryset)
+        with transaction.atomic():
+            changed = sum(apikey_revoke(key=key) for key in keys)
+            log_admin_action(request, keys, action="revoke", selected=len(keys), changed=changed)
         self.message_user(request, f"Revoked {changed} key(s).")

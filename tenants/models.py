@@ -47,6 +47,11 @@ class ApiKey(TimeStampedModel):
 
     class Meta:
         ordering = ["-created_at"]
+        # admin actions: each needs its own permission (see the README, security)
+        permissions = [
+            ("create_apikey", "Can create API keys (the full key is shown once)"),
+            ("revoke_apikey", "Can revoke API keys"),
+        ]
         constraints = [
             models.CheckConstraint(
                 name="apikey_kind_valid", condition=Q(kind__in=["publishable", "secret"])

@@ -38,7 +38,7 @@ class HasAnyKey(_KeyRequired):
 
 
 class IsStaff(BasePermission):
-    """Operator endpoints: a logged-in Django staff user (session or basic auth)."""
+    """Operator endpoints: a logged-in Django staff user (the admin session)."""
 
     def has_permission(self, request, view):
         user = getattr(request, "user", None)

@@ -12,7 +12,15 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from core.admin import AgeFilter, NoAddMixin, NoDeleteMixin, ReadOnlyAdmin, ReadOnlyInline
+from core.admin import (
+    AgeFilter,
+    NoAddMixin,
+    NoDeleteMixin,
+    ReadOnlyAdmin,
+    ReadOnlyInline,
+    log_admin_action,
+    permission_check,
+)
 from uploads import selectors, staging
 from uploads.models import (
     Attachment,
@@ -58,6 +66,8 @@ class AttachmentAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
     inlines = [FinaliseAttemptInline]
     actions = ["retry_now"]
 
+    has_retry_attachment_permission = permission_check("retry_attachment")
+
     @admin.display(description="last error")
     def short_error(self, obj):
         return (obj.last_error[:80] + "…") if len(obj.last_error) > 80 else obj.last_error
@@ -69,7 +79,9 @@ class AttachmentAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
         url = reverse("admin:uploads_attachment_download", args=[obj.pk])
         return format_html('<a href="{}">download</a>', url)
 
-    @admin.action(description="Retry finalising now (manual retry run)")
+    @admin.action(
+        description="Retry finalising now (manual retry run)", permissions=["retry_attachment"]
+    )
     def retry_now(self, request, queryset):
         ids = list(
             queryset.filter(
@@ -80,6 +92,14 @@ class AttachmentAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
             self.message_user(request, "None of those is pending or failed.", messages.WARNING)
             return
         log = retry_run(source=RetrySource.MANUAL, attachment_ids=ids)
+        log_admin_action(
+            request,
+            Attachment.objects.filter(pk__in=ids),
+            action="retry_now",
+            selected=len(ids),
+            changed=log.attempted,
+            detail=f"Retry run {log.pk}: {log.succeeded} stored, {log.failed} failed.",
+        )
         level = messages.SUCCESS if not log.failed else messages.WARNING
         self.message_user(
             request,

@@ -82,6 +82,10 @@ class Attachment(TenantOwnedModel):
 
     class Meta:
         ordering = ["-created_at"]
+        # admin actions: each needs its own permission (see the README, security)
+        permissions = [
+            ("retry_attachment", "Can retry finalising attachments"),
+        ]
         constraints = [
             models.CheckConstraint(
                 name="attachment_status_valid",
