@@ -132,3 +132,26 @@ def log_admin_action(
         action_flag=CHANGE if flag is None else flag,
         change_message=message,
     )
+
+
+def check_actions_declare_permissions(site=None, **kwargs):
+    """System check (registered by ops.admin): an admin action without `permissions=[...]`,
+    or one that only needs "view", is offered to anyone who may look at the list."""
+    from django.core import checks
+
+    site = site or admin.site
+    errors = []
+    for model, model_admin in site._registry.items():
+        for func, name, _description in model_admin._get_base_actions():
+            needed = set(getattr(func, "allowed_permissions", ()) or ())
+            if not needed or needed == {"view"}:
+                errors.append(
+                    checks.Error(
+                        f"admin action {name!r} of {model._meta.label} declares no permission "
+                        "beyond view",
+                        hint="@admin.action(permissions=[...]) with the permission it needs",
+                        obj=type(model_admin),
+                        id="atlas.E001",
+                    )
+                )
+    return errors

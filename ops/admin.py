@@ -1,15 +1,19 @@
-"""django-q2's task pages, with the one rule every console action follows: it declares the
-permission it needs and leaves a LogEntry. Stock django-q2 lets anyone who may *view* the
-task lists resubmit a task (run its function again)."""
+"""Third-party admin pages (django-q2's tasks, django-axes' login attempts) under the one rule
+every console action follows: it declares the permission it needs and leaves a LogEntry.
+Stock django-q2 lets anyone who may *view* the task lists resubmit a task (run its function
+again); stock axes lets a viewer delete expired login attempts."""
 
 from __future__ import annotations
 
+from axes.admin import AccessAttemptAdmin
+from axes.models import AccessAttempt
 from django.contrib import admin
+from django.core import checks
 from django.db import transaction
 from django_q.admin import FailAdmin, TaskAdmin, resubmit_task
 from django_q.models import Failure, Success
 
-from core.admin import log_admin_action
+from core.admin import check_actions_declare_permissions, log_admin_action
 
 
 @admin.action(description="Resubmit selected tasks to queue", permissions=["resubmit"])
@@ -41,7 +45,27 @@ class GuardedFailAdmin(_ResubmitNeedsChange, FailAdmin):
     pass
 
 
-for _model, _admin_class in ((Success, GuardedTaskAdmin), (Failure, GuardedFailAdmin)):
+class GuardedAccessAttemptAdmin(AccessAttemptAdmin):
+    @admin.action(description="Clean up expired attempts", permissions=["delete"])
+    def cleanup_expired_attempts(self, request, queryset):
+        rows = list(queryset)
+        with transaction.atomic():
+            count = self.handler.clean_expired_user_attempts(request=request)
+            log_admin_action(request, rows, action="cleanup_expired_attempts",
+                             selected=len(rows), changed=count,
+                             detail="Expired attempts (of every user) were removed.")  # fmt: skip
+        self.message_user(request, f"Cleaned up {count} expired access attempts.")
+
+
+for _model, _admin_class in (
+    (Success, GuardedTaskAdmin),
+    (Failure, GuardedFailAdmin),
+    (AccessAttempt, GuardedAccessAttemptAdmin),
+):
     if admin.site.is_registered(_model):
         admin.site.unregister(_model)
     admin.site.register(_model, _admin_class)
+
+
+# `manage.py check` (and start-up) refuses an action that anyone who may view could run.
+checks.register(check_actions_declare_permissions, checks.Tags.admin)

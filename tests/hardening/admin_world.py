@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
+from axes.models import AccessAttempt, AccessAttemptExpiration
 from django.apps import apps
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
@@ -67,6 +68,14 @@ def build_world() -> dict:
         )  # fmt: skip
     Schedule.objects.create(func="math.floor", name="walk-schedule")
     Group.objects.create(name="walkers")
+    attempt = AccessAttempt.objects.create(
+        username="guesser", ip_address="203.0.113.9", user_agent="", http_accept="",
+        path_info="/admin/login/", get_data="", post_data="", failures_since_start=9,
+    )  # fmt: skip
+    # not expired: every login (force_login too) sweeps expired attempts away
+    AccessAttemptExpiration.objects.create(
+        access_attempt=attempt, expires_at=now + timedelta(hours=1)
+    )
     return {"alpha": alpha, "beta": beta, "target": target, "deliveries": deliveries}
 
 

@@ -195,3 +195,24 @@ def test_revoke_writes_a_log_entry(client, world):
     [entry] = _log_entries(ApiKey)
     assert entry.object_id == str(key.pk) and entry.user_id == operator.pk
     assert "revoke" in entry.change_message and "1 changed" in entry.change_message
+
+
+def test_system_check_refuses_an_action_without_a_permission():
+    from django.contrib.admin import AdminSite, ModelAdmin
+
+    from core.admin import check_actions_declare_permissions
+    from tenants.models import Tenant
+
+    assert check_actions_declare_permissions() == []
+
+    @admin.action(description="Does something")
+    def undeclared(modeladmin, request, queryset):
+        pass
+
+    class CarelessAdmin(ModelAdmin):
+        actions = [undeclared]
+
+    site = AdminSite(name="careless")
+    site.register(Tenant, CarelessAdmin)
+    [error] = check_actions_declare_permissions(site)
+    assert error.id == "atlas.E001" and "undeclared" in error.msg
