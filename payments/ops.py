@@ -13,7 +13,7 @@ from core.dashboard import day_start, iso, per_tenant, tenant_filter
 from core.figures import Figure
 from core.metrics import gauge
 from core.ops import DEGRADED, OK, DashboardSection, Finding
-from payments.models import CircuitBreakerState, PaymentSession, PaymentStatus
+from payments.models import CircuitBreakerState, FailureReason, PaymentSession, PaymentStatus
 from payments.tasks import SCHEDULES
 from tenants.scoping import scoped
 
@@ -30,14 +30,22 @@ def status_findings(*, now: datetime) -> list[Finding]:
     circuits = list(
         CircuitBreakerState.objects.filter(opened_until__gt=now).values_list("name", flat=True)
     )
+    # Stripe charged another price/amount/currency than the checkout was made for: a human looks
+    mismatched = PaymentSession.objects.filter(
+        failure_reason=FailureReason.AMOUNT_MISMATCH,
+        status_changed_at__gte=now - timedelta(hours=24),
+    ).count()
     lines = [f"Stripe circuit {name} open" for name in circuits]
-    level = DEGRADED if stale or circuits else OK
+    if mismatched:
+        lines.append(f"{mismatched} payment(s) failed for amount_mismatch in the last 24 h")
+    level = DEGRADED if stale or circuits or mismatched else OK
     return [
         Finding(
             "payments",
             level,
             f"{pending.count()} pending, {stale} stale (pending for more than "
-            f"{settings.OPS_PAYMENTS_STALE_HOURS} h), {len(circuits)} Stripe circuit(s) open",
+            f"{settings.OPS_PAYMENTS_STALE_HOURS} h), {len(circuits)} Stripe circuit(s) open"
+            + (f", {mismatched} amount mismatch(es) in 24 h" if mismatched else ""),
             lines,
         )
     ]

@@ -276,3 +276,15 @@ def test_checkout_then_webhook_end_to_end(browser_api, tenant, stripe_stub, webh
         1900,
         "eur",
     )
+
+
+def test_a_mismatch_degrades_the_payments_status(webhook_client, priced):
+    from payments.ops import status_findings
+
+    [before] = status_findings(now=timezone.now())
+    assert before.level == "ok"
+    post_event(webhook_client, make_event("checkout.session.completed", priced, amount_total=100))
+    [after] = status_findings(now=timezone.now())
+    assert after.level == "degraded"
+    assert "1 amount mismatch(es) in 24 h" in after.summary
+    assert "1 payment(s) failed for amount_mismatch in the last 24 h" in after.lines
