@@ -91,6 +91,16 @@ EventsOut = inline_serializer(
 )
 
 
+SESSION_TOKEN_HEADER = OpenApiParameter(
+    "X-Session-Token",
+    OpenApiTypes.STR,
+    location=OpenApiParameter.HEADER,
+    required=False,
+    description="With a publishable key: the sessionToken returned when the session was "
+    "created (403 session_token_required / invalid_session_token without it).",
+)
+
+
 class _BrowserView(APIView):
     """Publishable keys welcome; a beacon may carry its key as ?key=pk_…"""
 
@@ -104,6 +114,7 @@ class SessionUpsertView(_BrowserView):
     @extend_schema(
         tags=["assessments"],
         request=inputs.SESSION_IN,
+        parameters=[SESSION_TOKEN_HEADER],
         responses={200: SessionOut, 201: SessionCreatedOut},
         summary="Create or move a session forward (never backwards; safe out of order)",
         description="The 201 answer that creates a session carries `sessionToken` (once). "
@@ -124,6 +135,7 @@ class SessionUpsertView(_BrowserView):
 class SessionDetailView(_BrowserView):
     @extend_schema(
         tags=["assessments"],
+        parameters=[SESSION_TOKEN_HEADER],
         responses=SessionOut,
         summary="A session of the tenant (publishable key: with X-Session-Token, no personal "
         "fields)",
@@ -140,6 +152,7 @@ class SessionAnswersView(_BrowserView):
     @extend_schema(
         tags=["assessments"],
         request=inputs.ANSWERS_IN,
+        parameters=[SESSION_TOKEN_HEADER],
         responses=SessionOut,
         summary="Merge answers into the session atomically (one SQL UPDATE)",
     )
@@ -161,6 +174,7 @@ class SubmitView(_BrowserView):
     @extend_schema(
         tags=["assessments"],
         request=inputs.SUBMIT_IN,
+        parameters=[SESSION_TOKEN_HEADER],
         responses={201: SubmissionOut, 200: SubmissionOut},
         summary="Submit once per submissionId (a replay returns the original response)",
     )

@@ -130,6 +130,15 @@ SESSION_IN = Shape(
     _first_name(),
     _optional_object("formData", "invalid_form_data", "form_data"),
     _optional_object("metadata", "invalid_metadata", "metadata"),
+    Field(
+        "sessionToken",
+        "",
+        "",
+        documented,
+        {"type": "string"},
+        description="text/plain beacons only (they cannot set X-Session-Token): the token "
+        "returned when the session was created",
+    ),
 )
 
 

@@ -291,6 +291,7 @@ CORS_ALLOW_HEADERS = [
     "x-http-method-override",
     "x-requested-with",
     "last-event-id",
+    "x-session-token",  # a browser's proof for its assessment session (assessments.session_tokens)
 ]
 CORS_EXPOSE_HEADERS = [
     "idempotent-replayed",
@@ -476,8 +477,19 @@ LOGGING = {
         "json": {"()": "core.logging.JsonFormatter"},
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
+    # access lines of runserver and uvicorn name the path, never the query string
+    "filters": {"path_only": {"()": "core.logging.PathOnlyAccessFilter"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
+        **{
+            name: {
+                "handlers": ["console"],
+                "level": "INFO",
+                "propagate": False,
+                "filters": ["path_only"],
+            }
+            for name in ("django.server", "uvicorn.access")
+        },
         "django.db.backends": {"level": "WARNING"},
         # the SDK logs every API call at INFO; payments logs the failures itself
         "stripe": {"level": "WARNING"},

@@ -10,7 +10,13 @@
 //   server stores the submission once however many times the network fails;
 // - analytics events are queued and flushed every 2 s or at 20 events, and on page hide by
 //   navigator.sendBeacon; they are best-effort and never throw into the page;
-// - session status is tracked: started → in_progress → completed, abandoned on page hide.
+// - session status is tracked: started → in_progress → completed, abandoned on page hide;
+// - the session's secret token (sessionToken, returned once when the session is created) is
+//   kept in sessionStorage next to the session id and sent as X-Session-Token on every later
+//   call for that session (the abandon beacon, which cannot set headers, carries it in its
+//   text/plain body). Without it a publishable key can neither read nor change the session.
+//   If the token was never received (the creating response was lost), the client carries on
+//   with a fresh session: the submit still carries every answer.
 
 const DEFAULTS = {
   baseUrl: "",
@@ -34,6 +40,29 @@ function uuid() {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+const TOKEN_REFUSALS = new Set(["session_token_required", "invalid_session_token"]);
+const tokenRefused = (response) =>
+  response.status === 403 && TOKEN_REFUSALS.has(response.body?.error?.code);
+const tokenStorageKey = (sessionId) => `atlas.sessionToken.${sessionId}`;
+
+// sessionStorage may be unavailable (privacy modes, sandboxed frames): the token then lives
+// only in memory, for the life of the page.
+function storedToken(sessionId) {
+  try {
+    return sessionStorage.getItem(tokenStorageKey(sessionId));
+  } catch {
+    return null;
+  }
+}
+
+function storeToken(sessionId, token) {
+  try {
+    sessionStorage.setItem(tokenStorageKey(sessionId), token);
+  } catch {
+    // memory only
+  }
+}
+
 // Worth retrying: the network failed, the server failed, or it asked us to slow down.
 const retryable = (status) => status === 0 || status === 408 || status === 429 || status >= 500;
 
@@ -51,6 +80,8 @@ export class AtlasClient {
     this.options = { ...DEFAULTS, ...options };
     if (!this.options.publishableKey) throw new Error("AtlasClient needs a publishableKey");
     this.sessionId = options.sessionId || uuid();
+    this.sessionToken = options.sessionToken || storedToken(this.sessionId);
+    this._fields = {}; // what start()/update() said, re-sent if the session must be recreated
     this.status = null;
     this.queue = [];
     this.stats = { flushes: 0, beacons: 0, submitAttempts: 0, dropped: 0 };
@@ -77,27 +108,62 @@ export class AtlasClient {
     return this._sessionReady;
   }
 
+  // The session as this visitor may read it (status, responses; never email, first name or
+  // form data), or null when it cannot be read (unknown, or its token is not held here).
+  async load() {
+    if (!this.sessionToken) return null;
+    const response = await this._request("GET", `/api/assessments/session/${this.sessionId}`);
+    if (!response.ok) return null;
+    this.status = response.body.status;
+    return response.body;
+  }
+
   update(fields = {}) {
     return this._postSession(this.status || "started", fields);
   }
 
-  async _postSession(status, fields = {}) {
-    const body = { sessionId: this.sessionId, status, ...fields };
+  async _postSession(status, fields = {}, canRestart = true) {
+    this._fields = { ...this._fields, ...fields };
+    const body = { sessionId: this.sessionId, status, ...this._fields };
     const response = await this._request("POST", "/api/assessments/session", body, 3);
-    if (response.ok) this.status = response.body.status;
+    if (response.ok) {
+      this.status = response.body.status;
+      if (response.body.sessionToken) this._keepToken(response.body.sessionToken);
+    } else if (canRestart && tokenRefused(response)) {
+      // The session exists but its token never reached us: carry on with a fresh one.
+      this._restartSession();
+      return this._postSession(status, {}, false);
+    }
     return response.body;
+  }
+
+  _keepToken(token) {
+    this.sessionToken = token;
+    storeToken(this.sessionId, token);
+  }
+
+  _restartSession() {
+    this.sessionId = uuid();
+    this.sessionToken = null;
   }
 
   // Answers merge server-side with one atomic UPDATE; resend-safe (keyed by question id).
   async answer(questionId, answer) {
     await this._sessionReady.catch(() => {});
     if (this.status !== "completed") this.status = "in_progress";
-    const path = `/api/assessments/session/${this.sessionId}/answers`;
-    let response = await this._request("POST", path, { questionId, answer }, 3);
-    if (response.status === 404) {
-      // The session POST never arrived (offline at start): create it, then answer again.
-      await this._postSession("in_progress").catch(() => {});
-      response = await this._request("POST", path, { questionId, answer }, 3);
+    const send = () =>
+      this._request("POST", `/api/assessments/session/${this.sessionId}/answers`, {
+        questionId,
+        answer,
+      }, 3);
+    let response = await send();
+    if (response.status === 404 || tokenRefused(response)) {
+      // The session POST never arrived (offline at start), or its token never came back:
+      // (re)create the session, then answer again.
+      if (response.status !== 404) this._restartSession();
+      this._sessionReady = this._postSession("in_progress");
+      await this._sessionReady.catch(() => {});
+      response = await send();
     }
     return response.body;
   }
@@ -120,8 +186,10 @@ export class AtlasClient {
   }
 
   async _submitWithRetries(attempt, payload) {
-    const body = { ...payload, submissionId: attempt.id, sessionId: this.sessionId };
+    await this._sessionReady.catch(() => {});
+    let body = { ...payload, submissionId: attempt.id, sessionId: this.sessionId };
     const { submitRetries, retryBaseMs, retryMaxMs } = this.options;
+    let sessionRepaired = false;
     for (let n = 0; ; n++) {
       this.stats.submitAttempts++;
       const response = await this._request("POST", "/api/assessments/submit", body, 1);
@@ -129,6 +197,20 @@ export class AtlasClient {
         this.status = "completed";
         this.track("assessment_submitted", { submissionId: attempt.id });
         return response.body;
+      }
+      if (!sessionRepaired && (response.status === 404 || tokenRefused(response))) {
+        // Nothing was stored (the session is checked first). The session never arrived, or
+        // its token never came back: (re)create it and submit into it, as a new attempt if
+        // the session changed (its body, and so its submissionId, changes too).
+        sessionRepaired = true;
+        if (response.status !== 404) {
+          this._restartSession();
+          attempt.id = uuid();
+        }
+        this._sessionReady = this._postSession("in_progress");
+        await this._sessionReady.catch(() => {});
+        body = { ...payload, submissionId: attempt.id, sessionId: this.sessionId };
+        continue;
       }
       if (!retryable(response.status) || n >= submitRetries) {
         attempt.failed = response.status;
@@ -181,7 +263,12 @@ export class AtlasClient {
   _pageHidden() {
     if (this.status && this.status !== "completed") {
       this.status = "abandoned";
-      this._beacon("/api/assessments/session", { sessionId: this.sessionId, status: "abandoned" });
+      // a beacon cannot set headers: the session token rides in the text/plain body
+      this._beacon("/api/assessments/session", {
+        sessionId: this.sessionId,
+        status: "abandoned",
+        ...(this.sessionToken ? { sessionToken: this.sessionToken } : {}),
+      });
     }
     this._beaconEvents();
   }
@@ -202,8 +289,9 @@ export class AtlasClient {
     }
   }
 
-  // sendBeacon cannot set headers: the publishable key rides in the query, the body is
-  // text/plain (no CORS preflight), and the server parses the JSON inside.
+  // sendBeacon cannot set headers: the publishable key rides in the query (a publishable key
+  // only: it is public; a secret key in a URL is refused), the body is text/plain (no CORS
+  // preflight), and the server parses the JSON inside.
   _beacon(path, payload, raw) {
     try {
       const key = encodeURIComponent(this.options.publishableKey);
@@ -229,6 +317,7 @@ export class AtlasClient {
           headers: {
             Authorization: `Bearer ${this.options.publishableKey}`,
             "Content-Type": "application/json",
+            ...(this.sessionToken ? { "X-Session-Token": this.sessionToken } : {}),
           },
           body: body === undefined ? undefined : JSON.stringify(body),
           ...extra,

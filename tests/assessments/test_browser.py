@@ -179,3 +179,98 @@ def test_failed_event_flush_never_blocks_and_is_resent(demo, chromium_page):
     # page= keeps Playwright's loop turning: route handlers only run while it does
     assert wait_for(lambda: AnalyticsEvent.objects.count() == 24, timeout=10, page=page)
     assert AnalyticsEvent.objects.values("message_id").distinct().count() == 24
+
+
+@closes_db
+def test_the_session_token_rides_every_call_and_a_reload_resumes(demo, chromium_page):
+    page = chromium_page
+    calls = []  # (method, path, session token sent) of every assessments call but events
+
+    def on_request(request):
+        path = request.url.split("?")[0]
+        if "/api/assessments/" in path and not path.endswith("/events"):
+            sent = request.headers.get("x-session-token")
+            if sent is None and request.post_data and '"sessionToken"' in request.post_data:
+                sent = json.loads(request.post_data)["sessionToken"]  # the abandon beacon
+            calls.append((request.method, path, sent))
+
+    page.on("request", on_request)
+    page.goto(demo)
+    page.fill("#email", "ada@example.com")
+    with page.expect_response("**/api/assessments/session") as created:
+        page.click("#start")
+    body = created.value.json()
+    token = body["sessionToken"]
+    assert created.value.status == 201 and len(token) >= 40
+    assert "email" not in body and "formData" not in body  # the public key reads no PII
+    session_id = page.evaluate("window.atlas.sessionId")
+    assert page.evaluate(f"sessionStorage.getItem('atlas.sessionToken.{session_id}')") == token
+    for question, value in (("energy", "Low"), ("sleep", "6–8")):
+        with page.expect_response("**/answers"):
+            page.click(f'button.option[data-question="{question}"][data-value="{value}"]')
+
+    page.reload()
+    assert page.evaluate("window.atlasResumed") is True
+    assert page.get_attribute('button[data-question="energy"][data-value="Low"]', "aria-pressed")
+    assert page.text_content("#status").startswith("Resumed: answered 2")
+    page.click('button.option[data-question="water"][data-value="7+"]')
+    page.click("#submit")
+    page.wait_for_function("document.querySelector('#status').textContent === 'Submitted.'")
+
+    first_call, *later = calls
+    assert first_call == ("POST", f"{demo[: -len('/demo/')]}/api/assessments/session", None)
+    assert later and all(sent == token for _method, _path, sent in later), later
+    assert ("GET", f"{demo[: -len('/demo/')]}/api/assessments/session/{session_id}", token) in later
+    session = AssessmentSession.objects.get(pk=session_id)
+    assert (session.status, session.email) == ("completed", "ada@example.com")
+    assert session.responses == {"energy": "Low", "sleep": "6–8", "water": "7+"}
+
+    # Anyone else with the public key and the session id (no token) reads nothing.
+    stranger = page.context.browser.new_page()
+    try:
+        stranger.goto(demo)
+        refused = stranger.evaluate(
+            """async ([id, key]) => {
+                const r = await fetch(`/api/assessments/session/${id}`,
+                                      {headers: {Authorization: `Bearer ${key}`}});
+                return [r.status, await r.text()];
+            }""",
+            [
+                session_id,
+                page.evaluate("JSON.parse(document.getElementById('atlas-key').textContent)"),
+            ],
+        )
+    finally:
+        stranger.close()
+    assert refused[0] == 403 and "session_token_required" in refused[1]
+    assert "ada@example.com" not in refused[1]
+
+
+@closes_db
+def test_a_lost_session_token_makes_the_client_carry_on_with_a_fresh_session(demo, chromium_page):
+    page = chromium_page
+    lost = []
+
+    def lose_first_answer(route):
+        if not lost:
+            # The server creates the session, but its answer (and token) never arrives.
+            lost.append(route.fetch().json()["sessionToken"])
+            route.fulfill(status=503, content_type="application/json", body='{"error":{}}')
+        else:
+            route.continue_()
+
+    page.route("**/api/assessments/session", lose_first_answer)
+    page.goto(demo)
+    page.fill("#email", "bo@example.com")
+    page.click("#start")
+    page.wait_for_function("window.atlas.sessionToken !== null")
+    for question, value in (("energy", "High"), ("sleep", "< 6"), ("water", "3–6")):
+        page.click(f'button.option[data-question="{question}"][data-value="{value}"]')
+    page.click("#submit")
+    page.wait_for_function("document.querySelector('#status').textContent === 'Submitted.'")
+
+    assert lost and page.evaluate("window.atlas.sessionToken") != lost[0]
+    submission = Submission.objects.get()
+    assert str(submission.session_id) == page.evaluate("window.atlas.sessionId")
+    assert submission.session.email == "bo@example.com"  # the fields were sent again
+    assert AssessmentSession.objects.count() == 2  # the orphan keeps its start, nothing more

@@ -88,3 +88,14 @@ def test_revoked_key_origins_stop_passing_preflight(anon_api, publishable_key):
         "/api/browser", HTTP_ORIGIN=ORIGIN, HTTP_ACCESS_CONTROL_REQUEST_METHOD="POST"
     )
     assert "Access-Control-Allow-Origin" not in response
+
+
+def test_preflight_allows_the_session_token_header(anon_api, publishable_key):
+    response = anon_api.options(
+        "/api/browser",
+        HTTP_ORIGIN=ORIGIN,
+        HTTP_ACCESS_CONTROL_REQUEST_METHOD="POST",
+        HTTP_ACCESS_CONTROL_REQUEST_HEADERS="authorization, content-type, x-session-token",
+    )
+    assert response.status_code == 200
+    assert "x-session-token" in response["Access-Control-Allow-Headers"]
