@@ -352,6 +352,18 @@ OUTBOX_HEARTBEAT_STALE_SECONDS = env("OUTBOX_HEARTBEAT_STALE_SECONDS", "int", 60
 OUTBOX_REALTIME_SETTLE_SECONDS = env("OUTBOX_REALTIME_SETTLE_SECONDS", "float", 30.0)
 OUTBOX_REALTIME_KEEPALIVE_SECONDS = env("OUTBOX_REALTIME_KEEPALIVE_SECONDS", "float", 15.0)
 OUTBOX_REALTIME_PORT = env("OUTBOX_REALTIME_PORT", "int", 8001)
+# Egress guard (outbox/delivery/egress.py): targets reach public addresses only. These CIDRs
+# are exempt (local development, an n8n on the private network: keep them narrow); metadata
+# addresses stay refused even inside them. And the most targets one tenant may have.
+OUTBOX_ALLOWED_TARGET_NETWORKS = env("OUTBOX_ALLOWED_TARGET_NETWORKS", "list", [])
+OUTBOX_MAX_TARGETS_PER_TENANT = env("OUTBOX_MAX_TARGETS_PER_TENANT", "int", 20)
+try:
+    import ipaddress as _ipaddress
+
+    for _net in OUTBOX_ALLOWED_TARGET_NETWORKS:
+        _ipaddress.ip_network(_net, strict=True)
+except ValueError as _exc:
+    raise ImproperlyConfigured(f"OUTBOX_ALLOWED_TARGET_NETWORKS: {_exc}") from _exc
 for _name in (
     "OUTBOX_BACKOFF_BASE_SECONDS",
     "OUTBOX_MAX_ATTEMPTS",
@@ -360,6 +372,7 @@ for _name in (
     "OUTBOX_WORKER_CONCURRENCY",
     "OUTBOX_CIRCUIT_FAILURES",
     "OUTBOX_CIRCUIT_CLOSE_SUCCESSES",
+    "OUTBOX_MAX_TARGETS_PER_TENANT",
 ):
     if globals()[_name] < 1:
         raise ImproperlyConfigured(f"{_name} must be at least 1")

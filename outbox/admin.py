@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django import forms
 from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import Count, F, Min, OuterRef, Q, Subquery
@@ -231,8 +232,48 @@ class CircuitTransitionInline(ReadOnlyInline):
     ordering = ["-created_at"]
 
 
+class TargetAdminForm(forms.ModelForm):
+    """Staff edits go through the same rules as the API: the egress guard on the URL, the
+    timeout cap, no control characters in the name."""
+
+    url = forms.URLField(max_length=2000, required=False, assume_scheme="https")
+
+    class Meta:
+        model = Target
+        fields = [
+            "tenant",
+            "name",
+            "kind",
+            "url",
+            "is_enabled",
+            "timeout_seconds",
+            "max_attempts",
+            "backoff_base_seconds",
+            "backoff_max_seconds",
+            "rate_limit_per_second",
+        ]
+
+    def clean(self):
+        cleaned = super().clean()
+        checks = [
+            ("name", lambda v: services.refuse_control_characters(name=v)),
+            ("url", lambda v: services.target_url_check(v) if v else None),
+            ("timeout_seconds", services.target_timeout_check),
+        ]
+        for field, check in checks:
+            value = cleaned.get(field)
+            if value is None:
+                continue
+            try:
+                check(value)
+            except DomainError as refused:
+                self.add_error(field, f"{refused.message} ({refused.code})")
+        return cleaned
+
+
 @admin.register(Target)
 class TargetAdmin(admin.ModelAdmin):
+    form = TargetAdminForm
     list_display = [
         "name",
         "tenant",

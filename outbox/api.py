@@ -9,7 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api.pagination import CursorPagination, paginated
-from outbox import selectors, services
+from outbox import conf, selectors, services
 from outbox.models import Target
 
 
@@ -27,7 +27,10 @@ class AttemptOut(serializers.Serializer):
     outcome = serializers.CharField()
     statusCode = serializers.IntegerField(source="status_code", allow_null=True)
     durationMs = serializers.FloatField(source="duration_ms")
-    error = serializers.CharField()
+    error = serializers.CharField(help_text="connection_refused, timeout, tls_error, http_503…")
+    responseExcerpt = serializers.CharField(
+        source="response_excerpt", help_text="Up to 256 printable characters, public hosts only."
+    )
     at = serializers.DateTimeField(source="created_at")
 
 
@@ -66,9 +69,13 @@ class EventDetailOut(EventOut):
 class TargetIn(serializers.Serializer):
     name = serializers.SlugField(max_length=64)
     kind = serializers.ChoiceField(choices=Target.Kind.values)
-    url = serializers.URLField(max_length=2000, required=False, allow_blank=True)
+    # checked by the service (egress guard): one code, target_url_not_allowed, for any URL
+    # that is not http(s) to a public address, however it is spelled
+    url = serializers.CharField(max_length=2000, required=False, allow_blank=True)
     secret = serializers.CharField(max_length=100, required=False)
-    timeoutSeconds = serializers.FloatField(min_value=0.1, max_value=60, required=False)
+    timeoutSeconds = serializers.FloatField(
+        min_value=0.1, max_value=conf.MAX_TARGET_TIMEOUT_SECONDS, required=False
+    )
     maxAttempts = serializers.IntegerField(min_value=1, max_value=100, required=False)
     rateLimitPerSecond = serializers.FloatField(min_value=0.01, required=False)
     backoffBaseSeconds = serializers.IntegerField(min_value=1, required=False)

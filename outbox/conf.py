@@ -22,7 +22,12 @@ DEFAULTS = {
     "OUTBOX_REALTIME_SETTLE_SECONDS": 30.0,
     "OUTBOX_REALTIME_KEEPALIVE_SECONDS": 15.0,
     "OUTBOX_HEARTBEAT_STALE_SECONDS": 60,
+    "OUTBOX_ALLOWED_TARGET_NETWORKS": [],
+    "OUTBOX_MAX_TARGETS_PER_TENANT": 20,
 }
+
+# A target's timeout may not exceed this (refused at create; capped at send for older rows).
+MAX_TARGET_TIMEOUT_SECONDS = 15.0
 
 # NOTIFY channels: publish commits wake workers and realtime hubs; realtime targets broadcast.
 CHANNEL_EVENTS = "outbox_events"

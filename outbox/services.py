@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 import uuid
 from datetime import timedelta
@@ -16,6 +17,7 @@ from django.utils import timezone
 from core.errors import DomainError, ErrorKind
 from core.validation import check_storable
 from outbox import conf
+from outbox.delivery import egress
 from outbox.models import EVENT_SEQ_NAME, CircuitTransition, Delivery, OutboxEvent, Target
 from tenants.scoping import tenant_get_or_404, tenant_queryset
 
@@ -81,6 +83,13 @@ def event_publish_created(
     body = _payload_json(payload)
     if not (event_type or "").strip() or not (topic or "").strip():
         raise DomainError("invalid_event", "event_type and topic must not be blank.")
+    refuse_control_characters(
+        eventType=event_type,
+        topic=topic,
+        target=target,
+        idempotencyKey=idempotency_key,
+        orderingKey=ordering_key,
+    )
     target_id = _target_id_for(tenant_id, target) if target else None
     key = idempotency_key or str(uuid.uuid4())
     now = timezone.now()
@@ -122,6 +131,23 @@ def event_publish_created(
     event._state.adding = False
     event._state.db = "default"
     return event, True
+
+
+# C0 and C1 controls (newlines, NUL, ESC, NEL…) and the Unicode line/paragraph separators.
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def refuse_control_characters(**fields: str | None) -> None:
+    """Names travel into SSE lines, HTTP headers, Slack and the console: a newline in one
+    could forge an SSE `id:` line or a header. One code for every such field; `details.field`
+    names it as the API spells it."""
+    for name, value in fields.items():
+        if value and _CONTROL_CHARACTERS.search(value):
+            raise DomainError(
+                "control_characters_not_allowed",
+                f"{name} may not contain control characters (line breaks, tabs, NUL, ESC…).",
+                details={"field": name},
+            )
 
 
 def _payload_json(payload) -> str:
@@ -179,16 +205,21 @@ def target_create(
     backoff_max_seconds: int | None = None,
 ) -> Target:
     tenant_id = getattr(tenant, "pk", tenant)
+    refuse_control_characters(name=name)
     if kind not in Target.Kind.values:
         raise DomainError("invalid_target_kind", "kind must be webhook, slack or realtime.")
     if kind != Target.Kind.REALTIME and not url:
         raise DomainError("target_url_required", f"A {kind} target needs a url.")
+    if url:
+        target_url_check(url)
     if secret is not None and not _valid_secret(secret):
         raise DomainError("invalid_secret", "secret must be whsec_ followed by base64.")
+    target_timeout_check(timeout_seconds)
     if rate_limit_per_second is None and kind == Target.Kind.SLACK:
         rate_limit_per_second = conf.get("OUTBOX_SLACK_RATE_PER_SECOND")
     try:
         with transaction.atomic():
+            _target_slot_take(tenant_id)
             return Target.objects.create(
                 tenant_id=tenant_id,
                 name=name,
@@ -205,6 +236,48 @@ def target_create(
         raise DomainError(
             "target_exists", f"A target named {name!r} exists already.", kind=ErrorKind.CONFLICT
         ) from exc
+
+
+def target_url_check(url: str) -> None:
+    """Only http(s) to public addresses (outbox.delivery.egress): every address the host
+    resolves to now must be public or inside OUTBOX_ALLOWED_TARGET_NETWORKS. The worker checks
+    again at every connect, so a name that does not resolve yet is accepted."""
+    try:
+        egress.url_check(url)
+    except egress.EgressRefused as refused:
+        raise DomainError(
+            egress.REFUSED,
+            "Targets must be http(s) URLs of public addresses; private, loopback, link-local "
+            "and metadata addresses are refused.",
+            details={"reason": refused.reason},
+        ) from refused
+
+
+def target_timeout_check(seconds: float) -> None:
+    most = conf.MAX_TARGET_TIMEOUT_SECONDS
+    if not 0 < seconds <= most:
+        raise DomainError(
+            "invalid_timeout",
+            f"timeoutSeconds must be above 0 and at most {most:g}.",
+            details={"maxSeconds": most},
+        )
+
+
+def _target_slot_take(tenant_id) -> None:
+    """At most OUTBOX_MAX_TARGETS_PER_TENANT targets. Counted under a per-tenant advisory lock
+    (held to the end of the caller's transaction) so two concurrent creates cannot both pass."""
+    limit = conf.get("OUTBOX_MAX_TARGETS_PER_TENANT")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('outbox.targets:' || %s, 0))",
+            [str(tenant_id)],
+        )
+    if tenant_queryset(Target, tenant_id=tenant_id).count() >= limit:
+        raise DomainError(
+            "too_many_targets",
+            f"A tenant may have at most {limit} targets.",
+            details={"limit": limit},
+        )
 
 
 def _valid_secret(secret: str) -> bool:

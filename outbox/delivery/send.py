@@ -6,22 +6,42 @@ Runs in the worker's thread pool: no database access here, only HTTP.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
+import http.client
 import json
+import logging
+import re
+import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import certifi
 import urllib3
-from urllib3.exceptions import HTTPError, NewConnectionError
-from urllib3.exceptions import TimeoutError as Urllib3Timeout
+from urllib3 import HTTPConnectionPool
+from urllib3.exceptions import (
+    HTTPError,
+    LocationParseError,
+    NameResolutionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
+from urllib3.exceptions import SSLError as Urllib3SSLError
+from urllib3.util import parse_url
 
 from core.backoff import retry_after_seconds
+from outbox import conf
+from outbox.delivery import egress
 from outbox.models import Target
 
-EXCERPT_BYTES = 2048
+logger = logging.getLogger("outbox.delivery")
+
+EXCERPT_CHARS = 256  # what a tenant may see of a (public) receiver's answer
+READ_LIMIT_BYTES = 64 * 1024  # read at most this of an answer; a longer one closes the socket
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 RETRYABLE_STATUSES = {408, 425, 429} | set(range(500, 600))
 USER_AGENT = "Atlas-Outbox/1.0"
 _REALTIME, _SLACK = Target.Kind.REALTIME.value, Target.Kind.SLACK.value  # compared per send
@@ -56,6 +76,8 @@ class Job:
     # set by the rate limit's reservation: send at this time.monotonic(), or hand back for later
     send_at: float | None = None
     defer_seconds: float | None = None
+    # the stored payload's JSON text (the claim's): a webhook sends it as-is, no re-serialising
+    payload_json: str = ""
 
 
 @dataclass
@@ -72,16 +94,15 @@ class Result:
 
 
 def webhook_body(job: Job) -> str:
-    return json.dumps(
-        {
-            "id": job.event_id,
-            "topic": job.topic,
-            "eventType": job.event_type,
-            "payload": job.payload,
-            "tenantId": job.tenant_id,
-            "occurredAt": job.occurred_at.isoformat().replace("+00:00", "Z"),
-        },
-        separators=(",", ":"),
+    """`{id, topic, eventType, payload, tenantId, occurredAt}`, compact. The payload goes out
+    as the claim read it (`payload_json`): dict -> text per send cost the worker CPU."""
+    dumps = json.dumps
+    payload = job.payload_json or dumps(job.payload, separators=(",", ":"))
+    occurred = job.occurred_at.isoformat().replace("+00:00", "Z")
+    return (
+        f'{{"id":{dumps(job.event_id)},"topic":{dumps(job.topic)},'
+        f'"eventType":{dumps(job.event_type)},"payload":{payload},'
+        f'"tenantId":{dumps(job.tenant_id)},"occurredAt":"{occurred}"}}'
     )
 
 
@@ -108,12 +129,19 @@ def webhook_request(job: Job, *, now: float | None = None) -> tuple[dict, str]:
     return headers, body
 
 
+def slack_escape(text: str) -> str:
+    """Slack's own escaping: `<`, `>` and `&` are control characters in message text, so
+    `<!channel>` or `<https://evil|Re-login>` from a visitor posts as plain text."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def slack_text(job: Job) -> str:
-    """`[topic] event_type` plus the payload's main (scalar) fields, one per line."""
-    lines = [f"*[{job.topic}] {job.event_type}*"]
+    """`[topic] event_type` plus the payload's main (scalar) fields, one per line; every piece
+    of tenant or visitor text escaped."""
+    lines = [f"*[{slack_escape(job.topic)}] {slack_escape(job.event_type)}*"]
     for key, value in list(job.payload.items())[:10]:
         if isinstance(value, (str, int, float, bool)) or value is None:
-            lines.append(f"• {key}: {str(value)[:200]}")
+            lines.append(f"• {slack_escape(str(key))}: {slack_escape(str(value)[:200])}")
     return "\n".join(lines)
 
 
@@ -122,54 +150,140 @@ def slack_request(job: Job) -> tuple[dict, str]:
     return {"content-type": "application/json", "user-agent": USER_AGENT}, body
 
 
-def pool_new(url: str, size: int) -> urllib3.HTTPConnectionPool:
+def pool_new(url: str, size: int) -> HTTPConnectionPool:
     """One keep-alive connection pool per target (urllib3: what requests runs on, without
-    its per-call overhead, which capped a worker at about 550 sends/s on the bench machine)."""
-    tls = {"ca_certs": certifi.where()} if url.startswith("https:") else {}
-    return urllib3.connection_from_url(url, maxsize=size, block=False, retries=False, **tls)
+    its per-call overhead, which capped a worker at about 550 sends/s on the bench machine).
+    Its connections go through the egress guard (egress.PinnedHTTPConnection). A URL the
+    guard refuses still gets a pool: `send` refuses it before using it."""
+    try:
+        parsed = parse_url(url)
+    except LocationParseError:
+        return egress.PinnedHTTPConnectionPool("invalid.", 80, maxsize=1, retries=False)
+    host = parsed.host or "invalid."
+    if parsed.scheme == "https":
+        return egress.PinnedHTTPSConnectionPool(
+            host, parsed.port, maxsize=size, block=False, retries=False, ca_certs=certifi.where()
+        )
+    return egress.PinnedHTTPConnectionPool(
+        host, parsed.port, maxsize=size, block=False, retries=False
+    )
 
 
-def send(pool: urllib3.HTTPConnectionPool | None, job: Job) -> Result:
-    """One HTTP try. Never raises: every failure becomes a Result the worker records."""
+@functools.lru_cache(maxsize=4096)
+def request_target(url: str) -> str | None:
+    """The origin-form request target (`/path?query`) of a target URL, or None when the URL is
+    not one the guard lets out (scheme, no host, unparsable)."""
+    try:
+        parsed = parse_url(url)
+    except LocationParseError:
+        return None
+    if parsed.scheme not in egress.ALLOWED_SCHEMES or not parsed.host:
+        return None
+    return parsed.request_uri
+
+
+def send(pool: HTTPConnectionPool | None, job: Job) -> Result:
+    """One HTTP try. Never raises: every failure becomes a Result the worker records, its
+    error one word of a fixed vocabulary (see `failure_code`), never the remote's bytes."""
     if job.target_kind == _REALTIME:
         # broadcast by the worker's NOTIFY in the same statement that marks it delivered
         return Result(job, "delivered")
     if pool is None:  # a caller's bug, never a delivery: the worker records it as a retry
         raise ValueError(f"no connection pool for {job.target_kind} target {job.target_id}")
+    target = request_target(job.url)
+    if target is None:
+        return Result(job, "permanent", error=egress.REFUSED)
     headers, body = slack_request(job) if job.target_kind == _SLACK else webhook_request(job)
+    timeout = min(job.timeout, conf.MAX_TARGET_TIMEOUT_SECONDS)  # rows from before the cap
     started = time.perf_counter()
     try:
         response = pool.urlopen(
             "POST",
-            job.url,
+            target,
             body=body.encode(),
             headers=headers,
-            timeout=urllib3.Timeout(connect=min(job.timeout, 5.0), read=job.timeout),
+            timeout=urllib3.Timeout(connect=min(timeout, 5.0), read=timeout),
             retries=False,
             redirect=False,
             assert_same_host=False,
+            preload_content=False,
+            decode_content=False,
         )
-    except NewConnectionError as exc:  # a subclass of the timeout error in urllib3 2
-        return _failed(job, started, f"connection error: {exc}")
-    except Urllib3Timeout as exc:
-        return _failed(job, started, f"timeout: {exc}")
-    except HTTPError as exc:
-        return _failed(job, started, f"connection error: {type(exc).__name__}: {exc}")
-    except OSError as exc:
-        return _failed(job, started, f"connection error: {exc}")
+        try:
+            public = getattr(response.connection, "peer_public", False)
+            content = response.read(READ_LIMIT_BYTES, decode_content=False) or b""
+        finally:
+            if not response.closed:  # more than we read: this connection cannot be reused
+                response.close()
+            response.release_conn()
+    except egress.EgressRefused:
+        return _failed(job, started, egress.REFUSED, outcome="permanent")
+    except Exception as exc:  # noqa: BLE001 - every failure is a verdict, named from the list
+        if not isinstance(exc, (OSError, HTTPError, http.client.HTTPException)):
+            logger.warning("unexpected send failure (recorded as a retry)", exc_info=True)
+        return _failed(job, started, failure_code(exc))
     duration = (time.perf_counter() - started) * 1000
-    return verdict(job, response.status, response.headers, response.data or b"", duration)
+    return verdict(job, response.status, response.headers, content, duration, public=public)
 
 
-def _failed(job: Job, started: float, error: str) -> Result:
+def failure_code(exc: BaseException) -> str:
+    """The word a tenant sees for a failed try: what happened, never what the peer said."""
+    chain = _causes(exc)
+    for kinds, code in _FAILURE_CODES:
+        if any(isinstance(cause, kinds) for cause in chain):
+            return code
+    return "connection_error"
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception, what it wraps (urllib3 keeps the cause in args or `reason`) and its
+    chain, breadth first."""
+    seen: list[BaseException] = []
+    queue: list[BaseException] = [exc]
+    while queue and len(seen) < 16:
+        current = queue.pop(0)
+        if any(current is s for s in seen):
+            continue
+        seen.append(current)
+        queue += [a for a in getattr(current, "args", ()) if isinstance(a, BaseException)]
+        for linked in (getattr(current, "reason", None), current.__cause__, current.__context__):
+            if isinstance(linked, BaseException):
+                queue.append(linked)
+    return seen
+
+
+# First match wins, most specific first (a NewConnectionError is also a timeout to urllib3).
+_FAILURE_CODES: list[tuple[type | tuple[type, ...], str]] = [
+    ((ssl.SSLError, ssl.CertificateError, Urllib3SSLError), "tls_error"),
+    ((socket.gaierror, NameResolutionError), "dns_error"),
+    (ConnectionRefusedError, "connection_refused"),
+    (http.client.RemoteDisconnected, "connection_closed"),
+    ((ConnectionResetError, BrokenPipeError, ConnectionAbortedError), "connection_reset"),
+    ((TimeoutError, ReadTimeoutError), "timeout"),
+    ((http.client.HTTPException, ProtocolError), "protocol_error"),
+]
+
+
+def _failed(job: Job, started: float, error: str, outcome: str = "retry") -> Result:
     duration = (time.perf_counter() - started) * 1000
-    return Result(job, "retry", duration_ms=duration, error=error[:1000])
+    return Result(job, outcome, duration_ms=duration, error=error)
 
 
-def verdict(job: Job, status: int, headers, content: bytes, duration_ms: float) -> Result:
-    """2xx delivered; 408/425/429/5xx retry (Retry-After on 429/503); other codes permanent."""
-    excerpt = content[:EXCERPT_BYTES].decode("utf-8", "replace")
-    result = Result(job, "delivered", status, duration_ms, excerpt)
+def excerpt(content: bytes) -> str:
+    """A short, printable excerpt: control characters become U+FFFD, whitespace runs one
+    space (no terminal escapes, no forged log lines in whatever displays it)."""
+    text = content[: EXCERPT_CHARS * 4].decode("utf-8", "replace")
+    text = " ".join(_CONTROL.sub("\ufffd", part) for part in text.split())
+    return text[:EXCERPT_CHARS]
+
+
+def verdict(
+    job: Job, status: int, headers, content: bytes, duration_ms: float, *, public: bool = False
+) -> Result:
+    """2xx delivered; 408/425/429/5xx retry (Retry-After on 429/503); other codes permanent.
+    The body is kept (as a short excerpt) only from a public address: an allowed private
+    network's pages are not for tenants to read."""
+    result = Result(job, "delivered", status, duration_ms, excerpt(content) if public else "")
     if 200 <= status < 300:
         return result
     if status in RETRYABLE_STATUSES:
@@ -179,5 +293,5 @@ def verdict(job: Job, status: int, headers, content: bytes, duration_ms: float) 
     else:
         result.outcome = "permanent"
         result.gone = status == 410
-    result.error = f"HTTP {status}"
+    result.error = f"http_{status}"
     return result

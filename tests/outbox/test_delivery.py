@@ -42,10 +42,11 @@ def test_webhook_is_signed_and_verified_by_standardwebhooks(tenant, receiver):
     delivery = Delivery.objects.get()
     assert (delivery.status, delivery.attempts) == ("delivered", 1)
     attempt = DeliveryAttempt.objects.get()
+    # a loopback receiver's body is not kept: excerpts come from public addresses only
     assert (attempt.status_code, attempt.outcome, attempt.response_excerpt) == (
         200,
         "delivered",
-        "ok",
+        "",
     )
 
 
@@ -81,7 +82,7 @@ def test_retryable_statuses_schedule_a_retry_with_jittered_backoff(tenant, recei
     delay = (delivery.next_attempt_at - before).total_seconds()
     assert 0.8 * 60 - 1 <= delay <= 1.2 * 60 + 1
     assert DeliveryAttempt.objects.get().status_code == status
-    assert delivery.last_error == f"HTTP {status}"
+    assert delivery.last_error == f"http_{status}"
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
@@ -187,7 +188,7 @@ def test_connection_refused_and_timeouts_are_retried(tenant, receiver):
     deliver_round()
     errors = dict(Delivery.objects.values_list("target__name", "last_error"))
     assert set(Delivery.objects.values_list("status", flat=True)) == {"retrying"}
-    assert "connection error" in errors["down"] and "timeout" in errors["slow"]
+    assert errors == {"down": "connection_refused", "slow": "timeout"}
 
 
 def test_max_attempts_per_target(tenant, receiver):
@@ -275,7 +276,12 @@ def test_requeue_leaves_a_delivery_a_worker_holds_alone(tenant, receiver):
 
 
 @pytest.mark.parametrize("status", [200, 500])
-def test_a_response_with_nul_bytes_is_recorded_not_a_stalled_round(tenant, receiver, status):
+def test_a_response_with_nul_bytes_is_recorded_not_a_stalled_round(
+    tenant, receiver, status, monkeypatch
+):
+    from outbox.delivery import egress
+
+    monkeypatch.setattr(egress, "address_is_public", lambda address: True)  # excerpt kept
     make_target(tenant, url=receiver.url)
     receiver.answer = answer(status, body="bad\x00body")
     publish(tenant)
@@ -365,6 +371,7 @@ def test_leases_are_renewed_through_many_short_sends_in_waves(tenant, receiver, 
     """8 sends of 0.2 s through one thread take 1.6 s: no single wait outlasts a third of the
     1 s lease, yet the batch outlasts the lease; renewal goes by elapsed time."""
     settings.OUTBOX_LEASE_SECONDS = 1
+    settings.OUTBOX_TARGET_MAX_IN_FLIGHT = 8  # one round holds all eight (not the cap's test)
     make_target(tenant, url=receiver.url)
     publish(tenant, n=8)
     receiver.delay = 0.2
