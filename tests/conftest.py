@@ -36,6 +36,14 @@ def _fresh_cache(_test_cache_dir):
     cache.clear()
 
 
+@pytest.fixture(autouse=True)
+def _loopback_targets_allowed(settings, monkeypatch):
+    """Receivers in tests listen on 127.0.0.1; production allows no private network. The
+    SSRF tests (tests/outbox/test_egress.py) take this allowance away again."""
+    settings.OUTBOX_ALLOWED_TARGET_NETWORKS = ["127.0.0.0/8"]
+    monkeypatch.setenv("OUTBOX_ALLOWED_TARGET_NETWORKS", "127.0.0.0/8")
+
+
 @pytest.fixture
 def tenant(db):
     return TenantFactory(name="Acme")
