@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import sys
@@ -49,15 +50,21 @@ async def user(session, base: str, headers: dict, stats: dict, stop_at: float, b
     """One browser: the flow, again and again, until the step's time or request budget ends."""
     import aiohttp
 
+    token: dict = {}  # the session's X-Session-Token, from the 201 that created it
+
     async def post(endpoint: str, path: str, body: dict) -> bool:
         if time.monotonic() >= stop_at or budget[0] <= 0:
             return False
         budget[0] -= 1
         started = time.perf_counter()
         try:
-            async with session.post(base + path, json=body, headers=headers) as response:
-                await response.read()
+            async with session.post(
+                base + path, json=body, headers={**headers, **token}
+            ) as response:
+                answer = await response.read()
                 ok = response.status < 400
+                if endpoint == "session" and response.status == 201:
+                    token["X-Session-Token"] = json.loads(answer)["sessionToken"]
         except (TimeoutError, aiohttp.ClientError):
             ok = False
         elapsed = time.perf_counter() - started
@@ -66,6 +73,7 @@ async def user(session, base: str, headers: dict, stats: dict, stop_at: float, b
 
     while True:
         sid = str(uuid.uuid4())
+        token.clear()
         if not await post(
             "session", "/api/assessments/session", {"sessionId": sid, "status": "started"}
         ):
