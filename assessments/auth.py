@@ -6,8 +6,8 @@ URL; a secret key in a URL is refused with 400 secret_key_in_url (tenants.auth).
 token a publishable-key request presents is read here too (assessments.session_tokens).
 """
 
-from assessments import session_tokens
-from assessments.session_tokens import SessionProof
+from core import session_proof as session_tokens
+from core.session_proof import SessionProof
 from tenants.auth import ApiKeyAuthentication
 
 

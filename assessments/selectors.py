@@ -8,7 +8,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from assessments.models import AssessmentSession, Submission
-from assessments.session_tokens import SessionProof
+from core.session_proof import SessionProof
 from tenants.scoping import tenant_get_or_404, tenant_queryset
 
 

@@ -24,8 +24,8 @@ from django.utils import timezone
 
 from assessments import metrics
 from assessments.models import AnalyticsEvent, AssessmentSession, Submission
-from assessments.session_tokens import SessionProof, token_issue
 from core.errors import DomainError, ErrorKind
+from core.session_proof import SessionProof, token_issue
 from outbox.services import event_publish
 from tenants.scoping import tenant_get_or_404, tenant_queryset
 

@@ -19,6 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api.errors import ApiError, error_response
+from core.session_proof import proof_from_headers
 from core.validation import EMAIL_REGEX
 from payments import selectors
 from payments.services.checkout import payment_checkout_create
@@ -209,6 +210,7 @@ class CheckoutView(APIView):
             success_url=data["successUrl"],
             cancel_url=data["cancelUrl"],
             idempotency_key=idempotency_key,
+            session_proof=proof_from_headers(request.headers, is_secret=request.auth.is_secret),
         )
         response = Response(
             CheckoutOutSerializer(row).data,

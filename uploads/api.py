@@ -19,6 +19,7 @@ from rest_framework.views import APIView
 
 from core.api.errors import HTTP_STATUS_BY_KIND, ApiError
 from core.errors import DomainError, ErrorKind
+from core.session_proof import proof_from_headers
 from tenants.permissions import HasAnyKey
 from uploads import selectors, staging
 from uploads.models import Attachment, RetrySource
@@ -143,6 +144,7 @@ class UploadCreateView(UploadsErrorMixin, APIView):
                 expected_sha256=form.validated_data.get("sha256") or "",
                 assessment_session_id=form.validated_data.get("assessmentSessionId"),
                 publishable=publishable,
+                session_proof=proof_from_headers(request.headers, is_secret=request.auth.is_secret),
             )
         finally:
             handler.cleanup()

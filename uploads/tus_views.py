@@ -21,6 +21,7 @@ from rest_framework.views import APIView
 
 from core.api.errors import HTTP_STATUS_BY_KIND, ApiError
 from core.errors import ErrorKind
+from core.session_proof import proof_from_headers
 from tenants.permissions import HasAnyKey
 from uploads.api import SHA256_RE, UploadsErrorMixin, is_publishable
 from uploads.models import Attachment
@@ -260,6 +261,7 @@ class TusCreateView(_TusView):
             ),
             raw_metadata=(request.headers.get("Upload-Metadata") or "").strip(),
             publishable=is_publishable(request),
+            session_proof=proof_from_headers(request.headers, is_secret=request.auth.is_secret),
         )
         has_body = request.headers.get("Content-Type", "").startswith(
             "application/offset+octet-stream"

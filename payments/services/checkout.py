@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 from django.db import IntegrityError, transaction
 
 from core.errors import DomainError, ErrorKind
+from core.session_proof import SessionProof
 from payments.models import PaymentSession
 from payments.services.prices import allowed_price_check
 from payments.stripe_api import stripe_call, stripe_id
@@ -100,8 +101,13 @@ def payment_checkout_create(
     currency: str | None = None,
     product_name: str = "Assessment",
     idempotency_key: str | None = None,
+    session_proof: SessionProof | None = None,
 ) -> tuple[PaymentSession, bool]:
     """Create a Stripe Checkout Session, then our row. Returns (row, replayed).
+
+    A publishable key linking the checkout to an assessment session must present that
+    session's token (session_proof; None for a secret key): a session id alone (it travels
+    in analytics events and URLs) must not let anyone pay into another visitor's session.
 
     A priceId must be on the tenant's allow-list, whoever asks (a free amount is the
     server's own choice: the view lets only secret keys send one).
@@ -133,7 +139,11 @@ def payment_checkout_create(
             return _replay(existing, fingerprint), True
     else:
         ps_id = uuid.uuid4()
-    _assessment_session_check(tenant_id=tenant_id, assessment_session_id=assessment_session_id)
+    _assessment_session_check(
+        tenant_id=tenant_id,
+        assessment_session_id=assessment_session_id,
+        session_proof=session_proof,
+    )
     checkout = _stripe_checkout_create(request, payment_session_id=ps_id, tenant_id=tenant_id)
     row, created = _row_write(
         request,
@@ -148,23 +158,29 @@ def payment_checkout_create(
     return row, False
 
 
-def _assessment_session_check(*, tenant_id, assessment_session_id) -> None:
-    """The assessment session must be the tenant's own (checked before Stripe is called)."""
+def _assessment_session_check(
+    *, tenant_id, assessment_session_id, session_proof: SessionProof | None
+) -> None:
+    """The assessment session must be the tenant's own, and its token presented by a
+    publishable key (checked before Stripe is called)."""
     if assessment_session_id is None:
         return
     # Through our foreign key: payments does not import the assessments app.
     assessment_sessions = PaymentSession._meta.get_field("assessment_session").related_model
-    if not (
+    stored = list(
         tenant_queryset(assessment_sessions, tenant_id=tenant_id)
         .filter(pk=assessment_session_id)
-        .exists()
-    ):
+        .values_list("token_hash", flat=True)
+    )
+    if not stored:
         raise DomainError(
             "assessment_session_not_found",
             "sessionId does not name an assessment session of this tenant.",
             kind=ErrorKind.NOT_FOUND,
             details={"field": "sessionId"},
         )
+    if session_proof is not None:
+        session_proof.check(stored[0])
 
 
 def _stripe_checkout_create(

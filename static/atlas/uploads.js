@@ -3,7 +3,9 @@
 //   import { AtlasUploads } from "/static/atlas/uploads.js";
 //   const uploads = new AtlasUploads({ apiKey: "pk_…" });
 //   uploads.start();                       // flush the queue now and whenever we come online
-//   const { id } = await uploads.upload(file, { assessmentSessionId });
+//   const { id } = await uploads.upload(file, { assessmentSessionId, sessionToken });
+//   (a publishable key links a file to a session only with that session's token, the
+//   sessionToken returned when it was created: AtlasClient keeps it as client.sessionToken)
 //
 // Every file is first written to IndexedDB (the Blob itself plus its upload state) under a
 // client-generated uploadId, so a file picked while offline, or a tab closed mid-upload, is
@@ -118,7 +120,7 @@ export class AtlasUploads extends EventTarget {
   }
 
   /** Queue a file (kept in IndexedDB until the server has it), and send it if online. */
-  async upload(file, { assessmentSessionId = null } = {}) {
+  async upload(file, { assessmentSessionId = null, sessionToken = null } = {}) {
     const record = {
       id: newId(),
       blob: file,
@@ -127,6 +129,7 @@ export class AtlasUploads extends EventTarget {
       size: file.size,
       sha256: await sha256Hex(file),
       assessmentSessionId,
+      sessionToken,
       url: null,
       offset: 0,
       queuedAt: Date.now(),
@@ -212,6 +215,7 @@ export class AtlasUploads extends EventTarget {
   async _create(record) {
     const response = await this._request("POST", `${this.baseUrl}/api/uploads/tus/`, {
       headers: {
+        ...(record.sessionToken ? { "X-Session-Token": record.sessionToken } : {}),
         "Upload-Length": String(record.size),
         "Upload-Metadata": metadataHeader({
           filename: record.name,

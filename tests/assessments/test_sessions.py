@@ -36,7 +36,7 @@ def test_first_post_creates_session_with_client_id(browser_api, tenant):
     assert response.json()["id"] == body["sessionId"]
     assert response.json()["metadata"] == {"src": "ad"}
     assert response.json()["sessionToken"]
-    # a publishable key never reads personal fields back (assessments.session_tokens)
+    # a publishable key never reads personal fields back (core.session_proof)
     assert not {"email", "firstName", "formData"} & set(response.json())
 
 

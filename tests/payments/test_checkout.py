@@ -267,3 +267,21 @@ def test_row_that_cannot_be_written_expires_the_stripe_session(api, tenant, stri
     [expire] = stripe_stub.calls("POST", "/v1/checkout/sessions/cs_test_stub0001/expire")
     assert stripe_stub.sessions["cs_test_stub0001"]["status"] == "expired"
     assert expire.method == "POST"
+
+
+def test_browser_key_links_a_checkout_only_with_the_session_token(browser_api, tenant, stripe_stub):
+    # A payment unlocks a session's paid result: a visitor holding only the public key and a
+    # leaked session id must not start a checkout for another visitor's session.
+    from tests.assessments.factories import SESSION_TOKEN, SessionFactory
+
+    AllowedPriceFactory(tenant=tenant, price_id="price_assessment")
+    session = SessionFactory(tenant=tenant)
+    body = _price_body(sessionId=str(session.pk))
+    assert_error(browser_api.post(URL, body, format="json"), 403, "session_token_required")
+    wrong = browser_api.post(URL, body, format="json", HTTP_X_SESSION_TOKEN="guess")
+    assert_error(wrong, 403, "invalid_session_token")
+    assert PaymentSession.objects.count() == 0
+    assert stripe_stub.calls("POST", "/v1/checkout/sessions") == []
+    right = browser_api.post(URL, body, format="json", HTTP_X_SESSION_TOKEN=SESSION_TOKEN)
+    assert right.status_code == 201, right.content
+    assert PaymentSession.objects.get().assessment_session_id == session.pk

@@ -25,9 +25,10 @@ def _file(data=b"hello world", name="notes.txt", content_type="text/plain"):
 
 def _post(client, data=b"hello world", **fields):
     """POST like a real request: on-commit hooks (staging clean-up) run as after a commit."""
+    headers = {k: fields.pop(k) for k in list(fields) if k.startswith("HTTP_")}
     payload = {"file": _file(data, **fields.pop("file_kw", {})), **fields}
     with TestCase.captureOnCommitCallbacks(execute=True):
-        return client.post(URL, payload, format="multipart")
+        return client.post(URL, payload, format="multipart", **headers)
 
 
 def _staging_files():
@@ -196,3 +197,26 @@ def test_get_shows_status_size_checksum_attempts(api, other_api):
 
 def test_get_unknown_upload_is_404(api):
     assert_error(api.get(f"{URL}{uuid.uuid4()}"), 404, "not_found")
+
+
+def test_publishable_key_links_an_upload_only_with_the_session_token(browser_api, tenant):
+    # A session id travels in analytics events and URLs: with the public key alone, anyone
+    # could attach files to another visitor's session. The session's token is required.
+    from tests.assessments.factories import SESSION_TOKEN, SessionFactory
+
+    session = SessionFactory(tenant=tenant)
+    without = _post(browser_api, b"data", assessmentSessionId=str(session.pk))
+    assert_error(without, 403, "session_token_required")
+    wrong = _post(
+        browser_api, b"data", assessmentSessionId=str(session.pk), HTTP_X_SESSION_TOKEN="x"
+    )
+    assert_error(wrong, 403, "invalid_session_token")
+    assert Attachment.objects.count() == 0 and _staging_files() == []
+    right = _post(
+        browser_api,
+        b"data",
+        assessmentSessionId=str(session.pk),
+        HTTP_X_SESSION_TOKEN=SESSION_TOKEN,
+    )
+    assert right.status_code == 201, right.content
+    assert Attachment.objects.get().assessment_session_id == session.pk

@@ -10,6 +10,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from core.errors import DomainError, ErrorKind
+from core.session_proof import SessionProof
 from tenants.scoping import tenant_queryset
 from uploads import staging
 from uploads.models import Attachment, RetrySource
@@ -38,23 +39,29 @@ def check_limits(*, size: int, content_type: str, publishable: bool = False) -> 
         )
 
 
-def check_session(*, tenant_id, assessment_session_id) -> None:
-    """The session an upload belongs to must be the tenant's own. The model comes through the
-    foreign key: uploads does not import the assessments app."""
+def check_session(
+    *, tenant_id, assessment_session_id, session_proof: SessionProof | None = None
+) -> None:
+    """The session an upload belongs to must be the tenant's own, and a publishable key must
+    present that session's token (session_proof; None for a secret key). The model comes
+    through the foreign key: uploads does not import the assessments app."""
     if assessment_session_id is None:
         return
     session_model = Attachment._meta.get_field("assessment_session").related_model
-    if (
-        not tenant_queryset(session_model, tenant_id=tenant_id)
+    stored = list(
+        tenant_queryset(session_model, tenant_id=tenant_id)
         .filter(pk=assessment_session_id)
-        .exists()
-    ):
+        .values_list("token_hash", flat=True)
+    )
+    if not stored:
         raise DomainError(
             "unknown_assessment_session",
             "No such assessment session.",
             kind=ErrorKind.INVALID,
             details={"assessmentSessionId": str(assessment_session_id)},
         )
+    if session_proof is not None:
+        session_proof.check(stored[0])
 
 
 def clean_filename(name: str) -> str:
@@ -70,6 +77,7 @@ def attachment_receive(
     expected_sha256: str = "",
     assessment_session_id=None,
     publishable: bool = False,
+    session_proof: SessionProof | None = None,
 ) -> tuple[Attachment, bool]:
     """Take a fully staged multipart file. Returns (attachment, created).
 
@@ -87,7 +95,11 @@ def attachment_receive(
                 kind=ErrorKind.CHECKSUM_MISMATCH,
                 details={"expected": expected_sha256.lower(), "received": staged.sha256},
             )
-        check_session(tenant_id=tenant_id, assessment_session_id=assessment_session_id)
+        check_session(
+            tenant_id=tenant_id,
+            assessment_session_id=assessment_session_id,
+            session_proof=session_proof,
+        )
         existing = _existing_same_bytes(tenant_id=tenant_id, upload_id=upload_id, staged=staged)
         if existing is not None:
             return existing, False

@@ -19,6 +19,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from core.errors import DomainError, ErrorKind
+from core.session_proof import SessionProof
 from tenants.scoping import tenant_get_or_404
 from uploads import staging
 from uploads.models import Attachment, RetrySource
@@ -50,13 +51,18 @@ def tus_upload_create(
     assessment_session_id=None,
     raw_metadata: str = "",
     publishable: bool = False,
+    session_proof: SessionProof | None = None,
 ) -> tuple[Attachment, bool]:
     """tus creation. An existing unfinished upload with the same id and length is returned
     (a re-sent POST), so the client can HEAD it and resume; anything else with that id → 409.
     A new upload reserves its announced length in the tenant's quota and counts as open until
     it completes, is terminated or expires."""
     check_limits(size=length, content_type=content_type, publishable=publishable)
-    check_session(tenant_id=tenant_id, assessment_session_id=assessment_session_id)
+    check_session(
+        tenant_id=tenant_id,
+        assessment_session_id=assessment_session_id,
+        session_proof=session_proof,
+    )
     existing = Attachment.objects.filter(pk=upload_id).first()
     if existing is not None and _expired_own(existing, tenant_id=tenant_id):
         # the client starts over after 410: the expired leftovers make room for it

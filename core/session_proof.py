@@ -1,5 +1,9 @@
 """Session tokens: the proof that a browser is the one that created the session it touches.
 
+Shared by every app a browser links to its assessment session with the publishable key:
+the session itself, its answers and submit (assessments), an upload attached to it
+(uploads) and a checkout that unlocks its result (payments).
+
 The publishable key sits in every visitor's page and session ids travel in analytics events
 and URLs, so neither proves anything. When a session is created it gets a random token,
 returned once (`sessionToken` in the 201 answer); only its SHA-256 is stored. With a
@@ -62,6 +66,14 @@ class SessionProof:
             raise _invalid()
         if not hmac.compare_digest(presented, stored_digest):
             raise _invalid()
+
+
+def proof_from_headers(headers, *, is_secret: bool) -> SessionProof | None:
+    """The proof a request presents in its X-Session-Token header; None for a secret key
+    (server side: trusted)."""
+    if is_secret:
+        return None
+    return SessionProof(headers.get(HEADER) or None)
 
 
 def _invalid() -> DomainError:
