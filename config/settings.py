@@ -97,7 +97,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "core.middleware.RequestIdMiddleware",
     "ops.metrics.ApiMetricsMiddleware",
-    "corsheaders.middleware.CorsMiddleware",
+    "tenants.cors.CorsMiddleware",  # corsheaders, with origins loaded off the event loop
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

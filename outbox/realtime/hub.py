@@ -12,6 +12,11 @@ waits until every one of them has ended; then the hole is either filled or was a
 So streams, and the Last-Event-ID cursor they give out, never skip a committed event.
 OUTBOX_REALTIME_SETTLE_SECONDS is only a safety valve against a transaction left open for
 very long (logged when it fires).
+
+Keys: the same LISTEN connection hears tenants' key changes (a revoke or a tenant's
+deactivation, NOTIFY at its commit) and ends every open stream of that key or tenant at once.
+Announcements sent while the connection was down are lost, so after a reconnect every stream
+re-checks its key (each stream also re-checks at every keep-alive).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import psycopg
 from django.db import connection
 
 from outbox import conf
+from outbox.realtime import event_ids
+from tenants.keycache import KEY_CHANGES_CHANNEL
 
 logger = logging.getLogger("outbox.realtime")
 QUEUE_SIZE = 1000
@@ -43,6 +50,7 @@ def event_message(seq, tenant_id, event_id, topic, event_type, payload_text, occ
     occurred = occurred_at.isoformat().replace("+00:00", "Z")
     return {
         "seq": seq,
+        "event_id": event_ids.encode(seq),  # the SSE id: opaque outside this server
         "tenant_id": str(tenant_id),
         "topic": topic,
         "event_type": event_type,
@@ -58,8 +66,16 @@ def event_message(seq, tenant_id, event_id, topic, event_type, payload_text, occ
 class Subscriber:
     tenant_id: str
     topics: frozenset[str]
+    key_id: str = ""
     queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(QUEUE_SIZE))
     overflowed: bool = False
+    closed: bool = False  # its key was revoked or its tenant deactivated
+    recheck_due: bool = False  # key announcements may have been missed: check the key now
+
+    def nudge(self):
+        """Wake the stream if it waits on an empty queue (a full one is read at once)."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(None)
 
     def wants(self, message: dict) -> bool:
         return message["tenant_id"] == self.tenant_id and (
@@ -105,16 +121,24 @@ class Hub:
 
     async def _listen(self):
         delay = 0.5
+        listened_before = False
         while True:
             try:
                 conn = await self._connect()
                 async with conn:
                     await conn.execute(f"LISTEN {conf.CHANNEL_EVENTS}")
                     await conn.execute(f"LISTEN {conf.CHANNEL_REALTIME}")
+                    await conn.execute(f"LISTEN {KEY_CHANGES_CHANNEL}")
                     delay = 0.5
+                    if listened_before:
+                        self._recheck_all()
+                    listened_before = True
                     self.wake.set()
-                    async for _ in conn.notifies():
-                        self.wake.set()
+                    async for notify in conn.notifies():
+                        if notify.channel == KEY_CHANGES_CHANNEL:
+                            self._end_streams_of(notify.payload)
+                        else:
+                            self.wake.set()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # database restart: reconnect, streams keep waiting
@@ -231,13 +255,37 @@ class Hub:
                     sub.overflowed = True
                     self.subscribers.discard(sub)
 
+    # --- keys ---------------------------------------------------------------------------------
+
+    def _end_streams_of(self, payload: str):
+        """A key was revoked (keyId) or a tenant deactivated (keyId null): end its streams."""
+        try:
+            change = json.loads(payload)
+            tenant_id, key_id = str(change["tenantId"]), change.get("keyId")
+        except (ValueError, KeyError, TypeError):
+            logger.warning("realtime: unreadable key change %r; re-checking every key", payload)
+            self._recheck_all()
+            return
+        for sub in list(self.subscribers):
+            if sub.tenant_id == tenant_id and (key_id is None or sub.key_id == str(key_id)):
+                sub.closed = True
+                self.subscribers.discard(sub)
+                sub.nudge()
+
+    def _recheck_all(self):
+        for sub in list(self.subscribers):
+            sub.recheck_due = True
+            sub.nudge()
+
     # --- streams -----------------------------------------------------------------------------
 
-    async def subscribe(self, tenant_id: str, topics: frozenset[str]) -> tuple[Subscriber, int]:
+    async def subscribe(
+        self, tenant_id: str, topics: frozenset[str], key_id: str = ""
+    ) -> tuple[Subscriber, int]:
         """Register a stream; returns it and the cursor from which live messages start."""
         self.ensure_running()
         await self.ready.wait()
-        sub = Subscriber(tenant_id, topics)
+        sub = Subscriber(tenant_id, topics, key_id)
         self.subscribers.add(sub)  # no await between: cursor and subscription agree
         return sub, self.cursor
 

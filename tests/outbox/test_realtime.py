@@ -1,18 +1,15 @@
 """SSE against a real uvicorn process on 127.0.0.1 (the way the stream is served)."""
 
-import json
-import socket
-import subprocess
-import sys
 import time
 
 import pytest
 import requests
 
+from outbox.realtime import event_ids
 from tests.factories import make_api_key
+from tests.outbox import sse
 from tests.outbox.factories import make_target, publish
-from tests.outbox.helpers import free_port
-from tests.processes import ROOT, subprocess_env
+from tests.outbox.sse import asgi_server
 from tests.tenancy import assert_error
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -20,83 +17,16 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 @pytest.fixture
 def asgi_url():
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "config.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        # a long safety valve: holes must resolve by their transaction ending, not a timer
-        env=subprocess_env(OUTBOX_REALTIME_SETTLE_SECONDS="60"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    # a long safety valve: holes must resolve by their transaction ending, not a timer
+    with asgi_server(OUTBOX_REALTIME_SETTLE_SECONDS="60") as url:
+        yield url
 
 
-class Stream:
-    """A real SSE client: reads frames until it has `count` events or times out."""
-
-    def __init__(self, url, key, last_event_id=None, params=None):
-        headers = {"Authorization": f"Bearer {key}"}
-        if last_event_id is not None:
-            headers["Last-Event-ID"] = str(last_event_id)
-        self.response = requests.get(
-            f"{url}/api/realtime/stream",
-            headers=headers,
-            params=params,
-            stream=True,
-            timeout=(5, 10),
-        )
-        self.lines = self.response.iter_lines(decode_unicode=True)
-        self.connected = False
-
-    def wait_connected(self):
-        for line in self.lines:
-            if line == ": connected":
-                self.connected = True
-                return
-
-    def take(self, count) -> list[dict]:
-        events, frame = [], {}
-        for line in self.lines:
-            if line == "":
-                if "data" in frame:
-                    events.append({**json.loads(frame["data"]), "seq": int(frame["id"])})
-                    if len(events) == count:
-                        return events
-                frame = {}
-            elif not line.startswith(":"):
-                name, _, value = line.partition(": ")
-                frame[name] = value
-        return events
-
-    def close(self):
-        self.response.close()
+class Stream(sse.Stream):
+    def take(self, count, within=None) -> list[dict]:
+        """Events with `seq`: the global sequence behind the opaque id (decoded here)."""
+        events = super().take(count, within)
+        return [{**e, "seq": event_ids.decode(e["lastEventId"])} for e in events]
 
 
 def test_stream_carries_own_tenant_events_with_topic_filter(asgi_url, tenant, other_tenant):
@@ -124,7 +54,7 @@ def test_last_event_id_resumes_without_gaps(asgi_url, tenant):
     seen = first.take(2)
     first.close()
     published += publish(tenant, n=3)  # while disconnected
-    resumed = Stream(asgi_url, key, last_event_id=seen[-1]["seq"])
+    resumed = Stream(asgi_url, key, last_event_id=seen[-1]["lastEventId"])
     resumed.wait_connected()
     published += publish(tenant, n=1)  # live after the replay
     rest = resumed.take(4)
@@ -205,7 +135,7 @@ def test_an_event_committed_late_is_not_skipped(asgi_url, tenant):
     assert [e["id"] for e in got] == [str(slow[0].id), str(fast.id)]
     assert slow[0].seq < fast.seq
     # and a client resuming from before both gets both, in the same order
-    resumed = Stream(asgi_url, key, last_event_id=slow[0].seq - 1)
+    resumed = Stream(asgi_url, key, last_event_id=event_ids.encode(slow[0].seq - 1))
     assert [e["id"] for e in resumed.take(2)] == [str(slow[0].id), str(fast.id)]
     resumed.close()
 
