@@ -1,0 +1,40 @@
+"""Deactivating a tenant goes through tenants.services.tenant_deactivate (command included)."""
+
+import io
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from tenants.models import Tenant
+from tests.conftest import client_for
+from tests.factories import make_api_key
+from tests.tenancy import assert_error
+
+pytestmark = pytest.mark.django_db
+
+
+def _call(*args) -> str:
+    out = io.StringIO()
+    call_command(*args, stdout=out, stderr=io.StringIO())
+    return out.getvalue().strip()
+
+
+def test_the_command_deactivates_at_once_and_reactivates(
+    tenant, settings, django_capture_on_commit_callbacks
+):
+    settings.API_KEY_CACHE_TTL_SECONDS = 3600
+    api = client_for(make_api_key(tenant, "secret"))
+    assert api.get("/api/keys").status_code == 200  # cached for an hour
+    with django_capture_on_commit_callbacks(execute=True):
+        assert _call("tenants_deactivate", "Acme") == "Acme deactivated"
+    assert Tenant.objects.get(pk=tenant.pk).is_active is False
+    assert_error(api.get("/api/keys"), 401, "tenant_inactive")
+    assert _call("tenants_deactivate", str(tenant.id)) == "Acme was inactive already"
+    with django_capture_on_commit_callbacks(execute=True):
+        assert _call("tenants_deactivate", "Acme", "--reactivate") == "Acme reactivated"
+    assert api.get("/api/keys").status_code == 200
+
+
+def test_an_unknown_tenant_fails_clearly(db):
+    with pytest.raises(CommandError, match="no tenant"):
+        _call("tenants_deactivate", "Nobody")
