@@ -93,7 +93,9 @@ def apikey_revoke(*, key: ApiKey) -> bool:
 
 def tenant_deactivate(*, tenant: Tenant) -> bool:
     """Disable a tenant: its keys are refused at once (whatever API_KEY_CACHE_TTL_SECONDS
-    says) and its open realtime streams end. Returns False when it was inactive already."""
+    says) and its open realtime streams end. Returns False when it was inactive already; for
+    a tenant saved inactive elsewhere first (a model form) the keys are still distrusted and
+    the streams ended, so such a path calls this right after saving."""
     return _tenant_active_set(tenant=tenant, active=False)
 
 
@@ -107,7 +109,7 @@ def _tenant_active_set(*, tenant: Tenant, active: bool) -> bool:
             is_active=active, updated_at=timezone.now()
         )
         digests = list(ApiKey.objects.filter(tenant=tenant).values_list("key_hash", flat=True))
-        if updated and not active:
+        if not active:  # also when saved inactive elsewhere first (the admin form)
             _announce_key_change(tenant_id=tenant.pk, key_id=None)
         _distrust_cached(digests)
     transaction.on_commit(origins_cache_clear)

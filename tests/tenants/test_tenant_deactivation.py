@@ -38,3 +38,21 @@ def test_the_command_deactivates_at_once_and_reactivates(
 def test_an_unknown_tenant_fails_clearly(db):
     with pytest.raises(CommandError, match="no tenant"):
         _call("tenants_deactivate", "Nobody")
+
+
+def test_a_tenant_saved_inactive_elsewhere_is_enforced_by_calling_the_service_after(
+    tenant, settings, django_capture_on_commit_callbacks
+):
+    """A model form (the admin's) saves is_active itself: the cache cannot know until the
+    service is called; then the keys are refused at once."""
+    from tenants.services import tenant_deactivate
+
+    settings.API_KEY_CACHE_TTL_SECONDS = 3600
+    api = client_for(make_api_key(tenant, "secret"))
+    assert api.get("/api/keys").status_code == 200
+    tenant.is_active = False
+    tenant.save()
+    assert api.get("/api/keys").status_code == 200  # a save alone: still trusted from cache
+    with django_capture_on_commit_callbacks(execute=True):
+        assert tenant_deactivate(tenant=tenant) is False  # inactive already, still enforced
+    assert_error(api.get("/api/keys"), 401, "tenant_inactive")
