@@ -6,11 +6,13 @@ synchronous ORM call there raised SynchronousOnlyOperation: 500 for every prefli
 every response to a request with an Origin header.
 """
 
+import functools
 import http.server
 import threading
 
 import pytest
 from django.core.cache import cache
+from django.db import connection
 
 from tests.browser import chromium_browser, chromium_page  # noqa: F401  (fixtures)
 from tests.factories import TenantFactory, make_api_key
@@ -50,6 +52,20 @@ def realtime():
         yield url
 
 
+def closes_db(test):
+    """ORM calls made while Playwright's sync API is active get their own connection: close
+    it in that same context (as tests/assessments/test_browser.py does)."""
+
+    @functools.wraps(test)
+    def wrapper(*args, **kwargs):
+        try:
+            return test(*args, **kwargs)
+        finally:
+            connection.close()
+
+    return wrapper
+
+
 FETCH = """async ([url, key]) => {
   try {
     const headers = key ? {Authorization: "Bearer " + key} : {};
@@ -79,6 +95,7 @@ OPEN_STREAM = """([url, key]) => {
 }"""
 
 
+@closes_db
 def test_a_page_on_an_allowed_origin_uses_the_realtime_server_with_a_cold_cache(
     chromium_page,  # noqa: F811
     site,
