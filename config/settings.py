@@ -336,6 +336,9 @@ SLACK_WEBHOOK_URL = env("SLACK_WEBHOOK_URL")
 # Worker: parallel HTTP sends per worker, and the poll interval when no NOTIFY arrives.
 OUTBOX_WORKER_CONCURRENCY = env("OUTBOX_WORKER_CONCURRENCY", "int", 32)
 OUTBOX_POLL_SECONDS = env("OUTBOX_POLL_SECONDS", "float", 2.0)
+# Fair sharing (outbox/delivery/claim.py): live leases one target may hold across every
+# worker; a dead or slow target holds at most this many send slots.
+OUTBOX_TARGET_MAX_IN_FLIGHT = env("OUTBOX_TARGET_MAX_IN_FLIGHT", "int", 4)
 # Circuit breaker per target (state in PostgreSQL, shared by every worker).
 OUTBOX_CIRCUIT_FAILURES = env("OUTBOX_CIRCUIT_FAILURES", "int", 5)
 OUTBOX_CIRCUIT_OPEN_SECONDS = env("OUTBOX_CIRCUIT_OPEN_SECONDS", "int", 60)
@@ -370,6 +373,7 @@ for _name in (
     "OUTBOX_LEASE_SECONDS",
     "OUTBOX_BATCH_SIZE",
     "OUTBOX_WORKER_CONCURRENCY",
+    "OUTBOX_TARGET_MAX_IN_FLIGHT",
     "OUTBOX_CIRCUIT_FAILURES",
     "OUTBOX_CIRCUIT_CLOSE_SUCCESSES",
     "OUTBOX_MAX_TARGETS_PER_TENANT",

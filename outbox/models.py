@@ -170,12 +170,18 @@ class Delivery(TenantOwnedModel):
             ),
         ]
         indexes = [
-            # the worker's claim: open deliveries by due time (id breaks ties: LIMIT reads
-            # only the head of the index instead of sorting every due row)
+            # the worker's claim: each target's open deliveries by due time (id breaks ties:
+            # LIMIT reads only the head of each target's range, never the whole backlog)
             models.Index(
-                fields=["next_attempt_at", "id"],
-                name="outbox_delivery_due_id",
+                fields=["target", "next_attempt_at", "id"],
+                name="outbox_delivery_target_due",
                 condition=Q(status__in=["pending", "retrying"]),
+            ),
+            # the claim's per-target cap: live leases (a few dozen rows, whatever the backlog)
+            models.Index(
+                fields=["target", "locked_until"],
+                name="outbox_delivery_leased",
+                condition=Q(status__in=["pending", "retrying"], locked_until__isnull=False),
             ),
             # ordering check: an earlier open delivery of the same target and key
             models.Index(

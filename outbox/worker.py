@@ -1,8 +1,12 @@
-"""The long-running delivery loop behind `manage.py outbox_worker`.
+"""The long-running delivery loop behind `manage.py outbox_worker`: a continuous pipeline.
 
-Wakes on NOTIFY (a listener thread on its own connection) and polls as a fallback; survives
-the database going away (reconnects with capped backoff); on SIGTERM finishes the batch in
-flight, releases its leases and exits.
+A fixed number of send slots (`OUTBOX_WORKER_CONCURRENCY`); a slot freed is refilled at once
+(a claim for up to the free slots whenever sends finish, gathered for a few ms); finished
+sends are recorded in small groups as they come, never behind the slowest send of a batch.
+Wakes on NOTIFY (a listener thread on its own connection) and polls as a fallback; renews the
+leases of everything on the wire; survives the database going away (reconnects with capped
+backoff); on SIGTERM stops claiming, finishes and records what is on the wire, releases its
+leases and exits.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import socket
 import threading
 import time
@@ -29,6 +34,8 @@ from django.utils import timezone
 
 from outbox import conf
 from outbox.delivery import Deliverer
+from outbox.delivery.claim import Fairness
+from outbox.delivery.send import Result
 from outbox.models import Delivery, WorkerHeartbeat
 
 logger = logging.getLogger("outbox.worker")
@@ -36,12 +43,30 @@ HEARTBEAT_SECONDS = 5.0
 REPORT_SECONDS = 60.0
 DB_ERRORS = (OperationalError, InterfaceError, DatabaseError)
 REFUSED = (DataError, IntegrityError, ProgrammingError)
+# A finished send waits at most this long for others to share its record statement, and a
+# freed slot for others to share a claim: a few ms of latency for far fewer statements.
+GATHER_SECONDS = 0.003
+# A tenant claimed for this recently still competes for the slots (see claim.Fairness): a
+# steady publisher keeps its share even in the gaps between its events.
+ACTIVE_SECONDS = 10.0
+WAKE = "wake"
+
+
+class Wake:
+    """Event-like for the listener: `set()` puts a wake-up in the worker's inbox, next to the
+    finished sends, so one blocking `get` waits for both."""
+
+    def __init__(self, inbox: queue.SimpleQueue):
+        self.inbox = inbox
+
+    def set(self) -> None:
+        self.inbox.put(WAKE)
 
 
 class Listener(threading.Thread):
-    """LISTEN outbox_events on a dedicated autocommit connection; sets `wake` per NOTIFY."""
+    """LISTEN outbox_events on a dedicated autocommit connection; wakes the worker per NOTIFY."""
 
-    def __init__(self, wake: threading.Event, stop: threading.Event):
+    def __init__(self, wake: Wake, stop: threading.Event):
         super().__init__(name="outbox-listen", daemon=True)
         self.wake, self.stop = wake, stop
         self.connected = threading.Event()
@@ -77,72 +102,194 @@ class Worker:
         self.batch_size = batch_size or conf.get("OUTBOX_BATCH_SIZE")
         self.poll_seconds = poll_seconds or conf.get("OUTBOX_POLL_SECONDS")
         self.deliverer = Deliverer(concurrency=concurrency, worker_id=self.worker_id)
+        self.slots = self.deliverer.concurrency
+        self.group = max(1, self.slots // 4)  # sends per claim / record, unless time is up
         self.stop = threading.Event()
-        self.wake = threading.Event()
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()  # finished sends and wake-ups
+        self.wake = Wake(self.inbox)
         self.listener = Listener(self.wake, self.stop)
         self._last_beat = 0.0
         self._last_report, self._reported_total = time.monotonic(), 0
+        # the pipeline's state (all on this thread)
+        self.sending = 0  # jobs with the sender threads
+        self.in_flight: dict[str, int] = {}  # tenant -> its jobs with the sender threads
+        self.active: dict[str, float] = {}  # tenant -> when it was last claimed for
+        self.finished: list[Result] = []  # sent, not yet recorded
+        self._finished_since = 0.0
+        self._woken = True  # claim at once on start
+        self._freed_since: float | None = None  # a slot freed since the last claim
+        self._found_nothing = False  # the last claim came back empty
+        self._next_poll = 0.0
+        self._next_renewal = 0.0
+        self._db_delay, self._db_retry_at = 0.5, 0.0
 
     def run(self, *, exit_when_idle: bool = False) -> None:
-        """Pipelined: the next batch is claimed while the current one is on the wire, and the
-        current one is recorded while the next one is; so the database never idles the HTTP."""
         self.listener.start()
         started = timezone.now()
-        db_delay = 0.5
-        inflight = None  # a batch whose sends are running
-        unrecorded = None  # a batch with verdicts not yet written (e.g. the database was down)
         logger.info("outbox worker %s started", self.worker_id)
         try:
             while True:
-                claimed = None
-                try:
-                    self._heartbeat(started)
-                    if unrecorded:
-                        self.deliverer.record(unrecorded)
-                        unrecorded = None
-                    # pre-claim only behind a full batch: when the queue is short an empty
-                    # claim per event would just be one more query
-                    busy = inflight is None or len(inflight.jobs) >= self.batch_size
-                    if busy and not self.stop.is_set():
-                        claimed = self.deliverer.claim(batch_size=self.batch_size)
-                    if inflight:
-                        unrecorded, inflight = self.deliverer.collect(inflight), None
-                    if claimed and claimed.jobs:
-                        inflight = self.deliverer.submit(claimed)
-                    if unrecorded:
-                        self.deliverer.record(unrecorded)
-                        unrecorded = None
-                    db_delay = 0.5
-                except DB_ERRORS as exc:
-                    if unrecorded and isinstance(exc, REFUSED):
-                        # the database refused these verdicts (not a lost connection): retrying
-                        # would stall this worker forever; their leases expire and they go again
-                        logger.error("verdicts refused by the database, dropped: %s", exc)
-                        self.deliverer.release(unrecorded)  # stop renewing: they lapse
-                        unrecorded = None
-                    if claimed is not None and claimed is not inflight:
-                        self.deliverer.release(claimed)  # claimed, never sent: let it lapse
-                    logger.warning("database error (%s); reconnecting in %.1fs", exc, db_delay)
-                    close_old_connections()
-                    connection.close()
-                    if self.stop.is_set():
-                        # at-least-once: unrecorded sends go again once their leases expire
-                        logger.warning("stopping without recording the last verdicts")
-                        break
-                    self.stop.wait(db_delay)
-                    db_delay = min(db_delay * 2, 10.0)
-                    continue
-                if inflight is not None or (claimed and len(claimed.jobs) >= self.batch_size):
-                    continue  # overlap the next claim with these sends, or more is due
-                if self.stop.is_set() or exit_when_idle:
+                now = time.monotonic()
+                if now >= self._db_retry_at:
+                    try:
+                        self._heartbeat(started)
+                        self._record_due(now)
+                        self._claim_due(now)
+                        self._renew_due(now)
+                        self._db_delay = 0.5
+                    except DB_ERRORS as exc:
+                        self._db_failed(exc, now)
+                if self._done(exit_when_idle):
                     break
-                self.wake.wait(self.poll_seconds)
-                self.wake.clear()
+                self._wait()
         finally:
             self.shutdown(started)
 
+    # --- the loop's steps ----------------------------------------------------------------------
+
+    def _record_due(self, now: float) -> None:
+        """Record the finished sends once a group is full, a few ms old, or nothing else is
+        on the wire (or we are stopping)."""
+        if not self.finished:
+            return
+        if not (
+            len(self.finished) >= self.group
+            or now - self._finished_since >= GATHER_SECONDS
+            or self.sending == 0
+            or self.stop.is_set()
+        ):
+            return
+        results, self.finished = self.finished, []
+        try:
+            self.deliverer.record_results(results)
+        except REFUSED as exc:
+            # the database refused these verdicts (not a lost connection): retrying would
+            # stall this worker forever; their leases lapse and they go again
+            logger.error("verdicts refused by the database, dropped: %s", exc)
+            self.deliverer.forget(results)
+        except DB_ERRORS:
+            self.finished = results + self.finished  # kept for the retry
+            raise
+
+    def _claim_due(self, now: float) -> None:
+        """Claim up to the free slots: at once after a NOTIFY, when slots freed (once a group
+        of them is free or a few ms passed), and at every poll."""
+        free = self.slots - self.sending
+        if self.stop.is_set() or free <= 0:
+            return
+        freed = self._freed_since is not None
+        if not (self._woken or freed or now >= self._next_poll):
+            return
+        if (
+            not self._woken
+            and freed
+            and self.sending
+            and free < self.group
+            and now - (self._freed_since or now) < GATHER_SECONDS
+        ):
+            return  # let a few more slots free up: one claim for them all
+        limit = min(free, self.batch_size)
+        fairness = Fairness(
+            slots=self.slots,
+            held=self.in_flight,
+            active=[t for t, seen in self.active.items() if now - seen < ACTIVE_SECONDS],
+        )
+        self._woken, self._freed_since = False, None
+        self._next_poll = now + self.poll_seconds
+        batch = self.deliverer.claim(batch_size=limit, fairness=fairness)
+        self._found_nothing = not batch.jobs
+        if not batch.jobs:
+            return
+        self.deliverer.submit(batch, sink=self.inbox)
+        for job in batch.jobs:
+            if job.defer_seconds is None:
+                self.in_flight[job.tenant_id] = self.in_flight.get(job.tenant_id, 0) + 1
+            self.active[job.tenant_id] = now
+        self.sending += batch.sent
+        if batch.results:  # handed back by the rate limit at once
+            self._finished_add(batch.results, now)
+
+    def _renew_due(self, now: float) -> None:
+        """Renew every held lease each third of a lease, by elapsed time: neither one slow
+        receiver nor many short sends in waves may let a lease lapse mid-send."""
+        if now < self._next_renewal:
+            return
+        self._next_renewal = now + max(conf.get("OUTBOX_LEASE_SECONDS") / 3, 0.1)
+        self.deliverer.renew_leases()
+
+    def _wait(self) -> None:
+        """Block until a send finishes, a NOTIFY comes, or the next timed step is due; then
+        take everything else already there."""
+        now = time.monotonic()
+        if now < self._db_retry_at:  # the database is away: only sends can finish meanwhile
+            deadlines = [self._db_retry_at]
+        else:
+            deadlines = [self._last_beat + HEARTBEAT_SECONDS]
+            if self.finished:
+                deadlines.append(self._finished_since + GATHER_SECONDS)
+            if self._freed_since is not None and not self.stop.is_set():
+                deadlines.append(self._freed_since + GATHER_SECONDS)
+            if not self.stop.is_set():
+                deadlines.append(self._next_poll)
+            if self.deliverer.held:
+                deadlines.append(self._next_renewal)
+        timeout = max(0.0, min(deadlines) - now)
+        try:
+            item = self.inbox.get(timeout=timeout) if timeout else self.inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._take(item)
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _take(self, item) -> None:
+        if item is WAKE:
+            self._woken = True
+            return
+        now = time.monotonic()
+        self.sending -= 1
+        tenant = item.job.tenant_id
+        left = self.in_flight.get(tenant, 1) - 1
+        if left > 0:
+            self.in_flight[tenant] = left
+        else:
+            self.in_flight.pop(tenant, None)
+        if self._freed_since is None:
+            self._freed_since = now
+        self._finished_add([item], now)
+
+    def _finished_add(self, results: list[Result], now: float) -> None:
+        if not self.finished:
+            self._finished_since = now
+        self.finished += results
+
+    def _done(self, exit_when_idle: bool) -> bool:
+        if self.sending or (self.finished and time.monotonic() >= self._db_retry_at):
+            return False  # sends on the wire, or verdicts to write while we can
+        if self.finished:  # the database is away and nothing is on the wire
+            if self.stop.is_set():
+                # at-least-once: unrecorded sends go again once their leases expire
+                logger.warning("stopping without recording the last verdicts")
+                return True
+            return False
+        if self.stop.is_set():
+            return True
+        return exit_when_idle and self._found_nothing and not self._woken
+
+    def _db_failed(self, exc: Exception, now: float) -> None:
+        logger.warning("database error (%s); reconnecting in %.1fs", exc, self._db_delay)
+        close_old_connections()
+        connection.close()
+        self._db_retry_at = now + self._db_delay
+        self._db_delay = min(self._db_delay * 2, 10.0)
+
+    # --- start, stop, heartbeat ----------------------------------------------------------------
+
     def request_stop(self, *_):
-        logger.info("outbox worker %s stopping after the batch in flight", self.worker_id)
+        logger.info("outbox worker %s stopping after the sends in flight", self.worker_id)
         self.stop.set()
         self.wake.set()
 
@@ -150,7 +297,7 @@ class Worker:
         self.stop.set()
         self.deliverer.close()
         try:
-            # nothing should be left leased (batches finish), but never strand a row
+            # nothing should be left leased (in-flight sends finish), but never strand a row
             Delivery.objects.filter(locked_by__startswith=f"{self.worker_id}:").update(
                 locked_until=None, locked_by=""
             )

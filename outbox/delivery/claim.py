@@ -1,4 +1,18 @@
-"""Claiming due deliveries: one SKIP LOCKED statement that also takes the lease.
+"""Claiming due deliveries: one SKIP LOCKED statement that shares the claim fairly and takes
+the lease.
+
+Fair sharing, inside the statement:
+- per target: at most `target_cap` live leases, counted over every worker (a dead target
+  holds its cap, never the fleet);
+- per tenant: its due deliveries take turns (round-robin over its targets), and its turn
+  number starts after what it already has in flight on this worker; the lowest turns are
+  taken first, so a tenant with one due event goes before the 17th send of a tenant with a
+  backlog;
+- a tenant holds at most `share` of the worker's slots while another tenant competes (has
+  due deliveries now, or was active on this worker moments ago), and at most `solo` when
+  alone (a few slots stay free for a newcomer even then).
+The statement's cost follows the number of open targets (one index probe each), not the
+backlog: it reads at most `min(room, limit)` rows per target.
 
 The worker is a system process: it works across tenants by design, so its claims are SQL over
 ids, not tenant-scoped queries.
@@ -7,7 +21,8 @@ ids, not tenant-scoped queries.
 from __future__ import annotations
 
 import json
-import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
@@ -24,27 +39,27 @@ def sql_list(values) -> str:
 
 
 OPEN = sql_list(Delivery.OPEN_STATUSES)
+_SLACK = Target.Kind.SLACK.value
 
 
 class ClaimedRow(NamedTuple):
     """One claimed delivery as the claim returns it (the RETURNING list follows this order)."""
 
     delivery_id: int
-    tenant_id: uuid.UUID
-    event_id: uuid.UUID
+    tenant_id: str
+    event_id: str
     seq: int
     topic: str
     event_type: str
-    payload: str  # jsonb as text: parsed once, in `job_from_row`
+    payload: str  # jsonb as text: sent as stored, parsed only for kinds that read fields
     idempotency_key: str
     occurred_at: datetime
     attempts: int
-    target_id: uuid.UUID
+    target_id: str
     target_kind: str
     url: str
     secret: str
-    previous_secret: str
-    previous_secret_expires_at: datetime | None
+    previous_secret: str | None  # only while it still signs
     timeout_seconds: float
     rate_limit_per_second: float | None
     max_attempts: int | None
@@ -54,11 +69,12 @@ class ClaimedRow(NamedTuple):
 
 
 # ClaimedRow field -> its SQL (d: delivery, e: event, t: target). Built in the field order,
-# so a field added to one and not the other fails at import, not at the first claim.
+# so a field added to one and not the other fails at import, not at the first claim. Ids come
+# as text: they are only ever used as strings.
 _RETURNING = {
     "delivery_id": "d.id",
-    "tenant_id": "d.tenant_id",
-    "event_id": "e.id",
+    "tenant_id": "d.tenant_id::text",
+    "event_id": "e.id::text",
     "seq": "e.seq",
     "topic": "e.topic",
     "event_type": "e.event_type",
@@ -66,12 +82,12 @@ _RETURNING = {
     "idempotency_key": "e.idempotency_key",
     "occurred_at": "e.occurred_at",
     "attempts": "d.attempts",
-    "target_id": "t.id",
+    "target_id": "t.id::text",
     "target_kind": "t.kind",
     "url": "t.url",
     "secret": "t.secret",
-    "previous_secret": "t.previous_secret",
-    "previous_secret_expires_at": "t.previous_secret_expires_at",
+    "previous_secret": "CASE WHEN t.previous_secret <> ''"
+    " AND t.previous_secret_expires_at > %(now)s THEN t.previous_secret END",
     "timeout_seconds": "t.timeout_seconds",
     "rate_limit_per_second": "t.rate_limit_per_second",
     "max_attempts": "t.max_attempts",
@@ -85,30 +101,91 @@ if tuple(_RETURNING) != ClaimedRow._fields:
     raise ImportError("outbox claim: _RETURNING and ClaimedRow disagree")
 
 # A delivery is due when its time has come, nobody holds a live lease, its target is neither
-# paused nor tripped, and (ordering) no earlier open delivery of the same target and key exists.
+# paused nor tripped nor at its cap of live leases, and (ordering) no earlier open delivery of
+# the same target and key exists. Served by outbox_delivery_leased (the live leases) and
+# outbox_delivery_target_due (each target's due rows in order); `picked` is a few dozen rows.
 # One statement, so it runs in its own transaction: the lease is visible once it returns.
 _CLAIM_SQL = f"""
-WITH due AS (
-    SELECT d.id FROM outbox_delivery d
-    JOIN outbox_target t ON t.id = d.target_id
-    WHERE d.status IN {OPEN} AND d.next_attempt_at <= %(now)s
-      AND (d.locked_until IS NULL OR d.locked_until < %(now)s)
-      AND t.paused_at IS NULL AND t.circuit_state = %(circuit)s
-      AND (%(target)s::uuid IS NULL OR d.target_id = %(target)s::uuid)
-      AND (d.ordering_key IS NULL OR NOT EXISTS (
-          SELECT 1 FROM outbox_delivery p
-          WHERE p.target_id = d.target_id AND p.ordering_key = d.ordering_key
-            AND p.status IN {OPEN} AND p.id < d.id))
-    ORDER BY d.next_attempt_at, d.id
+WITH leased AS (
+    SELECT l.target_id, count(*) AS n FROM outbox_delivery l
+    WHERE l.locked_until > %(now)s AND l.status IN {OPEN}
+    GROUP BY l.target_id
+),
+open_targets AS (
+    SELECT t.id, t.tenant_id, %(target_cap)s - COALESCE(leased.n, 0) AS room
+    FROM outbox_target t LEFT JOIN leased ON leased.target_id = t.id
+    WHERE t.paused_at IS NULL AND t.circuit_state = %(circuit)s
+      AND (%(target)s::uuid IS NULL OR t.id = %(target)s::uuid)
+      AND COALESCE(leased.n, 0) < %(target_cap)s
+),
+candidates AS (
+    SELECT c.id, c.next_attempt_at, ot.tenant_id, c.target_turn
+    FROM open_targets ot CROSS JOIN LATERAL (
+        SELECT d.id, d.next_attempt_at,
+               row_number() OVER (ORDER BY d.next_attempt_at, d.id) AS target_turn
+        FROM outbox_delivery d
+        WHERE d.target_id = ot.id AND d.status IN {OPEN} AND d.next_attempt_at <= %(now)s
+          AND (d.locked_until IS NULL OR d.locked_until < %(now)s)
+          AND (d.ordering_key IS NULL OR NOT EXISTS (
+              SELECT 1 FROM outbox_delivery p
+              WHERE p.target_id = d.target_id AND p.ordering_key = d.ordering_key
+                AND p.status IN {OPEN} AND p.id < d.id))
+        ORDER BY d.next_attempt_at, d.id
+        LIMIT %(per_target)s  -- a constant: the planner sees a small plan (no JIT for it)
+    ) c
+    WHERE c.target_turn <= ot.room
+),
+held AS (
+    SELECT * FROM unnest(%(held_tenants)s::uuid[], %(held_counts)s::int[]) AS h(tenant_id, n)
+),
+ranked AS (
+    SELECT c.id, c.next_attempt_at,
+           COALESCE((SELECT h.n FROM held h WHERE h.tenant_id = c.tenant_id), 0)
+           + row_number() OVER (PARTITION BY c.tenant_id
+                                ORDER BY c.target_turn, c.next_attempt_at, c.id) AS turn,
+           (SELECT count(DISTINCT o.tenant_id) FROM candidates o) > 1
+           OR EXISTS (SELECT 1 FROM unnest(%(active)s::uuid[]) a WHERE a <> c.tenant_id)
+               AS crowded
+    FROM candidates c
+),
+picked AS (
+    SELECT id FROM ranked
+    WHERE turn <= CASE WHEN crowded THEN %(share)s ELSE %(solo)s END
+    ORDER BY turn, next_attempt_at, id
     LIMIT %(limit)s
+),
+locked AS (  -- the conditions again: a row leased since this statement's snapshot is skipped
+    SELECT d.id FROM outbox_delivery d
+    WHERE d.id IN (SELECT id FROM picked) AND d.status IN {OPEN}
+      AND d.next_attempt_at <= %(now)s
+      AND (d.locked_until IS NULL OR d.locked_until < %(now)s)
     FOR UPDATE OF d SKIP LOCKED
 )
 UPDATE outbox_delivery d
 SET locked_until = %(lease_until)s, locked_by = %(token)s
-FROM due, outbox_outboxevent e, outbox_target t
-WHERE d.id = due.id AND e.id = d.event_id AND t.id = d.target_id
+FROM locked, outbox_outboxevent e, outbox_target t
+WHERE d.id = locked.id AND e.id = d.event_id AND t.id = d.target_id
 RETURNING {", ".join(_RETURNING.values())}
 """
+
+
+@dataclass
+class Fairness:
+    """What the claim needs to share a worker's slots: its slot count and what it holds."""
+
+    slots: int
+    held: dict[str, int] = field(default_factory=dict)  # tenant id -> sends in flight here
+    active: Iterable[str] = ()  # tenants this worker sent for moments ago
+
+    @property
+    def share(self) -> int:
+        """At most half of the slots while another tenant competes."""
+        return max(1, self.slots // 2)
+
+    @property
+    def solo(self) -> int:
+        """Alone, all but an eighth: a newcomer finds a free slot even behind a tarpit."""
+        return max(1, self.slots - self.slots // 8)
 
 
 def deliveries_claim(
@@ -118,10 +195,13 @@ def deliveries_claim(
     lease_seconds: float,
     limit: int,
     circuit_state: str,
+    target_cap: int,
+    fairness: Fairness,
     target_id: str | None = None,
 ) -> list[Job]:
     """Lease up to `limit` due deliveries to `token` (of targets in `circuit_state`, or of
-    the one target given: a half-open probe)."""
+    the one target given: a half-open probe), shared fairly (see the module's docstring)."""
+    held = {tenant: n for tenant, n in fairness.held.items() if n > 0}
     with connection.cursor() as cursor:
         cursor.execute(
             _CLAIM_SQL,
@@ -132,29 +212,38 @@ def deliveries_claim(
                 "limit": limit,
                 "circuit": circuit_state,
                 "target": target_id,
+                "target_cap": target_cap,
+                "per_target": min(target_cap, limit),
+                "held_tenants": list(held),
+                "held_counts": list(held.values()),
+                "active": list(fairness.active),
+                "share": fairness.share,
+                "solo": fairness.solo,
             },
         )
         rows = cursor.fetchall()
-    return [job_from_row(ClaimedRow._make(row), now) for row in rows]
+    return [job_from_row(ClaimedRow._make(row)) for row in rows]
 
 
-def job_from_row(row: ClaimedRow, now: datetime) -> Job:
+def job_from_row(row: ClaimedRow) -> Job:
     signing = [row.secret]
-    previous_expires = row.previous_secret_expires_at
-    if row.previous_secret and previous_expires and previous_expires > now:
+    if row.previous_secret:
         signing.append(row.previous_secret)
+    # webhooks send the payload as stored; only Slack reads its fields
+    payload = json.loads(row.payload) if row.target_kind == _SLACK else {}
     return Job(
         delivery_id=row.delivery_id,
-        tenant_id=str(row.tenant_id),
-        event_id=str(row.event_id),
+        tenant_id=row.tenant_id,
+        event_id=row.event_id,
         seq=row.seq,
         topic=row.topic,
         event_type=row.event_type,
-        payload=json.loads(row.payload),
+        payload=payload,
+        payload_json=row.payload,
         idempotency_key=row.idempotency_key,
         occurred_at=row.occurred_at,
         attempts=row.attempts,
-        target_id=str(row.target_id),
+        target_id=row.target_id,
         target_kind=row.target_kind,
         url=row.url,
         secrets=signing,

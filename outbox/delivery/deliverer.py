@@ -1,17 +1,21 @@
-"""One delivery round: claim due rows (SKIP LOCKED + lease), send them concurrently, record.
+"""Claim due rows (SKIP LOCKED + lease, shared fairly), send them on a fixed set of sender
+threads, record the verdicts.
 
-Used by the long-running worker and by the django-q2 sweep. A round costs two statements on
-the happy path: the claim and the record.
+Two ways to drive it:
+- the worker's continuous pipeline (`outbox/worker.py`): claims into free send slots as they
+  free, and records finished sends in small groups (`claim_into`, `record_results`);
+- rounds (`run_once`: claim, send, wait for all, record), for the django-q2 sweep and tests.
+Sender threads never touch the database; every statement runs on the caller's thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
 import threading
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -22,7 +26,7 @@ from urllib3 import HTTPConnectionPool
 
 from outbox import conf
 from outbox.delivery import breaker, ratelimit
-from outbox.delivery.claim import deliveries_claim, leases_renew
+from outbox.delivery.claim import Fairness, deliveries_claim, leases_renew
 from outbox.delivery.record import verdict_log, verdicts_record
 from outbox.delivery.send import Job, Result, pool_new, send
 from outbox.models import Target
@@ -31,35 +35,44 @@ logger = logging.getLogger("outbox.delivery")
 
 PROBE_CHECK_SECONDS = 1.0
 _REALTIME = Target.Kind.REALTIME.value  # read once: compared per delivery
+_STOP = None  # tells a sender thread to exit
 
 
 @dataclass
 class Batch:
-    """Deliveries claimed under one lease token, then their futures, then their verdicts."""
+    """Deliveries claimed under one lease token, then their verdicts."""
 
     token: str
     jobs: list[Job]
-    futures: list[Future] = field(default_factory=list)
     results: list[Result] = field(default_factory=list)
     recorded: bool = False
+    sink: queue.SimpleQueue | None = None  # where its sends report (a round's own queue)
+    sent: int = 0  # jobs handed to the sender threads (the rest were deferred at once)
 
 
 class Deliverer:
-    """Holds the HTTP pools (one keep-alive connection pool per target) and the thread pool."""
+    """Holds the HTTP pools (one keep-alive pool per target), the sender threads and the
+    leases it holds."""
 
     def __init__(self, *, concurrency: int | None = None, worker_id: str | None = None):
         self.concurrency = concurrency or conf.get("OUTBOX_WORKER_CONCURRENCY")
         self.worker_id = worker_id or f"adhoc-{uuid.uuid4().hex[:8]}"
-        self.pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="outbox-send")
         self.pools: dict[tuple[str, str], HTTPConnectionPool] = {}
         self._pools_lock = threading.Lock()
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()  # (job, sink) for the senders
+        self._senders: list[threading.Thread] = []
         self.delivered_total = 0
-        # lease token -> its delivery ids, for every batch claimed and not yet recorded
-        self.held: dict[str, list[int]] = {}
+        # delivery id -> lease token, for every delivery claimed and not yet recorded
+        self.held: dict[int, str] = {}
         self._next_probe_check = 0.0
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True)
+        """Let the sender threads finish what they were given, then stop them."""
+        for _ in self._senders:
+            self._jobs.put(_STOP)
+        for thread in self._senders:
+            thread.join()
+        self._senders = []
         for pool in self.pools.values():
             pool.close()
 
@@ -72,74 +85,28 @@ class Deliverer:
                 self.pools[key] = pool
         return pool
 
-    # --- one round ---------------------------------------------------------------------------
+    # --- claiming ----------------------------------------------------------------------------
 
-    def run_once(self, *, batch_size: int | None = None) -> int:
-        """Claim, send and record one batch (plus any half-open probes). Returns rows handled."""
-        batch = self.claim(batch_size=batch_size)
-        if batch.jobs:
-            self.record(self.collect(self.submit(batch)))
-        return len(batch.jobs)
-
-    def claim(self, *, batch_size: int | None = None) -> Batch:
+    def claim(
+        self,
+        *,
+        batch_size: int | None = None,
+        fairness: Fairness | None = None,
+        probes: bool = True,
+    ) -> Batch:
+        """Lease up to `batch_size` due deliveries (plus any half-open probe this deliverer
+        takes), shared by `fairness` (a round's: its batch is its slots)."""
         batch_size = batch_size or conf.get("OUTBOX_BATCH_SIZE")
         lease = conf.get("OUTBOX_LEASE_SECONDS")
         token = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
         now = timezone.now()
-        jobs = self._probes(now, token, lease)
-        jobs += self._claim(now, token, lease, batch_size, Target.Circuit.CLOSED, None)
-        if jobs:
-            self.held[token] = [job.delivery_id for job in jobs]
+        jobs = self._probes(now, token, lease) if probes else []
+        jobs += self._claim(
+            now, token, lease, batch_size, Target.Circuit.CLOSED, None, fairness=fairness
+        )
+        for job in jobs:
+            self.held[job.delivery_id] = token
         return Batch(token, jobs)
-
-    def submit(self, batch: Batch) -> Batch:
-        """Start the sends in the thread pool; the caller may use the database meanwhile.
-        Rate-limit slots are reserved here, not at claim time: a batch claimed ahead waits
-        for the one on the wire, and slots taken then would have gone stale (a burst)."""
-        ratelimit.slots_reserve(batch.jobs)
-        batch.futures = [self.pool.submit(self._send, job) for job in batch.jobs]
-        return batch
-
-    def collect(self, batch: Batch) -> Batch:
-        """Wait for the sends, renewing every lease this deliverer holds meanwhile: a slow
-        receiver must not let the lease lapse mid-send (another worker would send it too)."""
-        every = max(conf.get("OUTBOX_LEASE_SECONDS") / 3, 0.1)
-        pending = set(batch.futures)
-        while pending:
-            # renewal goes by elapsed time: many short sends in waves outlast a lease too
-            _done, pending = futures_wait(pending, timeout=every)
-            if pending:
-                self.renew_leases()
-        batch.results = [future.result() for future in batch.futures]
-        return batch
-
-    def renew_leases(self) -> int:
-        """Push out locked_until for every batch claimed and not yet recorded (best effort:
-        if the database is away, the lease may lapse and the delivery goes again)."""
-        tokens = list(self.held)
-        if not tokens:
-            return 0
-        ids = [delivery_id for token in tokens for delivery_id in self.held[token]]
-        try:
-            return leases_renew(
-                ids=ids,
-                tokens=tokens,
-                lease_seconds=conf.get("OUTBOX_LEASE_SECONDS"),
-                now=timezone.now(),
-            )
-        except DjangoDbError as exc:
-            logger.warning("could not renew leases (%s): they may lapse", exc)
-            return 0
-
-    def record(self, batch: Batch) -> None:
-        """Write the verdicts. Raises only if nothing was written (the caller may retry)."""
-        if batch.results and not batch.recorded:
-            self._record(batch)
-        self.release(batch)
-
-    def release(self, batch: Batch) -> None:
-        """Stop renewing this batch's leases (recorded, or given up: they lapse)."""
-        self.held.pop(batch.token, None)
 
     def _probes(self, now: datetime, token: str, lease: float) -> list[Job]:
         """Half-open targets: this worker may own the one probe (checked once a second)."""
@@ -156,7 +123,9 @@ class Deliverer:
             jobs += probe
         return jobs
 
-    def _claim(self, now, token, lease, limit, circuit_state, target_id) -> list[Job]:
+    def _claim(
+        self, now, token, lease, limit, circuit_state, target_id, *, fairness=None
+    ) -> list[Job]:
         return deliveries_claim(
             now=now,
             token=token,
@@ -164,7 +133,41 @@ class Deliverer:
             limit=limit,
             circuit_state=circuit_state,
             target_id=target_id,
+            target_cap=conf.get("OUTBOX_TARGET_MAX_IN_FLIGHT"),
+            fairness=fairness or Fairness(slots=limit),
         )
+
+    # --- sending -----------------------------------------------------------------------------
+
+    def submit(self, batch: Batch, sink: queue.SimpleQueue | None = None) -> Batch:
+        """Hand the batch to the sender threads; each finished send's Result goes to `sink`
+        (a queue of the batch's own by default). Rate-limit slots are reserved here, just
+        before the sends: jobs without a slot within the horizon are handed back at once
+        (their Result is in `batch.results` already; no sender is used)."""
+        batch.sink = sink or queue.SimpleQueue()
+        ratelimit.slots_reserve(batch.jobs)
+        self._senders_start()
+        for job in batch.jobs:
+            if job.defer_seconds is not None:
+                batch.results.append(self._send(job))
+            else:
+                batch.sent += 1
+                self._jobs.put((job, batch.sink))
+        return batch
+
+    def _senders_start(self) -> None:
+        while len(self._senders) < self.concurrency:
+            thread = threading.Thread(
+                target=self._sender_loop, name=f"outbox-send-{len(self._senders)}", daemon=True
+            )
+            thread.start()
+            self._senders.append(thread)
+
+    def _sender_loop(self) -> None:
+        jobs = self._jobs
+        while (item := jobs.get()) is not _STOP:
+            job, sink = item
+            sink.put(self._send(job))
 
     def _send(self, job: Job) -> Result:
         try:
@@ -180,15 +183,82 @@ class Deliverer:
             time.sleep(wait)
         return send(None if job.target_kind == _REALTIME else self.pool_for(job), job)
 
+    # --- one round (the sweep, tests) ---------------------------------------------------------
+
+    def run_once(self, *, batch_size: int | None = None) -> int:
+        """Claim, send and record one batch (plus any half-open probes). Returns rows handled."""
+        batch = self.claim(batch_size=batch_size)
+        if batch.jobs:
+            self.record(self.collect(self.submit(batch)))
+        return len(batch.jobs)
+
+    def collect(self, batch: Batch) -> Batch:
+        """Wait for the batch's sends, renewing every lease this deliverer holds meanwhile: a
+        slow receiver must not let the lease lapse mid-send (another worker would send it)."""
+        every = max(conf.get("OUTBOX_LEASE_SECONDS") / 3, 0.1)
+        sink = batch.sink
+        if sink is None:
+            return batch
+        next_renewal = time.monotonic() + every
+        while len(batch.results) < len(batch.jobs):
+            # renewal goes by elapsed time: many short sends in waves outlast a lease too
+            with contextlib.suppress(queue.Empty):
+                batch.results.append(sink.get(timeout=max(0.0, next_renewal - time.monotonic())))
+            if time.monotonic() >= next_renewal:
+                self.renew_leases()
+                next_renewal = time.monotonic() + every
+        return batch
+
+    def record(self, batch: Batch) -> None:
+        """Write the batch's verdicts. Raises only if nothing was written (the caller may
+        retry)."""
+        if batch.results and not batch.recorded:
+            tokens = {result.job.delivery_id: batch.token for result in batch.results}
+            self._record(batch.results, tokens)
+            batch.recorded = True  # committed: a retry must not write the attempts twice
+        self.release(batch)
+
+    def release(self, batch: Batch) -> None:
+        """Stop renewing this batch's leases (recorded, or given up: they lapse)."""
+        for job in batch.jobs:
+            if self.held.get(job.delivery_id) == batch.token:
+                del self.held[job.delivery_id]
+
+    # --- the pipeline's side (outbox/worker.py) ------------------------------------------------
+
+    def record_results(self, results: list[Result]) -> None:
+        """Write a group of finished sends (of any claims) and stop renewing their leases.
+        Raises only if nothing was written (the caller may retry with the same list)."""
+        tokens = {r.job.delivery_id: self.held.get(r.job.delivery_id, "") for r in results}
+        self._record(results, tokens)
+        self.forget(results)
+
+    def forget(self, results: list[Result]) -> None:
+        """Stop renewing these deliveries' leases (recorded, or given up: they lapse)."""
+        for result in results:
+            self.held.pop(result.job.delivery_id, None)
+
+    def renew_leases(self) -> int:
+        """Push out locked_until for every delivery claimed and not yet recorded (best effort:
+        if the database is away, the lease may lapse and the delivery goes again)."""
+        if not self.held:
+            return 0
+        try:
+            return leases_renew(
+                ids=list(self.held),
+                tokens=list(set(self.held.values())),
+                lease_seconds=conf.get("OUTBOX_LEASE_SECONDS"),
+                now=timezone.now(),
+            )
+        except DjangoDbError as exc:
+            logger.warning("could not renew leases (%s): they may lapse", exc)
+            return 0
+
     # --- recording ---------------------------------------------------------------------------
 
-    def _record(self, batch: Batch) -> None:
-        results = batch.results
+    def _record(self, results: list[Result], tokens: dict[int, str]) -> None:
         now = timezone.now()
-        kept = verdicts_record(
-            results=results, token=batch.token, worker_id=self.worker_id, now=now
-        )
-        batch.recorded = True  # committed: a retry must not write the attempts twice
+        kept = verdicts_record(results=results, tokens=tokens, worker_id=self.worker_id, now=now)
         for result in results:
             verdict_log(result, recorded=result.job.delivery_id in kept)
         lost = len(results) - len(kept)

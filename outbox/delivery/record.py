@@ -1,12 +1,12 @@
-"""Recording a round's verdicts: every delivery row, attempt row and realtime broadcast of the
-round in one statement (one statement = one transaction, all or nothing)."""
+"""Recording verdicts: every delivery row, attempt row and realtime broadcast of a group of
+finished sends in one statement (one statement = one transaction, all or nothing)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import random
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from django.db import connection
@@ -25,10 +25,11 @@ class Verdict(NamedTuple):
     attempt row, then the realtime broadcast (if any)."""
 
     delivery_id: int
+    token: str  # the lease token it was claimed under: only that holder may write the row
     status: str
     attempts_add: int
-    next_attempt_at: datetime
-    delivered_at: datetime | None
+    next_in_seconds: float  # next_attempt_at = the statement's now + this
+    delivered: bool
     error: str
     tenant_id: str
     number: int
@@ -40,14 +41,16 @@ class Verdict(NamedTuple):
     broadcast: str | None
 
 
-# Verdict field -> its array's element type. The statement gets one array per field (14
-# parameters, whatever the batch size) and unnests them into the rows of `v`.
+# Verdict field -> its SQL type. The statement gets the verdicts as one JSON text (an array
+# of objects, matched by name): one parameter whatever the group size, encoded by the json
+# module in C instead of a parameter list quoted value by value.
 _SQL_TYPES = {
     "delivery_id": "bigint",
+    "token": "text",
     "status": "varchar",
     "attempts_add": "int",
-    "next_attempt_at": "timestamptz",
-    "delivered_at": "timestamptz",
+    "next_in_seconds": "float8",
+    "delivered": "bool",
     "error": "text",
     "tenant_id": "uuid",
     "number": "int",
@@ -60,26 +63,26 @@ _SQL_TYPES = {
 }
 if tuple(_SQL_TYPES) != Verdict._fields:
     raise ImportError("outbox record: _SQL_TYPES and Verdict disagree")
-_V_COLUMNS = ", ".join(Verdict._fields)
-_V_ARRAYS = ", ".join(f"%({name})s::{kind}[]" for name, kind in _SQL_TYPES.items())
+_V_COLUMNS = ", ".join(f"{name} {kind}" for name, kind in _SQL_TYPES.items())
 
-# The delivery rows are fenced by the lease token, so a worker whose lease expired changes
-# nothing; the attempt rows are kept even then (evidence); the broadcast goes only for rows
-# this statement marked delivered.
+# The delivery rows are fenced by each verdict's lease token, so a worker whose lease expired
+# changes nothing; the attempt rows are kept even then (evidence); the broadcast goes only for
+# rows this statement marked delivered.
 _RECORD_SQL = f"""
-WITH v ({_V_COLUMNS}) AS (
-    SELECT * FROM unnest({_V_ARRAYS})
+WITH v AS (
+    SELECT * FROM json_to_recordset(%(verdicts)s::json) AS v({_V_COLUMNS})
 ),
 upd AS (
     UPDATE outbox_delivery d SET status = v.status, attempts = d.attempts + v.attempts_add,
-        next_attempt_at = v.next_attempt_at, delivered_at = v.delivered_at, last_error = v.error,
+        next_attempt_at = %(now)s + make_interval(secs => v.next_in_seconds),
+        delivered_at = CASE WHEN v.delivered THEN %(now)s END, last_error = v.error,
         locked_until = NULL, locked_by = '', updated_at = %(now)s
-    FROM v WHERE d.id = v.delivery_id AND d.locked_by = %(token)s AND d.status IN {OPEN}
+    FROM v WHERE d.id = v.delivery_id AND d.locked_by = v.token AND d.status IN {OPEN}
     RETURNING d.id
 ),
 released AS (  -- cancelled by staff while on the wire: the status stays, the lease goes
     UPDATE outbox_delivery d SET locked_until = NULL, locked_by = ''
-    FROM v WHERE d.id = v.delivery_id AND d.locked_by = %(token)s AND d.status NOT IN {OPEN}
+    FROM v WHERE d.id = v.delivery_id AND d.locked_by = v.token AND d.status NOT IN {OPEN}
 ),
 ins AS (
     INSERT INTO outbox_deliveryattempt (created_at, updated_at, tenant_id, delivery_id, number,
@@ -107,45 +110,51 @@ _REALTIME = Target.Kind.REALTIME.value
 
 
 def verdicts_record(
-    *, results: list[Result], token: str, worker_id: str, now: datetime
+    *, results: list[Result], tokens: dict[int, str], worker_id: str, now: datetime
 ) -> set[int]:
-    """Write the verdicts; returns the delivery ids whose rows changed (the others' lease
-    had expired and was re-claimed: only their attempt rows were written)."""
-    verdicts = [verdict_for(result, now) for result in results]
+    """Write the verdicts, each fenced by its lease token (`tokens`: delivery id -> token);
+    returns the delivery ids whose rows changed (the others' lease had expired and was
+    re-claimed: only their attempt rows were written)."""
+    verdicts = json.dumps(
+        [verdict_for(result, tokens[result.job.delivery_id])._asdict() for result in results],
+        separators=(",", ":"),
+    )
     params: dict[str, Any] = {
-        name: list(column)
-        for name, column in zip(Verdict._fields, zip(*verdicts, strict=True), strict=True)
+        "verdicts": verdicts,
+        "now": now,
+        "worker": worker_id[:100],
+        "channel": conf.CHANNEL_REALTIME,
     }
-    params.update(now=now, token=token, worker=worker_id[:100], channel=conf.CHANNEL_REALTIME)
     with connection.cursor() as cursor:
         cursor.execute(_RECORD_SQL, params)
         return {delivery_id for (delivery_id,) in cursor.fetchall() if delivery_id != -1}
 
 
-def verdict_for(result: Result, now: datetime) -> Verdict:
+def verdict_for(result: Result, token: str) -> Verdict:
     job = result.job
     error = storable(result.error or "")[:1000]
     attempt = job.attempts + 1
-    counted, delivered_at, last_error, broadcast = 1, None, error, None
+    counted, delivered, last_error, broadcast, next_in = 1, False, error, None, 0.0
     if result.outcome == "delivered":
-        new_status, next_at, delivered_at, last_error = _DELIVERED, now, now, ""
+        new_status, delivered, last_error = _DELIVERED, True, ""
         if job.target_kind == _REALTIME:
             broadcast = json.dumps({"tenant": job.tenant_id, "seq": job.seq})
     elif result.outcome == "deferred":  # handed back by the rate limit: not a try
         new_status = _RETRYING if job.attempts else _PENDING
-        next_at, counted, last_error = now + timedelta(seconds=result.retry_after or 1), 0, ""
+        next_in, counted, last_error = result.retry_after or 1.0, 0, ""
     elif result.outcome == "permanent" or attempt >= (
         job.max_attempts or conf.get("OUTBOX_MAX_ATTEMPTS")
     ):
-        new_status, next_at = _DEAD, now
+        new_status = _DEAD
     else:
-        new_status, next_at = _RETRYING, now + timedelta(seconds=retry_delay(result))
+        new_status, next_in = _RETRYING, retry_delay(result)
     return Verdict(
         delivery_id=job.delivery_id,
+        token=token,
         status=new_status,
         attempts_add=counted,
-        next_attempt_at=next_at,
-        delivered_at=delivered_at,
+        next_in_seconds=next_in,
+        delivered=delivered,
         error=last_error,
         tenant_id=job.tenant_id,
         number=attempt,

@@ -25,7 +25,8 @@ def transitions(target):
     )
 
 
-def test_circuit_opens_half_opens_with_one_probe_and_closes(tenant, receiver):
+def test_circuit_opens_half_opens_with_one_probe_and_closes(tenant, receiver, settings):
+    settings.OUTBOX_TARGET_MAX_IN_FLIGHT = 8  # one round sends all five (the cap is not tested)
     target = make_target(tenant, url=receiver.url)
     receiver.answer = lambda r, i: (500, {}, "")
     publish(tenant, n=5)
@@ -52,6 +53,7 @@ def test_circuit_opens_half_opens_with_one_probe_and_closes(tenant, receiver):
 
 
 def test_failed_probe_reopens_the_circuit(tenant, receiver, settings):
+    settings.OUTBOX_TARGET_MAX_IN_FLIGHT = 8  # one round sends all five (the cap is not tested)
     target = make_target(tenant, url=receiver.url)
     receiver.answer = lambda r, i: (503, {}, "")
     publish(tenant, n=5)

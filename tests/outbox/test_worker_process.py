@@ -57,7 +57,8 @@ def test_sigterm_finishes_in_flight_deliveries_and_releases_leases(tenant, recei
     make_target(tenant, url=receiver.url)
     receiver.delay = 1.5
     publish(tenant, n=5)
-    proc = workers("--poll", "60", "--concurrency", "8")
+    # all five on the wire at once (the per-target cap is not what this tests)
+    proc = workers("--poll", "60", "--concurrency", "8", OUTBOX_TARGET_MAX_IN_FLIGHT="8")
     assert receiver.wait_for(1, timeout=20)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0, proc.stdout.read()
@@ -70,7 +71,10 @@ def test_sigkill_mid_batch_loses_nothing(tenant, receiver, workers):
     make_target(tenant, url=receiver.url)
     receiver.delay = 2.0
     events = publish(tenant, n=12)
-    first = workers("--poll", "60", "--concurrency", "4", OUTBOX_LEASE_SECONDS="3")
+    first = workers(  # all twelve leased and on the wire when it dies
+        "--poll", "60", "--concurrency", "16",
+        OUTBOX_LEASE_SECONDS="3", OUTBOX_TARGET_MAX_IN_FLIGHT="16",
+    )  # fmt: skip
     assert receiver.wait_for(1, timeout=20)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)

@@ -8,11 +8,13 @@ from outbox.worker import Worker
 
 class Command(StoppableCommand):
     help = "Deliver due outbox events (wakes on NOTIFY, polls as a fallback). Stop with SIGTERM."
-    stop_message = "SIGTERM: stopping after the batch in flight"
+    stop_message = "SIGTERM: stopping after the sends in flight"
 
     def add_arguments(self, parser):
-        parser.add_argument("--concurrency", type=int, help="parallel HTTP sends (default 32)")
-        parser.add_argument("--batch-size", type=int, help="deliveries claimed per round")
+        parser.add_argument(
+            "--concurrency", type=int, help="send slots: parallel HTTP sends (default 32)"
+        )
+        parser.add_argument("--batch-size", type=int, help="at most this many per claim")
         parser.add_argument("--poll", type=float, help="seconds between polls without NOTIFY")
         parser.add_argument("--once", action="store_true", help="exit when nothing is due")
 
@@ -20,7 +22,7 @@ class Command(StoppableCommand):
         self.worker = Worker(concurrency=concurrency, batch_size=batch_size, poll_seconds=poll)
         if self.stop_requested:  # SIGTERM came while the worker was being set up
             self.worker.request_stop()
-        # Ctrl-C stops like SIGTERM does: the batch in flight finishes and is recorded
+        # Ctrl-C stops like SIGTERM does: the sends in flight finish and are recorded
         previous_sigint = signal.signal(signal.SIGINT, self._on_sigterm)
         try:
             self.stdout.write(f"outbox worker {self.worker.worker_id} running", ending="\n")
