@@ -15,7 +15,7 @@ from core.admin import (
     permission_check,
 )
 from tenants.models import ApiKey, Tenant
-from tenants.services import apikey_create, apikey_revoke
+from tenants.services import apikey_create, apikey_revoke, tenant_activate, tenant_deactivate
 
 
 class ApiKeyInline(ReadOnlyInline):
@@ -42,6 +42,14 @@ class TenantAdmin(admin.ModelAdmin):
     actions = ["create_secret_key", "create_publishable_key"]
 
     has_create_apikey_permission = permission_check("create_apikey")
+
+    def save_model(self, request, obj, form, change):
+        """is_active changes go through the services too: they make the tenant's cached keys
+        stale and end its realtime streams at once (a plain save would leave both live until
+        the key cache expired)."""
+        super().save_model(request, obj, form, change)
+        if change and "is_active" in form.changed_data:
+            (tenant_activate if obj.is_active else tenant_deactivate)(tenant=obj)
 
     def _create_keys(self, request, queryset, kind: str, action: str):
         """The full keys go into this one response (never a message: messages travel in a

@@ -56,3 +56,27 @@ def test_a_tenant_saved_inactive_elsewhere_is_enforced_by_calling_the_service_af
     with django_capture_on_commit_callbacks(execute=True):
         assert tenant_deactivate(tenant=tenant) is False  # inactive already, still enforced
     assert_error(api.get("/api/keys"), 401, "tenant_inactive")
+
+
+def test_deactivating_in_the_admin_refuses_the_keys_at_once(
+    tenant, settings, admin_client, django_capture_on_commit_callbacks
+):
+    settings.API_KEY_CACHE_TTL_SECONDS = 3600
+    api = client_for(make_api_key(tenant, "secret"))
+    assert api.get("/api/keys").status_code == 200  # cached for an hour
+    url = f"/admin/tenants/tenant/{tenant.pk}/change/"
+    form = {
+        "name": tenant.name,
+        "api_keys-TOTAL_FORMS": "0",
+        "api_keys-INITIAL_FORMS": "0",
+        "api_keys-MIN_NUM_FORMS": "0",
+        "api_keys-MAX_NUM_FORMS": "1000",
+    }  # is_active unticked
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(url, form)
+    assert response.status_code == 302, response.content[:2000]
+    assert Tenant.objects.get(pk=tenant.pk).is_active is False
+    assert_error(api.get("/api/keys"), 401, "tenant_inactive")
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(url, {**form, "is_active": "on"})
+    assert api.get("/api/keys").status_code == 200
