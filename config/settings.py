@@ -291,7 +291,7 @@ CORS_ALLOW_HEADERS = [
     "x-http-method-override",
     "x-requested-with",
     "last-event-id",
-    "x-session-token",  # a browser's proof for its assessment session (assessments.session_tokens)
+    "x-session-token",  # a browser's proof for its assessment session (core.session_proof)
 ]
 CORS_EXPOSE_HEADERS = [
     "idempotent-replayed",
