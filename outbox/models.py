@@ -177,12 +177,6 @@ class Delivery(TenantOwnedModel):
                 name="outbox_delivery_target_due",
                 condition=Q(status__in=["pending", "retrying"]),
             ),
-            # the claim's per-target cap: live leases (a few dozen rows, whatever the backlog)
-            models.Index(
-                fields=["target", "locked_until"],
-                name="outbox_delivery_leased",
-                condition=Q(status__in=["pending", "retrying"], locked_until__isnull=False),
-            ),
             # ordering check: an earlier open delivery of the same target and key
             models.Index(
                 fields=["target", "ordering_key", "id"],

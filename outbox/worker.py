@@ -1,12 +1,13 @@
 """The long-running delivery loop behind `manage.py outbox_worker`: a continuous pipeline.
 
-A fixed number of send slots (`OUTBOX_WORKER_CONCURRENCY`); a slot freed is refilled at once
-(a claim for up to the free slots whenever sends finish, gathered for a few ms); finished
-sends are recorded in small groups as they come, never behind the slowest send of a batch.
+A fixed number of send slots (`OUTBOX_WORKER_CONCURRENCY`), fed from a few jobs claimed ahead
+(delivery/dispatch.py: tenants take turns), so a slot freed is refilled at once; claims top
+the buffer up as sends finish; finished sends are recorded in small groups as they come
+(a few ms gathered), never behind the slowest send of a batch.
 Wakes on NOTIFY (a listener thread on its own connection) and polls as a fallback; renews the
 leases of everything on the wire; survives the database going away (reconnects with capped
-backoff); on SIGTERM stops claiming, finishes and records what is on the wire, releases its
-leases and exits.
+backoff); on SIGTERM stops claiming, finishes and records what is on the wire, releases the
+leases of what was claimed ahead (no attempt used) and exits.
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ HEARTBEAT_SECONDS = 5.0
 REPORT_SECONDS = 60.0
 DB_ERRORS = (OperationalError, InterfaceError, DatabaseError)
 REFUSED = (DataError, IntegrityError, ProgrammingError)
-# A finished send waits at most this long for others to share its record statement, and a
-# freed slot for others to share a claim: a few ms of latency for far fewer statements.
-GATHER_SECONDS = 0.003
+# A finished send waits at most this long for others to share its record statement (and the
+# claim that refills the slots right after it): a few ms of latency for far fewer statements.
+GATHER_SECONDS = 0.005
 # A tenant claimed for this recently still competes for the slots (see claim.Fairness): a
 # steady publisher keeps its share even in the gaps between its events.
 ACTIVE_SECONDS = 10.0
@@ -103,6 +104,8 @@ class Worker:
         self.poll_seconds = poll_seconds or conf.get("OUTBOX_POLL_SECONDS")
         self.deliverer = Deliverer(concurrency=concurrency, worker_id=self.worker_id)
         self.slots = self.deliverer.concurrency
+        # claimed ahead of the free slots, so a freed sender never waits for the database
+        self.ahead = self.slots
         self.group = max(1, self.slots // 4)  # sends per claim / record, unless time is up
         self.stop = threading.Event()
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()  # finished sends and wake-ups
@@ -111,17 +114,18 @@ class Worker:
         self._last_beat = 0.0
         self._last_report, self._reported_total = time.monotonic(), 0
         # the pipeline's state (all on this thread)
-        self.sending = 0  # jobs with the sender threads
-        self.in_flight: dict[str, int] = {}  # tenant -> its jobs with the sender threads
+        self.sending = 0  # jobs handed to the sender threads (waiting or on the wire)
+        self.in_flight: dict[str, int] = {}  # tenant -> its jobs handed to the senders
         self.active: dict[str, float] = {}  # tenant -> when it was last claimed for
         self.finished: list[Result] = []  # sent, not yet recorded
         self._finished_since = 0.0
         self._woken = True  # claim at once on start
-        self._freed_since: float | None = None  # a slot freed since the last claim
+        self._freed = False  # a slot freed since the last claim
         self._found_nothing = False  # the last claim came back empty
         self._next_poll = 0.0
         self._next_renewal = 0.0
         self._db_delay, self._db_retry_at = 0.5, 0.0
+        self._withdrawn = False
 
     def run(self, *, exit_when_idle: bool = False) -> None:
         self.listener.start()
@@ -139,6 +143,8 @@ class Worker:
                         self._db_delay = 0.5
                     except DB_ERRORS as exc:
                         self._db_failed(exc, now)
+                if self.stop.is_set() and not self._withdrawn:
+                    self._withdraw()
                 if self._done(exit_when_idle):
                     break
                 self._wait()
@@ -148,14 +154,15 @@ class Worker:
     # --- the loop's steps ----------------------------------------------------------------------
 
     def _record_due(self, now: float) -> None:
-        """Record the finished sends once a group is full, a few ms old, or nothing else is
-        on the wire (or we are stopping)."""
+        """Record the finished sends once a group is full, or a few ms old, or when few sends
+        are left on the wire (nothing to gather: their targets wait for these leases), or
+        when stopping."""
         if not self.finished:
             return
         if not (
             len(self.finished) >= self.group
+            or self.sending < self.group
             or now - self._finished_since >= GATHER_SECONDS
-            or self.sending == 0
             or self.stop.is_set()
         ):
             return
@@ -172,29 +179,18 @@ class Worker:
             raise
 
     def _claim_due(self, now: float) -> None:
-        """Claim up to the free slots: at once after a NOTIFY, when slots freed (once a group
-        of them is free or a few ms passed), and at every poll."""
-        free = self.slots - self.sending
-        if self.stop.is_set() or free <= 0:
+        """Claim up to the free slots: at once after a NOTIFY, right after the sends that
+        freed slots are recorded, and at every poll."""
+        free = self.slots + self.ahead - self.sending
+        if self.stop.is_set() or free <= 0 or self.finished:
+            return  # finished sends still hold their leases (target caps): record them first
+        if not (self._woken or self._freed or now >= self._next_poll):
             return
-        freed = self._freed_since is not None
-        if not (self._woken or freed or now >= self._next_poll):
-            return
-        if (
-            not self._woken
-            and freed
-            and self.sending
-            and free < self.group
-            and now - (self._freed_since or now) < GATHER_SECONDS
-        ):
-            return  # let a few more slots free up: one claim for them all
         limit = min(free, self.batch_size)
-        fairness = Fairness(
-            slots=self.slots,
-            held=self.in_flight,
-            active=[t for t, seen in self.active.items() if now - seen < ACTIVE_SECONDS],
-        )
-        self._woken, self._freed_since = False, None
+        active = [t for t, seen in self.active.items() if now - seen < ACTIVE_SECONDS]
+        self.deliverer.dispatch.active_set(active)
+        fairness = Fairness(slots=self.slots, held=self.in_flight, active=active, ahead=self.ahead)
+        self._woken = self._freed = False
         self._next_poll = now + self.poll_seconds
         batch = self.deliverer.claim(batch_size=limit, fairness=fairness)
         self._found_nothing = not batch.jobs
@@ -208,6 +204,22 @@ class Worker:
         self.sending += batch.sent
         if batch.results:  # handed back by the rate limit at once
             self._finished_add(batch.results, now)
+
+    def _withdraw(self) -> None:
+        """Stopping: jobs claimed ahead and not yet sent are not sent; their leases are
+        released at shutdown (no attempt used), only what is on the wire finishes."""
+        self._withdrawn = True
+        for job in self.deliverer.dispatch.withdraw():
+            self.sending -= 1
+            self._untrack(job.tenant_id)
+            self.deliverer.held.pop(job.delivery_id, None)
+
+    def _untrack(self, tenant: str) -> None:
+        left = self.in_flight.get(tenant, 1) - 1
+        if left > 0:
+            self.in_flight[tenant] = left
+        else:
+            self.in_flight.pop(tenant, None)
 
     def _renew_due(self, now: float) -> None:
         """Renew every held lease each third of a lease, by elapsed time: neither one slow
@@ -227,8 +239,6 @@ class Worker:
             deadlines = [self._last_beat + HEARTBEAT_SECONDS]
             if self.finished:
                 deadlines.append(self._finished_since + GATHER_SECONDS)
-            if self._freed_since is not None and not self.stop.is_set():
-                deadlines.append(self._freed_since + GATHER_SECONDS)
             if not self.stop.is_set():
                 deadlines.append(self._next_poll)
             if self.deliverer.held:
@@ -251,14 +261,8 @@ class Worker:
             return
         now = time.monotonic()
         self.sending -= 1
-        tenant = item.job.tenant_id
-        left = self.in_flight.get(tenant, 1) - 1
-        if left > 0:
-            self.in_flight[tenant] = left
-        else:
-            self.in_flight.pop(tenant, None)
-        if self._freed_since is None:
-            self._freed_since = now
+        self._untrack(item.job.tenant_id)
+        self._freed = True
         self._finished_add([item], now)
 
     def _finished_add(self, results: list[Result], now: float) -> None:

@@ -26,10 +26,22 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
+import psycopg
 from django.db import connection
 
 from outbox.delivery.send import Job
 from outbox.models import Delivery, Target
+
+
+def fetch_all(sql: str, params: dict) -> list[tuple]:
+    """Run one of the delivery loop's statements with server-side binding (parameters sent
+    apart from the text, encoded by psycopg's C dumpers), with Django's error translation.
+    Django's own cursors quote every parameter into the SQL text in Python, which cost the
+    worker more CPU than its HTTP sends' bookkeeping."""
+    connection.ensure_connection()
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(sql, params, prepare=False)
+        return cursor.fetchall()
 
 
 def sql_list(values) -> str:
@@ -39,7 +51,13 @@ def sql_list(values) -> str:
 
 
 OPEN = sql_list(Delivery.OPEN_STATUSES)
+# The same rows as `status IN OPEN`, phrased so that no partial index qualifies: for a few rows
+# looked up by primary key (the planner, guessing, scanned a whole partial index instead).
+CLOSED = sql_list(s for s in Delivery.Status.values if s not in Delivery.OPEN_STATUSES)
 _SLACK = Target.Kind.SLACK.value
+# Rows of a target's due range read past its cap when counting its live leases (rows an
+# ordering key holds back may sit between them).
+HEAD_SLACK = 32
 
 
 class ClaimedRow(NamedTuple):
@@ -53,7 +71,7 @@ class ClaimedRow(NamedTuple):
     event_type: str
     payload: str  # jsonb as text: sent as stored, parsed only for kinds that read fields
     idempotency_key: str
-    occurred_at: datetime
+    occurred_at: str
     attempts: int
     target_id: str
     target_kind: str
@@ -80,7 +98,9 @@ _RETURNING = {
     "event_type": "e.event_type",
     "payload": "e.payload::text",
     "idempotency_key": "e.idempotency_key",
-    "occurred_at": "e.occurred_at",
+    # ISO text, parsed by datetime.fromisoformat (C): the ORM's loader cost CPU per row
+    "occurred_at": "to_char(e.occurred_at AT TIME ZONE 'UTC',"
+    ' \'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"\')',
     "attempts": "d.attempts",
     "target_id": "t.id::text",
     "target_kind": "t.kind",
@@ -102,21 +122,25 @@ if tuple(_RETURNING) != ClaimedRow._fields:
 
 # A delivery is due when its time has come, nobody holds a live lease, its target is neither
 # paused nor tripped nor at its cap of live leases, and (ordering) no earlier open delivery of
-# the same target and key exists. Served by outbox_delivery_leased (the live leases) and
-# outbox_delivery_target_due (each target's due rows in order); `picked` is a few dozen rows.
+# the same target and key exists. Served by outbox_delivery_target_due (each target's due rows
+# in order: its head for the live leases, then its next rows); `picked` is a few dozen rows.
 # One statement, so it runs in its own transaction: the lease is visible once it returns.
 _CLAIM_SQL = f"""
-WITH leased AS (
-    SELECT l.target_id, count(*) AS n FROM outbox_delivery l
-    WHERE l.locked_until > %(now)s AND l.status IN {OPEN}
-    GROUP BY l.target_id
-),
-open_targets AS (
-    SELECT t.id, t.tenant_id, %(target_cap)s - COALESCE(leased.n, 0) AS room
-    FROM outbox_target t LEFT JOIN leased ON leased.target_id = t.id
+WITH open_targets AS MATERIALIZED (
+    SELECT t.id, t.tenant_id, %(target_cap)s - (
+        -- live leases: the claim takes each target's due rows in order, so its leased rows
+        -- are the head of its due range (behind at most a few rows an ordering key holds
+        -- back). Counted there, not through an index on the lease: that index made every
+        -- lease and renewal a non-HOT update, writing all of the table's indexes.
+        SELECT count(*) FILTER (WHERE head.locked_until > %(now)s) FROM (
+            SELECT l.locked_until FROM outbox_delivery l
+            WHERE l.target_id = t.id AND l.status IN {OPEN} AND l.next_attempt_at <= %(now)s
+            ORDER BY l.next_attempt_at, l.id
+            LIMIT %(head)s) AS head
+    ) AS room
+    FROM outbox_target t
     WHERE t.paused_at IS NULL AND t.circuit_state = %(circuit)s
       AND (%(target)s::uuid IS NULL OR t.id = %(target)s::uuid)
-      AND COALESCE(leased.n, 0) < %(target_cap)s
 ),
 candidates AS (
     SELECT c.id, c.next_attempt_at, ot.tenant_id, c.target_turn
@@ -133,7 +157,7 @@ candidates AS (
         ORDER BY d.next_attempt_at, d.id
         LIMIT %(per_target)s  -- a constant: the planner sees a small plan (no JIT for it)
     ) c
-    WHERE c.target_turn <= ot.room
+    WHERE ot.room > 0 AND c.target_turn <= ot.room
 ),
 held AS (
     SELECT * FROM unnest(%(held_tenants)s::uuid[], %(held_counts)s::int[]) AS h(tenant_id, n)
@@ -154,9 +178,10 @@ picked AS (
     ORDER BY turn, next_attempt_at, id
     LIMIT %(limit)s
 ),
-locked AS (  -- the conditions again: a row leased since this statement's snapshot is skipped
+locked AS (  -- the conditions again: a row leased since this statement's snapshot is skipped;
+             -- ids as one array, so the planner looks them up by primary key
     SELECT d.id FROM outbox_delivery d
-    WHERE d.id IN (SELECT id FROM picked) AND d.status IN {OPEN}
+    WHERE d.id = ANY (ARRAY(SELECT id FROM picked)) AND d.status NOT IN {CLOSED}
       AND d.next_attempt_at <= %(now)s
       AND (d.locked_until IS NULL OR d.locked_until < %(now)s)
     FOR UPDATE OF d SKIP LOCKED
@@ -171,21 +196,24 @@ RETURNING {", ".join(_RETURNING.values())}
 
 @dataclass
 class Fairness:
-    """What the claim needs to share a worker's slots: its slot count and what it holds."""
+    """What the claim needs to share a worker's slots: its slot count, how many jobs it may
+    hold claimed ahead of them, and what each tenant holds (claimed, not finished)."""
 
     slots: int
-    held: dict[str, int] = field(default_factory=dict)  # tenant id -> sends in flight here
+    held: dict[str, int] = field(default_factory=dict)  # tenant id -> jobs held here
     active: Iterable[str] = ()  # tenants this worker sent for moments ago
+    ahead: int = 0  # jobs held beyond the slots (waiting for a sender)
 
     @property
     def share(self) -> int:
-        """At most half of the slots while another tenant competes."""
-        return max(1, self.slots // 2)
+        """At most half of what the worker holds while another tenant competes."""
+        return max(1, (self.slots + self.ahead) // 2)
 
     @property
     def solo(self) -> int:
-        """Alone, all but an eighth: a newcomer finds a free slot even behind a tarpit."""
-        return max(1, self.slots - self.slots // 8)
+        """Alone, all but an eighth of the slots (plus the jobs ahead): a newcomer finds a
+        free slot even behind a tarpit."""
+        return max(1, self.slots - self.slots // 8) + self.ahead
 
 
 def deliveries_claim(
@@ -202,26 +230,25 @@ def deliveries_claim(
     """Lease up to `limit` due deliveries to `token` (of targets in `circuit_state`, or of
     the one target given: a half-open probe), shared fairly (see the module's docstring)."""
     held = {tenant: n for tenant, n in fairness.held.items() if n > 0}
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _CLAIM_SQL,
-            {
-                "now": now,
-                "lease_until": now + timedelta(seconds=lease_seconds),
-                "token": token,
-                "limit": limit,
-                "circuit": circuit_state,
-                "target": target_id,
-                "target_cap": target_cap,
-                "per_target": min(target_cap, limit),
-                "held_tenants": list(held),
-                "held_counts": list(held.values()),
-                "active": list(fairness.active),
-                "share": fairness.share,
-                "solo": fairness.solo,
-            },
-        )
-        rows = cursor.fetchall()
+    rows = fetch_all(
+        _CLAIM_SQL,
+        {
+            "now": now,
+            "lease_until": now + timedelta(seconds=lease_seconds),
+            "token": token,
+            "limit": limit,
+            "circuit": circuit_state,
+            "target": target_id,
+            "target_cap": target_cap,
+            "per_target": min(target_cap, limit),
+            "head": target_cap + HEAD_SLACK,
+            "held_tenants": list(held),
+            "held_counts": list(held.values()),
+            "active": list(fairness.active),
+            "share": fairness.share,
+            "solo": fairness.solo,
+        },
+    )
     return [job_from_row(ClaimedRow._make(row)) for row in rows]
 
 
@@ -241,7 +268,7 @@ def job_from_row(row: ClaimedRow) -> Job:
         payload=payload,
         payload_json=row.payload,
         idempotency_key=row.idempotency_key,
-        occurred_at=row.occurred_at,
+        occurred_at=datetime.fromisoformat(row.occurred_at),
         attempts=row.attempts,
         target_id=row.target_id,
         target_kind=row.target_kind,

@@ -27,6 +27,7 @@ from urllib3 import HTTPConnectionPool
 from outbox import conf
 from outbox.delivery import breaker, ratelimit
 from outbox.delivery.claim import Fairness, deliveries_claim, leases_renew
+from outbox.delivery.dispatch import STOP, Dispatch
 from outbox.delivery.record import verdict_log, verdicts_record
 from outbox.delivery.send import Job, Result, pool_new, send
 from outbox.models import Target
@@ -35,7 +36,6 @@ logger = logging.getLogger("outbox.delivery")
 
 PROBE_CHECK_SECONDS = 1.0
 _REALTIME = Target.Kind.REALTIME.value  # read once: compared per delivery
-_STOP = None  # tells a sender thread to exit
 
 
 @dataclass
@@ -59,7 +59,7 @@ class Deliverer:
         self.worker_id = worker_id or f"adhoc-{uuid.uuid4().hex[:8]}"
         self.pools: dict[tuple[str, str], HTTPConnectionPool] = {}
         self._pools_lock = threading.Lock()
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()  # (job, sink) for the senders
+        self.dispatch = Dispatch(self.concurrency)  # claimed jobs, waiting for a sender
         self._senders: list[threading.Thread] = []
         self.delivered_total = 0
         # delivery id -> lease token, for every delivery claimed and not yet recorded
@@ -68,8 +68,7 @@ class Deliverer:
 
     def close(self) -> None:
         """Let the sender threads finish what they were given, then stop them."""
-        for _ in self._senders:
-            self._jobs.put(_STOP)
+        self.dispatch.stop()
         for thread in self._senders:
             thread.join()
         self._senders = []
@@ -147,12 +146,14 @@ class Deliverer:
         batch.sink = sink or queue.SimpleQueue()
         ratelimit.slots_reserve(batch.jobs)
         self._senders_start()
+        sending = []
         for job in batch.jobs:
             if job.defer_seconds is not None:
                 batch.results.append(self._send(job))
             else:
-                batch.sent += 1
-                self._jobs.put((job, batch.sink))
+                sending.append(job)
+        batch.sent = len(sending)
+        self.dispatch.put(sending, batch.sink)
         return batch
 
     def _senders_start(self) -> None:
@@ -164,10 +165,18 @@ class Deliverer:
             self._senders.append(thread)
 
     def _sender_loop(self) -> None:
-        jobs = self._jobs
-        while (item := jobs.get()) is not _STOP:
+        """Send, report, take the next job (or sleep on an own queue until handed one)."""
+        inbox: queue.SimpleQueue = queue.SimpleQueue()
+        dispatch = self.dispatch
+        item = dispatch.next(inbox, None)
+        while True:
+            if item is None:
+                item = inbox.get()
+            if item is STOP:
+                return
             job, sink = item
             sink.put(self._send(job))
+            item = dispatch.next(inbox, job)
 
     def _send(self, job: Job) -> Result:
         try:

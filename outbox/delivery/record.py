@@ -9,11 +9,9 @@ import random
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from django.db import connection
-
 from core.backoff import backoff_seconds
 from outbox import conf
-from outbox.delivery.claim import OPEN
+from outbox.delivery.claim import CLOSED, fetch_all
 from outbox.delivery.send import Job, Result
 from outbox.models import Delivery, DeliveryAttempt, Target
 
@@ -77,12 +75,15 @@ upd AS (
         next_attempt_at = %(now)s + make_interval(secs => v.next_in_seconds),
         delivered_at = CASE WHEN v.delivered THEN %(now)s END, last_error = v.error,
         locked_until = NULL, locked_by = '', updated_at = %(now)s
-    FROM v WHERE d.id = v.delivery_id AND d.locked_by = v.token AND d.status IN {OPEN}
+    FROM v WHERE d.id = ANY (ARRAY(SELECT delivery_id FROM v))  -- by primary key, whatever
+      AND d.id = v.delivery_id AND d.locked_by = v.token      -- the planner guesses for `v`
+      AND d.status NOT IN {CLOSED}
     RETURNING d.id
 ),
 released AS (  -- cancelled by staff while on the wire: the status stays, the lease goes
     UPDATE outbox_delivery d SET locked_until = NULL, locked_by = ''
-    FROM v WHERE d.id = v.delivery_id AND d.locked_by = v.token AND d.status NOT IN {OPEN}
+    FROM v WHERE d.id = ANY (ARRAY(SELECT delivery_id FROM v))
+      AND d.id = v.delivery_id AND d.locked_by = v.token AND d.status IN {CLOSED}
 ),
 ins AS (
     INSERT INTO outbox_deliveryattempt (created_at, updated_at, tenant_id, delivery_id, number,
@@ -125,9 +126,8 @@ def verdicts_record(
         "worker": worker_id[:100],
         "channel": conf.CHANNEL_REALTIME,
     }
-    with connection.cursor() as cursor:
-        cursor.execute(_RECORD_SQL, params)
-        return {delivery_id for (delivery_id,) in cursor.fetchall() if delivery_id != -1}
+    rows = fetch_all(_RECORD_SQL, params)
+    return {delivery_id for (delivery_id,) in rows if delivery_id != -1}
 
 
 def verdict_for(result: Result, token: str) -> Verdict:

@@ -19,8 +19,4 @@ class Migration(migrations.Migration):
             model_name='delivery',
             index=models.Index(condition=models.Q(('status__in', ['pending', 'retrying'])), fields=['target', 'next_attempt_at', 'id'], name='outbox_delivery_target_due'),
         ),
-        migrations.AddIndex(
-            model_name='delivery',
-            index=models.Index(condition=models.Q(('locked_until__isnull', False), ('status__in', ['pending', 'retrying'])), fields=['target', 'locked_until'], name='outbox_delivery_leased'),
-        ),
     ]

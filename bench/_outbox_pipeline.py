@@ -1,0 +1,361 @@
+"""The delivery pipeline's part of bench/outbox.py: one worker's cost against a same-run HTTP
+ceiling (throughput, CPU per delivery per process from /proc), two workers against one, and
+fairness under attack (a tarpit tenant; a large backlog) measured as another tenant's lag.
+
+Workers are real `manage.py outbox_worker` processes on the bench database; backlogs are one
+INSERT … SELECT generate_series (tests/outbox/backlog.py).
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from _common import ROOT, database_url, summarize_latencies
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+# --- processes and their CPU -------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (every thread), from /proc/<pid>/stat."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def pg_backends() -> list[int]:
+    """PostgreSQL client backends on this database, except this process's own."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        )
+        return [pid for (pid,) in cursor.fetchall()]
+
+
+class CpuMeter:
+    """CPU seconds spent by some processes between start() and stop()."""
+
+    def __init__(self, pids: list[int]):
+        self.pids = pids
+        self.before = {pid: cpu_seconds(pid) for pid in pids}
+        self.seconds = 0.0
+
+    def stop(self) -> float:
+        self.seconds = sum(cpu_seconds(pid) - self.before[pid] for pid in self.pids)
+        return self.seconds
+
+
+def worker_env(**extra) -> dict[str, str]:
+    env = dict(os.environ, DATABASE_URL=database_url(), DJANGO_SETTINGS_MODULE="config.settings")
+    env.update(OUTBOX_ALLOWED_TARGET_NETWORKS="127.0.0.0/8", LOG_LEVEL="WARNING")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def workers_start(count: int, **env) -> list[subprocess.Popen]:
+    """`count` outbox_worker processes, returned once each has a heartbeat."""
+    from outbox.models import WorkerHeartbeat
+
+    before = WorkerHeartbeat.objects.filter(stopped_at__isnull=True).count()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), "outbox_worker", "--poll", "0.5"],
+            cwd=ROOT,
+            env=worker_env(**env),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(count)
+    ]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if WorkerHeartbeat.objects.filter(stopped_at__isnull=True).count() >= before + count:
+            break
+        time.sleep(0.1)
+    time.sleep(0.5)  # listening
+    return procs
+
+
+def workers_stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def notify() -> None:
+    from django.db import connection
+
+    from outbox import conf
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"NOTIFY {conf.CHANNEL_EVENTS}")
+
+
+# --- a tarpit ----------------------------------------------------------------------------------
+
+
+class Tarpit:
+    """Accepts every connection on 127.0.0.1 and never answers; counts open connections."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1024)
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+        self.open = 0
+        self.max_open = 0
+        self.accepted = 0
+        self._stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        sel = selectors.DefaultSelector()
+        sel.register(self.sock, selectors.EVENT_READ)
+        while not self._stop.is_set():
+            for key, _ in sel.select(timeout=0.2):
+                if key.fileobj is self.sock:
+                    try:
+                        conn, _ = self.sock.accept()
+                    except BlockingIOError:
+                        continue
+                    conn.setblocking(False)
+                    sel.register(conn, selectors.EVENT_READ)
+                    self.accepted += 1
+                    self.open += 1
+                    self.max_open = max(self.max_open, self.open)
+                    continue
+                conn = key.fileobj
+                try:
+                    data = conn.recv(65536)  # read the request, never answer it
+                except BlockingIOError:
+                    continue
+                except ConnectionError:
+                    data = b""
+                if data == b"":
+                    sel.unregister(conn)
+                    conn.close()
+                    self.open -= 1
+        sel.close()
+
+    def close(self):
+        self._stop.set()
+        self.sock.close()
+
+
+# --- scenarios ---------------------------------------------------------------------------------
+
+
+def _tenant_with_targets(name: str, urls: list[str]):
+    from django.db import transaction
+
+    from outbox.services import target_create
+    from tenants.services import tenant_create
+
+    with transaction.atomic():
+        tenant = tenant_create(name=name)
+        targets = [
+            target_create(tenant=tenant, name=f"t{i}", kind="webhook", url=url)
+            for i, url in enumerate(urls)
+        ]
+    return tenant, targets
+
+
+def _wait_received(receiver_stats, base: str, path: str, count: int, seconds: float) -> dict:
+    deadline = time.monotonic() + seconds
+    stats = receiver_stats(base, path, reset=False)
+    while stats["count"] < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+        stats = receiver_stats(base, path, reset=False)
+    return stats
+
+
+def bench_worker_cost(receiver_stats, base: str, n: int) -> tuple[list[dict], dict]:
+    """The ceiling (the worker's own HTTP client, 32 threads, no database), one worker and
+    two workers draining n (2n) due deliveries to the same receiver; CPU per delivery per
+    process. The tenant has 8 targets on the receiver, so 32 sends may be in flight under
+    the default per-target cap of 4 (like the ceiling's 32 threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import UTC, datetime
+
+    from outbox import conf
+    from outbox.delivery.send import Job, pool_new, webhook_request
+    from tests.outbox.backlog import backlog_insert
+
+    concurrency = conf.get("OUTBOX_WORKER_CONCURRENCY")
+    urls = [f"{base}/cost/{i}" for i in range(8)]
+    tenant, targets = _tenant_with_targets("bench-cost", urls)
+
+    pools = {url: pool_new(url, concurrency) for url in urls}  # the worker's HTTP set-up
+    now = datetime.now(UTC)
+    jobs = [
+        Job(0, str(tenant.id), f"evt_{i}", i, "bulk", "bulk.event", {}, f"k{i}", now, 0,
+            str(targets[i % 8].id), "webhook", urls[i % 8], [targets[0].secret],
+            payload_json=f'{{"n": {i}}}')
+        for i in range(n)
+    ]  # fmt: skip
+
+    def post(job):
+        headers, body = webhook_request(job)
+        path = job.url[len(base) :]
+        return pools[job.url].urlopen("POST", path, body=body.encode(), headers=headers).status
+
+    receiver_stats(base, "cost", reset=True)
+    meter = CpuMeter([os.getpid()])
+    with ThreadPoolExecutor(concurrency) as threads:
+        started = time.perf_counter()
+        codes = list(threads.map(post, jobs))
+        ceiling_s = time.perf_counter() - started
+    client_cpu = meter.stop()
+    assert codes.count(200) == n
+    rows = [
+        {
+            "mode": f"HTTP client only, {concurrency} threads (ceiling)",
+            "deliveries": n,
+            "seconds": round(ceiling_s, 2),
+            "per_second": round(n / ceiling_s, 1),
+            "share_of_ceiling": 1.0,
+            "worker_cpu_ms_per_delivery": round(client_cpu / n * 1000, 3),
+            "postgres_cpu_ms_per_delivery": 0.0,
+        }
+    ]
+    ceiling_rate = n / ceiling_s
+    for count in (1, 2):
+        total = n * count
+        procs = workers_start(count)
+        try:
+            receiver_stats(base, "cost", reset=True)
+            worker_meter = CpuMeter([p.pid for p in procs])
+            pg_meter = CpuMeter(pg_backends())
+            backlog_insert(tenant=tenant, targets=targets, n=total, spread=True,
+                           prefix=f"cost{count}-")  # fmt: skip
+            started = time.perf_counter()
+            notify()
+            stats = _wait_received(receiver_stats, base, "cost", total, 600)
+            seconds = time.perf_counter() - started
+            worker_cpu, pg_cpu = worker_meter.stop(), pg_meter.stop()
+        finally:
+            workers_stop(procs)
+        rate = stats["count"] / seconds
+        rows.append(
+            {
+                "mode": f"{count} outbox worker process{'es' if count > 1 else ''}",
+                "deliveries": stats["count"],
+                "seconds": round(seconds, 2),
+                "per_second": round(rate, 1),
+                "share_of_ceiling": round(rate / ceiling_rate, 2),
+                "worker_cpu_ms_per_delivery": round(worker_cpu / stats["count"] * 1000, 3),
+                "postgres_cpu_ms_per_delivery": round(pg_cpu / stats["count"] * 1000, 3),
+            }
+        )
+    figures = {
+        "one_worker_share_of_ceiling": rows[1]["share_of_ceiling"],
+        "worker_cpu_ms_per_delivery": rows[1]["worker_cpu_ms_per_delivery"],
+        "two_workers_vs_one": round(rows[2]["per_second"] / rows[1]["per_second"], 2),
+    }
+    return rows, figures
+
+
+def _publish_steadily(tenant, target: str, rate: float, seconds: float) -> int:
+    from django.db import transaction
+
+    from outbox.services import event_publish
+
+    total = int(rate * seconds)
+    started = time.perf_counter()
+    for i in range(total):
+        pause = started + i / rate - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+        with transaction.atomic():
+            event_publish(tenant=tenant, event_type="order.paid", topic="orders",
+                          payload={"n": i}, target=target)  # fmt: skip
+    return total
+
+
+def bench_tarpit(receiver_stats, base: str, events: int, seconds: float) -> dict:
+    """B: 5 targets on a tarpit (timeout 10 s) and `events` due events (each to all 5).
+    A publishes 10 events/s meanwhile; A's lag is what the receiver measured."""
+    from tests.outbox.backlog import backlog_insert
+
+    pit = Tarpit()
+    try:
+        a, _ = _tenant_with_targets("bench-tarpit-a", [f"{base}/tarpit-a"])
+        b, pits = _tenant_with_targets(
+            "bench-tarpit-b", [f"http://127.0.0.1:{pit.port}/{i}" for i in range(5)]
+        )
+        backlog_insert(tenant=b, targets=pits, n=events)
+        procs = workers_start(1)
+        try:
+            receiver_stats(base, "tarpit-a", reset=True)
+            notify()
+            sent = _publish_steadily(a, "t0", 10, seconds)
+            stats = _wait_received(receiver_stats, base, "tarpit-a", sent, 30)
+        finally:
+            workers_stop(procs)
+    finally:
+        pit.close()
+    return {
+        "scenario": f"B: 5 tarpit targets, {events} due events; A: 10/s for {seconds:g} s",
+        "a_received": f"{stats['count']}/{sent}",
+        **{f"a_lag_{k}": v for k, v in summarize_latencies(stats["lags"]).items()},
+        "b_sends_hanging_max": pit.max_open,
+        "b_connections": pit.accepted,
+    }
+
+
+def bench_backlog(receiver_stats, base: str, backlog: int, seconds: float) -> dict:
+    """B: `backlog` due events over 8 targets of the fast receiver; A publishes 10 events/s
+    for `seconds` while B drains; B's drain rate over the same window."""
+    from outbox.models import Delivery
+    from tests.outbox.backlog import backlog_insert
+
+    a, _ = _tenant_with_targets("bench-backlog-a", [f"{base}/backlog-a"])
+    b, bulk = _tenant_with_targets("bench-backlog-b", [f"{base}/backlog-b/{i}" for i in range(8)])
+    inserted = time.perf_counter()
+    backlog_insert(tenant=b, targets=bulk, n=backlog, spread=True)
+    insert_s = time.perf_counter() - inserted
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE outbox_delivery")
+    procs = workers_start(1)
+    try:
+        receiver_stats(base, "backlog-a", reset=True)
+        receiver_stats(base, "backlog-b", reset=True)
+        notify()
+        started = time.perf_counter()
+        sent = _publish_steadily(a, "t0", 10, seconds)
+        window = time.perf_counter() - started
+        drained = receiver_stats(base, "backlog-b", reset=False)["count"]
+        stats = _wait_received(receiver_stats, base, "backlog-a", sent, 30)
+    finally:
+        workers_stop(procs)
+    left = Delivery.objects.filter(tenant=b, status__in=["pending", "retrying"]).count()
+    return {
+        "scenario": f"B: {backlog:,} due events (8 targets); A: 10/s for {seconds:g} s",
+        "a_received": f"{stats['count']}/{sent}",
+        **{f"a_lag_{k}": v for k, v in summarize_latencies(stats["lags"]).items()},
+        "b_drained_per_s": round(drained / window, 1),
+        "b_left": left,
+        "backlog_insert_s": round(insert_s, 1),
+    }
