@@ -76,6 +76,19 @@ def proof_from_headers(headers, *, is_secret: bool) -> SessionProof | None:
     return SessionProof(headers.get(HEADER) or None)
 
 
+def session_link_check(
+    sessions, *, session_id, proof: SessionProof | None, missing: DomainError
+) -> None:
+    """Linking something (an upload, a checkout) to an assessment session: `sessions` is the
+    tenant's own sessions (already scoped); `missing` is raised when the id is not among
+    them; a publishable key's proof must match the session's token (None: a secret key)."""
+    stored = list(sessions.filter(pk=session_id).values_list("token_hash", flat=True))
+    if not stored:
+        raise missing
+    if proof is not None:
+        proof.check(stored[0])
+
+
 def _invalid() -> DomainError:
     return DomainError(
         "invalid_session_token",

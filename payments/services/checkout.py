@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 from django.db import IntegrityError, transaction
 
 from core.errors import DomainError, ErrorKind
-from core.session_proof import SessionProof
+from core.session_proof import SessionProof, session_link_check
 from payments.models import PaymentSession
 from payments.services.prices import allowed_price_check
 from payments.stripe_api import stripe_call, stripe_id
@@ -167,20 +167,17 @@ def _assessment_session_check(
         return
     # Through our foreign key: payments does not import the assessments app.
     assessment_sessions = PaymentSession._meta.get_field("assessment_session").related_model
-    stored = list(
-        tenant_queryset(assessment_sessions, tenant_id=tenant_id)
-        .filter(pk=assessment_session_id)
-        .values_list("token_hash", flat=True)
-    )
-    if not stored:
-        raise DomainError(
+    session_link_check(
+        tenant_queryset(assessment_sessions, tenant_id=tenant_id),
+        session_id=assessment_session_id,
+        proof=session_proof,
+        missing=DomainError(
             "assessment_session_not_found",
             "sessionId does not name an assessment session of this tenant.",
             kind=ErrorKind.NOT_FOUND,
             details={"field": "sessionId"},
-        )
-    if session_proof is not None:
-        session_proof.check(stored[0])
+        ),
+    )
 
 
 def _stripe_checkout_create(

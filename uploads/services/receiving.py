@@ -10,7 +10,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from core.errors import DomainError, ErrorKind
-from core.session_proof import SessionProof
+from core.session_proof import SessionProof, session_link_check
 from tenants.scoping import tenant_queryset
 from uploads import staging
 from uploads.models import Attachment, RetrySource
@@ -48,20 +48,17 @@ def check_session(
     if assessment_session_id is None:
         return
     session_model = Attachment._meta.get_field("assessment_session").related_model
-    stored = list(
-        tenant_queryset(session_model, tenant_id=tenant_id)
-        .filter(pk=assessment_session_id)
-        .values_list("token_hash", flat=True)
-    )
-    if not stored:
-        raise DomainError(
+    session_link_check(
+        tenant_queryset(session_model, tenant_id=tenant_id),
+        session_id=assessment_session_id,
+        proof=session_proof,
+        missing=DomainError(
             "unknown_assessment_session",
             "No such assessment session.",
             kind=ErrorKind.INVALID,
             details={"assessmentSessionId": str(assessment_session_id)},
-        )
-    if session_proof is not None:
-        session_proof.check(stored[0])
+        ),
+    )
 
 
 def clean_filename(name: str) -> str:
