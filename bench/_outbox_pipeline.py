@@ -9,11 +9,8 @@ INSERT … SELECT generate_series (tests/outbox/backlog.py).
 from __future__ import annotations
 
 import os
-import selectors
-import socket
 import subprocess
 import sys
-import threading
 import time
 
 from _common import ROOT, database_url, summarize_latencies
@@ -108,58 +105,6 @@ def notify() -> None:
 
     with connection.cursor() as cursor:
         cursor.execute(f"NOTIFY {conf.CHANNEL_EVENTS}")
-
-
-# --- a tarpit ----------------------------------------------------------------------------------
-
-
-class Tarpit:
-    """Accepts every connection on 127.0.0.1 and never answers; counts open connections."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(1024)
-        self.sock.setblocking(False)
-        self.port = self.sock.getsockname()[1]
-        self.open = 0
-        self.max_open = 0
-        self.accepted = 0
-        self._stop = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        sel = selectors.DefaultSelector()
-        sel.register(self.sock, selectors.EVENT_READ)
-        while not self._stop.is_set():
-            for key, _ in sel.select(timeout=0.2):
-                if key.fileobj is self.sock:
-                    try:
-                        conn, _ = self.sock.accept()
-                    except BlockingIOError:
-                        continue
-                    conn.setblocking(False)
-                    sel.register(conn, selectors.EVENT_READ)
-                    self.accepted += 1
-                    self.open += 1
-                    self.max_open = max(self.max_open, self.open)
-                    continue
-                conn = key.fileobj
-                try:
-                    data = conn.recv(65536)  # read the request, never answer it
-                except BlockingIOError:
-                    continue
-                except ConnectionError:
-                    data = b""
-                if data == b"":
-                    sel.unregister(conn)
-                    conn.close()
-                    self.open -= 1
-        sel.close()
-
-    def close(self):
-        self._stop.set()
-        self.sock.close()
 
 
 # --- scenarios ---------------------------------------------------------------------------------
@@ -296,6 +241,7 @@ def bench_tarpit(receiver_stats, base: str, events: int, seconds: float) -> dict
     """B: 5 targets on a tarpit (timeout 10 s) and `events` due events (each to all 5).
     A publishes 10 events/s meanwhile; A's lag is what the receiver measured."""
     from tests.outbox.backlog import backlog_insert
+    from tests.outbox.tarpit import Tarpit
 
     pit = Tarpit()
     try:
