@@ -36,7 +36,7 @@ class AssessmentSession(TenantOwnedModel):
         blank=True,
         editable=False,
         help_text="SHA-256 of the session token handed to the browser that created it "
-        "(assessments.session_tokens); the token itself is never stored.",
+        "(core.session_proof); the token itself is never stored.",
     )
 
     class Meta:
