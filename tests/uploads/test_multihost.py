@@ -3,7 +3,6 @@ missing here (never failed for good: retried with backoff, shown to staff, alert
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 
 import pytest

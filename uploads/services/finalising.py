@@ -163,10 +163,7 @@ def _mark_failed_attempt(
     backoff) for as long as it takes: the bytes may still exist somewhere."""
     attempts = attachment.attempts + 1
     give_up = not missing and attempts >= settings.UPLOADS_MAX_ATTEMPTS
-    if missing:
-        missing_since = attachment.staged_missing_since or now
-    else:
-        missing_since = None
+    missing_since = (attachment.staged_missing_since or now) if missing else None
     Attachment.objects.filter(pk=attachment.pk, status=Status.PENDING).update(
         staged_missing_since=missing_since,
         status=Status.FAILED if give_up else Status.PENDING,
