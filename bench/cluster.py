@@ -42,6 +42,7 @@ import random
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -632,6 +633,11 @@ class Cluster:
         time.sleep(seconds / 2)
         killed_at = time.time()
         self.kill_host("a")
+        # what A's worker held leased when it died: B must deliver these after the lease ends
+        worker_id = f"{socket.gethostname()}:{self.processes['a']['worker'].pid}:"  # type: ignore[attr-defined]
+        orphaned = list(
+            Delivery.objects.filter(locked_by__startswith=worker_id).values_list("pk", flat=True)
+        )
         print(f"  host A killed at {seconds / 2:.0f} s of load", flush=True)
         time.sleep(seconds / 2)
         load.stop()
@@ -674,6 +680,9 @@ class Cluster:
         undelivered = len(expected_ids - received)
         after_kill = [at for _, at in self.receiver.seen("/sink") if at > killed_at]
         stored = Counter(uploads.values())
+        orphans_delivered = Delivery.objects.filter(
+            pk__in=orphaned, status=Delivery.Status.DELIVERED
+        ).count()
         self.figures["kill"] = {
             "acknowledged": {k: len(v) for k, v in acked.items()},
             "lost": lost,
@@ -681,6 +690,8 @@ class Cluster:
             "events_in_outbox": len(expected_ids),
             "undelivered": undelivered,
             "delivered_after_kill": len(after_kill),
+            "leased_by_killed_worker": len(orphaned),
+            "of_those_delivered": orphans_delivered,
             "drain_seconds_after_load": round(drained, 1),
             "uploads_by_status": dict(stored),
             "proxy_served": dict(self.proxy.served),
@@ -690,10 +701,11 @@ class Cluster:
             "0 acknowledged writes lost; B delivers the whole backlog",
             f"acknowledged {json.dumps({k: len(v) for k, v in acked.items()})}, lost "
             f"{sum(lost.values())}; uploads {dict(stored)}; {len(expected_ids)} events, "
-            f"{undelivered} undelivered, {len(after_kill)} delivered after the kill "
-            f"(drained {drained:.1f} s after the load)",
+            f"{undelivered} undelivered, {len(after_kill)} delivered after the kill (of them "
+            f"{orphans_delivered}/{len(orphaned)} leased by A's dead worker; drained "
+            f"{drained:.1f} s after the load)",
             not any(lost.values()) and undelivered == 0 and stored.get("stored", 0) == len(uploads)
-            and all(len(v) for v in acked.values()),
+            and all(len(v) for v in acked.values()) and orphans_delivered == len(orphaned),
         )  # fmt: skip
 
     def run(self) -> int:

@@ -31,11 +31,11 @@ class StagingStorage(FileSystemStorage):
     """The default STORAGES["staging"]: UPLOADS_STAGING_DIR, read each time (not cached at
     start), unless the storage's OPTIONS name a location."""
 
-    @property  # type: ignore[override]
+    @property
     def base_location(self):
         return self._location if self._location is not None else settings.UPLOADS_STAGING_DIR
 
-    @property  # type: ignore[override]
+    @property
     def location(self):
         return os.path.abspath(self.base_location)
 
