@@ -12,12 +12,14 @@ from django.core.files.storage import Storage, storages
 from django.test import TestCase
 from django.utils import timezone
 
+from core.ops import DEGRADED
 from outbox.models import OutboxEvent
 from outbox.services import target_create
 from tests.uploads.factories import staged_attachment
 from tests.uploads.test_tus_protocol import _path, create, patch
 from uploads import staging, tasks
 from uploads.models import Attachment
+from uploads.ops import status_findings
 
 
 def _sweep():
@@ -166,3 +168,13 @@ def _file(data: bytes):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     return SimpleUploadedFile("a.txt", data, content_type="text/plain")
+
+
+@pytest.mark.django_db
+def test_status_finding_is_degraded_while_staged_bytes_are_missing(tenant, settings):
+    settings.UPLOADS_STAGING_SHARED = True
+    attachment = staged_attachment(tenant)
+    staging.staging_path(tenant_id=tenant.pk, attachment_id=attachment.pk).unlink()
+    _sweep()
+    (finding,) = status_findings(now=timezone.now())
+    assert finding.level == DEGRADED and "1 waiting for staged bytes" in finding.summary
