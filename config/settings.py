@@ -437,10 +437,11 @@ STORAGES["staging"] = {
     if env("UPLOADS_STAGING_LOCATION")
     else {},
 }
-# Multi-host: true when every host sees the same staging folder. False (the default, a local
-# folder): each attachment records the host that staged it (ATLAS_HOST_NAME), and only that
-# host's retry runs finalise it — another host never judges bytes it cannot see.
-UPLOADS_STAGING_SHARED = env("UPLOADS_STAGING_SHARED", "bool", False)
+# True when every host sees the same staging folder. False: each attachment records the host
+# that staged it (ATLAS_HOST_NAME) and only that host's retry runs finalise it — another host
+# never judges bytes it cannot see. Default: true on one host (no REDIS_URL: every process
+# sees the one folder, and a changed host name strands nothing), false with REDIS_URL.
+UPLOADS_STAGING_SHARED = env("UPLOADS_STAGING_SHARED", "bool", not REDIS_URL)
 ATLAS_HOST_NAME = env("ATLAS_HOST_NAME") or socket.gethostname()
 # Staged bytes missing: never failed for good (they may be on a host that is down); after this
 # many attempts the tenant's Slack target hears about it (once per attachment).

@@ -49,17 +49,18 @@ def test_good_values_start():
     assert result.returncode == 0, result.stderr
 
 
-def test_redis_url_makes_redis_the_cache_and_the_django_q2_broker():
+def test_redis_url_makes_redis_the_cache_and_the_broker_and_staging_host_local():
     code = (
         "import django; django.setup(); from django.conf import settings as s; "
-        "print(s.CACHES['default']['BACKEND'], s.Q_CLUSTER.get('redis'), 'orm' in s.Q_CLUSTER)"
+        "print(s.CACHES['default']['BACKEND'], s.Q_CLUSTER.get('redis'), 'orm' in s.Q_CLUSTER, "
+        "s.UPLOADS_STAGING_SHARED)"
     )
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings",
            "DATABASE_URL": "postgres://nobody@127.0.0.1:1/none"}  # fmt: skip
     for redis_url, expected in (
         ("redis://127.0.0.1:6399/0",
-         "django.core.cache.backends.redis.RedisCache redis://127.0.0.1:6399/0 False"),
-        ("", "django.core.cache.backends.filebased.FileBasedCache None True"),
+         "django.core.cache.backends.redis.RedisCache redis://127.0.0.1:6399/0 False False"),
+        ("", "django.core.cache.backends.filebased.FileBasedCache None True True"),
     ):  # fmt: skip
         result = subprocess.run(
             [sys.executable, "-c", code], cwd=ROOT, env={**env, "REDIS_URL": redis_url},
