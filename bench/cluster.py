@@ -49,6 +49,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -434,20 +435,24 @@ class Cluster:
         if wait > 0:
             time.sleep(wait)
         deadline = time.monotonic() + 30
-        names = list(Schedule.objects.values_list("name", flat=True))
-        while time.monotonic() < deadline:
+        reset = self.schedules_reset_at
+        # runs within each schedule's own interval after the reset (outbox.sweep's is 1 min)
+        schedules = Schedule.objects.values_list("name", "minutes")
+        intervals = {name: timedelta(minutes=minutes) for name, minutes in schedules}
+        names = list(intervals)
+        while True:
             runs = Counter(
-                Task.objects.filter(started__gte=self.schedules_reset_at).values_list(
-                    "group", flat=True
-                )
-            )
-            if all(runs[name] for name in names):
+                {name: Task.objects.filter(group=name, started__gte=reset,
+                                           started__lt=reset + interval).count()
+                 for name, interval in intervals.items()}
+            )  # fmt: skip
+            if all(runs[name] for name in names) or time.monotonic() > deadline:
                 break
             time.sleep(1)
         sweeps = RetryLog.objects.filter(
             source="scheduled", started_at__gte=self.schedules_reset_at
         ).count()
-        created = self.scheduled_by_host()
+        created = self.scheduled_by_host(until=reset + min(intervals.values()))
         once = all(runs[name] == 1 for name in names)
         self.figures["schedules"] = {"runs": dict(runs), "retry_sweeps": sweeps,
                                      "created_by_host": created}  # fmt: skip
@@ -459,14 +464,16 @@ class Cluster:
             once and sweeps == 1 and sum(created.values()) == len(names),
         )
 
-    def scheduled_by_host(self) -> dict[str, int]:
-        """Tasks each host's scheduler created from a schedule since the reset (its log)."""
+    def scheduled_by_host(self, *, until) -> dict[str, int]:
+        """Tasks each host's scheduler created from a schedule between the reset and `until`
+        (its log lines start with the UTC time)."""
         since = self.schedules_reset_at.strftime("%Y-%m-%d %H:%M:%S")
+        before = until.strftime("%Y-%m-%d %H:%M:%S")
         counts = {}
         for host in HOSTS:
             lines = (self.logs / f"{host}-qcluster.log").read_text(errors="replace").splitlines()
             counts[host] = sum(
-                1 for line in lines if "from schedule [" in line and line[:19] >= since
+                1 for line in lines if "from schedule [" in line and since <= line[:19] < before
             )
         return counts
 
@@ -681,13 +688,13 @@ def main(argv=None) -> int:
     parser.add_argument("--throttle", type=int, default=10, help="publishable budget per minute")
     parser.add_argument("--slack", type=int, help="Slack events (default 20; quick 6)")
     parser.add_argument("--threads", type=int, default=3, help="load threads")
-    parser.add_argument("--load-seconds", type=float, help="load around the kill (30; quick 10)")
+    parser.add_argument("--load-seconds", type=float, help="load around the kill (30; quick 8)")
     parser.add_argument("--drain-seconds", type=float, default=60)
     parser.add_argument("--report", default="cluster", help="bench/results/<report>.json")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (logs)")
     args = parser.parse_args(argv)
     args.slack = args.slack or (6 if args.quick else 20)
-    args.load_seconds = args.load_seconds or (10.0 if args.quick else 30.0)
+    args.load_seconds = args.load_seconds or (8.0 if args.quick else 30.0)
     cluster = Cluster(args)
     code = 1
     try:
