@@ -67,3 +67,12 @@ def test_redis_url_makes_redis_the_cache_and_the_broker_and_staging_host_local()
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert result.stdout.strip() == expected, result.stderr
+
+
+def test_a_staging_storage_without_local_paths_stops_start_up():
+    result = _start(
+        DATABASE_URL="postgres://nobody@127.0.0.1:1/none",
+        UPLOADS_STAGING_BACKEND="django.core.files.storage.Storage",  # no path()
+    )
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr and "no local paths" in result.stderr
