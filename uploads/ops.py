@@ -31,13 +31,16 @@ def status_findings(*, now: datetime) -> list[Finding]:
     failed = Attachment.objects.filter(
         status=Attachment.Status.FAILED, updated_at__gte=now - timedelta(hours=24)
     ).count()
-    level = DEGRADED if overdue or failed else OK
+    # staged bytes another host (or an unmounted volume) holds: retried, never failed
+    missing = pending.filter(staged_missing_since__isnull=False).count()
+    level = DEGRADED if overdue or failed or missing else OK
     return [
         Finding(
             "uploads",
             level,
             f"{pending.count()} pending ({overdue} overdue by "
-            f">{settings.OPS_UPLOADS_OVERDUE_MINUTES} min), {failed} failed in the last 24 h",
+            f">{settings.OPS_UPLOADS_OVERDUE_MINUTES} min, {missing} waiting for staged bytes), "
+            f"{failed} failed in the last 24 h",
         )
     ]
 

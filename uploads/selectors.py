@@ -159,3 +159,15 @@ def tenant_quota_usage(*, now=None) -> list[dict]:
             }
         )
     return sorted(result, key=lambda row: (-row["used_bytes"], row["tenant"]))
+
+
+def staged_bytes_missing(*, limit: int = 50) -> list[Attachment]:
+    """Pending attachments whose staged bytes finalising could not find, longest first: they
+    are retried (never failed for good) until the bytes are back."""
+    return list(
+        Attachment.objects.filter(
+            status=Attachment.Status.PENDING, staged_missing_since__isnull=False
+        )
+        .select_related("tenant")
+        .order_by("staged_missing_since")[:limit]
+    )

@@ -1,6 +1,11 @@
 """The durable staging area: bytes are written here (fsync'd) before any row says they exist.
 
-Layout under UPLOADS_STAGING_DIR:
+The area is STORAGES["staging"]: by default UPLOADS_STAGING_DIR on this host; on several hosts
+a folder they all mount (UPLOADS_STAGING_SHARED=true), so a tus upload's PATCHes may land on
+any host. It must be a storage with local paths: tus appends in place and fsyncs before it
+acknowledges a byte, which object storage cannot do (attachments may live there).
+
+Layout:
     incoming/<random>.part      a multipart body being received (no row yet)
     <tenant id>/<attachment id>  the staged bytes of an attachment until it is stored
 """
@@ -15,13 +20,35 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.files.storage import FileSystemStorage, storages
 from django.core.files.uploadhandler import FileUploadHandler, SkipFile, StopUpload
 
 CHUNK = 64 * 1024
 
 
+class StagingStorage(FileSystemStorage):
+    """The default STORAGES["staging"]: UPLOADS_STAGING_DIR, read each time (not cached at
+    start), unless the storage's OPTIONS name a location."""
+
+    @property
+    def base_location(self):
+        return self._location if self._location is not None else settings.UPLOADS_STAGING_DIR
+
+    @property
+    def location(self):
+        return os.path.abspath(self.base_location)
+
+
 def staging_root() -> Path:
-    return Path(settings.UPLOADS_STAGING_DIR)
+    storage = storages["staging"]
+    try:
+        return Path(storage.path(""))
+    except NotImplementedError:
+        raise ImproperlyConfigured(
+            f'STORAGES["staging"] ({type(storage).__name__}) has no local paths: staging needs '
+            "a folder (local, or one every host mounts); object storage can hold attachments"
+        ) from None
 
 
 def staging_path(*, tenant_id, attachment_id) -> Path:

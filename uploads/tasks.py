@@ -17,7 +17,8 @@ def prune_retry_logs() -> int:
 
 
 def health_alert_check() -> int:
-    return len(alerts.health_alert_check())
+    """The hourly failure-rate alert and the alert for attachments whose bytes are missing."""
+    return len(alerts.health_alert_check()) + len(alerts.staged_missing_alert_check())
 
 
 def expired_uploads_cleanup() -> dict:

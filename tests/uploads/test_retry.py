@@ -85,15 +85,6 @@ def test_backoff_doubles_then_failed_after_max_attempts(tenant, settings, storag
 
 
 @pytest.mark.django_db
-def test_missing_staged_bytes_fail_at_once(tenant):
-    attachment = staged_attachment(tenant)
-    staging.staging_path(tenant_id=tenant.pk, attachment_id=attachment.pk).unlink()
-    assert _sweep()["failed"] == 1
-    attachment.refresh_from_db()
-    assert attachment.status == "failed" and "missing" in attachment.last_error
-
-
-@pytest.mark.django_db
 def test_client_sync_retries_only_the_callers_pending_uploads(api, tenant, other_tenant):
     later = timezone.now() + timedelta(hours=1)
     mine = staged_attachment(tenant, b"mine", next_retry_at=later)

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from core.errors import DomainError
 from outbox.services import event_publish
-from uploads.models import FinaliseAttempt, HealthAlert
+from uploads.models import Attachment, FinaliseAttempt, HealthAlert
 
 # outbox error codes for a tenant whose Slack target cannot take the alert → recorded reason
 SKIP_ALERT_REASONS = {
@@ -108,3 +108,58 @@ def _alert_record(
         alert.outcome, alert.reason, alert.event_id = outcome, reason, event_id
         alert.save(update_fields=["outcome", "reason", "event_id", "updated_at"])
     return alert
+
+
+def staged_missing_alert_check(*, now: datetime | None = None) -> list[Attachment]:
+    """Pending attachments whose staged bytes were missing for UPLOADS_MISSING_ALERT_ATTEMPTS
+    attempts: publish uploads.staged_bytes_missing to the tenant's Slack target, once per
+    attachment (missing_alerted_at, and an idempotency key per attachment). They stay pending:
+    the host that holds the bytes may come back."""
+    now = now or timezone.now()
+    due = Attachment.objects.filter(
+        status=Attachment.Status.PENDING,
+        staged_missing_since__isnull=False,
+        missing_alerted_at__isnull=True,
+        attempts__gte=settings.UPLOADS_MISSING_ALERT_ATTEMPTS,
+    ).order_by("staged_missing_since")[:500]
+    alerted = []
+    for attachment in due:
+        with transaction.atomic():
+            claimed = Attachment.objects.filter(
+                pk=attachment.pk, missing_alerted_at__isnull=True
+            ).update(missing_alerted_at=now, updated_at=now)
+            if not claimed:  # a concurrent check took it
+                continue
+            try:
+                with transaction.atomic():
+                    event_publish(
+                        tenant=attachment.tenant_id,
+                        event_type="uploads.staged_bytes_missing",
+                        topic="uploads",
+                        payload=_missing_payload(attachment),
+                        target="slack",
+                        idempotency_key=f"uploads.staged_bytes_missing:{attachment.pk}",
+                    )
+            except Exception as exc:
+                if _refusal_code(exc) not in SKIP_ALERT_REASONS:
+                    raise
+        alerted.append(attachment)
+    return alerted
+
+
+def _missing_payload(attachment: Attachment) -> dict:
+    host = attachment.staging_host or "a shared staging folder"
+    return {
+        "attachmentId": str(attachment.pk),
+        "filename": attachment.filename,
+        "stagingHost": attachment.staging_host,
+        "attempts": attachment.attempts,
+        "missingSince": attachment.staged_missing_since.isoformat()
+        if attachment.staged_missing_since
+        else None,
+        "text": (
+            f"Upload {attachment.filename!r} ({attachment.pk}) is waiting for its staged bytes "
+            f"on {host} after {attachment.attempts} attempts; it stays pending until they "
+            "are back."
+        ),
+    }

@@ -26,8 +26,10 @@ logger = logging.getLogger(__name__)
 Status = Attachment.Status
 
 
-class PermanentFinaliseError(Exception):
-    """Retrying cannot help (the staged bytes are gone): the attachment fails at once."""
+class StagedBytesMissing(Exception):
+    """No staged bytes here. Never a permanent failure: they may sit on a host that is down
+    or on a shared volume that is unmounted for a moment. Retried with backoff, flagged on the
+    row (staged_missing_since) and alerted after UPLOADS_MISSING_ALERT_ATTEMPTS."""
 
 
 class _NoJitter:
@@ -99,7 +101,7 @@ def attachment_finalise(
             _mark_failed_attempt(
                 attachment,
                 error=error,
-                permanent=isinstance(exc, PermanentFinaliseError),
+                missing=isinstance(exc, StagedBytesMissing),
                 source=source,
                 now=now,
             )
@@ -128,6 +130,7 @@ def _mark_stored(attachment: Attachment, *, saved_name: str, source: str, now) -
         next_retry_at=None,
         claimed_until=None,
         claimed_by=None,
+        staged_missing_since=None,
         updated_at=now,
     )
     if updated != 1:
@@ -153,13 +156,16 @@ def _mark_stored(attachment: Attachment, *, saved_name: str, source: str, now) -
 
 
 def _mark_failed_attempt(
-    attachment: Attachment, *, error: str, permanent: bool, source: str, now
+    attachment: Attachment, *, error: str, missing: bool, source: str, now
 ) -> None:
-    """Back to pending with the next attempt's time, or failed for good (permanent error or
-    the last allowed attempt)."""
+    """Back to pending with the next attempt's time, or failed for good after the last allowed
+    attempt — except when the staged bytes are missing, which stays pending (with the capped
+    backoff) for as long as it takes: the bytes may still exist somewhere."""
     attempts = attachment.attempts + 1
-    give_up = permanent or attempts >= settings.UPLOADS_MAX_ATTEMPTS
+    give_up = not missing and attempts >= settings.UPLOADS_MAX_ATTEMPTS
+    missing_since = (attachment.staged_missing_since or now) if missing else None
     Attachment.objects.filter(pk=attachment.pk, status=Status.PENDING).update(
+        staged_missing_since=missing_since,
         status=Status.FAILED if give_up else Status.PENDING,
         attempts=attempts,
         last_attempt_at=now,
@@ -174,7 +180,10 @@ def _mark_failed_attempt(
 
 def _copy_and_verify(storage: Storage, attachment: Attachment, path: Path) -> str:
     if not path.exists():
-        raise PermanentFinaliseError(f"staged bytes are missing ({path.name})")
+        where = f" (staged on {attachment.staging_host})" if attachment.staging_host else ""
+        raise StagedBytesMissing(
+            f"staged bytes missing on {settings.ATLAS_HOST_NAME}{where}: {path.name}"
+        )
     name = storage_name_for(attachment)
     if storage.exists(name):  # a previous attempt stored it but its transaction rolled back
         storage.delete(name)

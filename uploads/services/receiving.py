@@ -118,6 +118,7 @@ def attachment_receive(
                     expected_sha256=(expected_sha256 or "").lower(),
                     status=Status.PENDING,
                     next_retry_at=now,
+                    staging_host=settings.ATLAS_HOST_NAME,
                 )
                 staging.move_durably(staged.path, target)
         except (IntegrityError, DomainError) as exc:

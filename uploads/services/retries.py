@@ -38,6 +38,9 @@ def _claim(*, run_id, source: str, tenant_id=None, ids=None, limit: int) -> list
         candidates = candidates.filter(
             Q(last_attempt_at__isnull=True) | Q(last_attempt_at__lt=recent)
         )
+    if not settings.UPLOADS_STAGING_SHARED:
+        # host-local staging: bytes staged on another host are that host's to finalise
+        candidates = candidates.filter(staging_host__in=["", settings.ATLAS_HOST_NAME])
     if tenant_id is not None:
         candidates = tenant_queryset(candidates, tenant_id=tenant_id)
     with transaction.atomic():

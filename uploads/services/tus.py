@@ -92,6 +92,7 @@ def tus_upload_create(
                 status=Status.RECEIVING,
                 expires_at=tus_expiry(),
                 tus_metadata=raw_metadata,
+                staging_host=settings.ATLAS_HOST_NAME,
             )
             staging.create_empty(path)
     except (IntegrityError, DomainError):
@@ -216,6 +217,8 @@ def tus_upload_append(
         received = 0
         cut = False
         too_much = False
+        if not path.exists():
+            raise _staged_elsewhere(attachment)
         with path.open("r+b") as fh:
             fh.seek(offset)
             fh.truncate(offset)  # drop any unacknowledged tail
@@ -256,6 +259,18 @@ def tus_upload_append(
         if new_offset == attachment.size:
             attachment = _tus_complete(attachment)
         return attachment
+
+
+def _staged_elsewhere(attachment: Attachment) -> DomainError:
+    """This host cannot see the upload's staged file: host-local staging behind a balancer
+    that is not sticky (or a shared volume that is not mounted here). Nothing is written."""
+    return DomainError(
+        "upload_staged_elsewhere",
+        "This upload's bytes are staged on another host; retry (the balancer should send "
+        "the upload's requests to one host, or the hosts should share their staging folder).",
+        kind=ErrorKind.UNAVAILABLE,
+        details={"stagingHost": attachment.staging_host},
+    )
 
 
 def _peek(read: Callable[[int], bytes]) -> bytes:
