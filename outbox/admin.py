@@ -22,7 +22,7 @@ from core.admin import (
     permission_check,
 )
 from core.errors import DomainError
-from outbox import services
+from outbox import selectors, services
 from outbox.models import (
     CircuitTransition,
     Delivery,
@@ -84,6 +84,23 @@ def _steer_targets(modeladmin, request, queryset, *, action, service, verb):
     modeladmin.message_user(request, f"{changed} targets {verb}.")
 
 
+class RoutingFilter(admin.SimpleListFilter):
+    """Events no target was subscribed to (the API's status=no_targets)."""
+
+    title = "routing"
+    parameter_name = "routing"
+
+    def lookups(self, request, model_admin):
+        return [("none", "No matching target"), ("routed", "Routed to a target")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "none":
+            return queryset.filter(selectors.events_with_status_q(selectors.NO_TARGETS))
+        if self.value() == "routed":
+            return queryset.exclude(selectors.events_with_status_q(selectors.NO_TARGETS))
+        return queryset
+
+
 @admin.register(OutboxEvent)
 class OutboxEventAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
     """Evidence: never added by hand, pruned by outbox_prune only."""
@@ -92,6 +109,7 @@ class OutboxEventAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
     list_filter = [
         ("deliveries__status", admin.ChoicesFieldListFilter),
         "deliveries__target__name",
+        RoutingFilter,
         "tenant",
         "topic",
         "event_type",
