@@ -9,6 +9,7 @@ from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import Count, F, Min, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
+from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
@@ -22,7 +23,7 @@ from core.admin import (
     permission_check,
 )
 from core.errors import DomainError
-from outbox import selectors, services
+from outbox import replay, routing, selectors, services
 from outbox.models import (
     CircuitTransition,
     Delivery,
@@ -250,6 +251,16 @@ class CircuitTransitionInline(ReadOnlyInline):
     ordering = ["-created_at"]
 
 
+class ReplayForm(forms.Form):
+    since = forms.DateTimeField(help_text="Events published at or after (YYYY-MM-DD HH:MM).")
+    until = forms.DateTimeField(help_text="…and before.")
+    status = forms.ChoiceField(
+        required=False,
+        choices=[("", "dead and cancelled, and back-fill")]
+        + [(s, s) for s in replay.REPLAYABLE],
+    )
+
+
 class TargetAdminForm(forms.ModelForm):
     """Staff edits go through the same rules as the API: the egress guard on the URL, the
     timeout cap, no control characters in the name."""
@@ -269,6 +280,9 @@ class TargetAdminForm(forms.ModelForm):
             "backoff_base_seconds",
             "backoff_max_seconds",
             "rate_limit_per_second",
+            "event_types",
+            "payload_filter",
+            "permanent_statuses",
         ]
 
     def clean(self):
@@ -277,6 +291,9 @@ class TargetAdminForm(forms.ModelForm):
             ("name", lambda v: services.refuse_control_characters(name=v)),
             ("url", lambda v: services.target_url_check(v) if v else None),
             ("timeout_seconds", services.target_timeout_check),
+            ("event_types", routing.event_types_check),
+            ("payload_filter", routing.payload_filter_check),
+            ("permanent_statuses", routing.permanent_statuses_check),
         ]
         for field, check in checks:
             value = cleaned.get(field)
@@ -319,11 +336,12 @@ class TargetAdmin(admin.ModelAdmin):
     ]
     exclude = ["secret", "previous_secret"]  # shown by the API's secret endpoint, not here
     inlines = [CircuitTransitionInline]
-    actions = ["pause", "resume", "reset_circuit", "send_test_event"]
+    actions = ["pause", "resume", "reset_circuit", "send_test_event", "replay"]
 
     has_pause_target_permission = permission_check("pause_target")
     has_reset_target_circuit_permission = permission_check("reset_target_circuit")
     has_send_target_test_permission = permission_check("send_target_test")
+    has_replay_target_permission = permission_check("replay_target")
 
     def get_queryset(self, request):
         since = timezone.now() - timedelta(hours=24)
@@ -397,6 +415,51 @@ class TargetAdmin(admin.ModelAdmin):
             service=services.target_circuit_reset,
             verb="reset",
         )
+
+    @admin.action(description="Replay deliveries in a date range…", permissions=["replay_target"])
+    def replay(self, request, queryset):
+        form = ReplayForm(request.POST if "apply" in request.POST else None)
+        if not form.is_valid():
+            context = {
+                **self.admin_site.each_context(request),
+                "title": "Replay deliveries",
+                "opts": self.opts,
+                "form": form,
+                "targets": [t.name for t in queryset],
+                "selected": [t.pk for t in queryset],
+                "max_deliveries": replay.MAX_DELIVERIES,
+                "max_days": replay.MAX_WINDOW_DAYS,
+            }
+            return TemplateResponse(request, "admin/outbox/target/replay.html", context)
+        done = []
+        for target in queryset:
+            try:
+                row, _new = replay.target_replay(
+                    target=target,
+                    since=form.cleaned_data["since"],
+                    until=form.cleaned_data["until"],
+                    status=form.cleaned_data["status"] or None,
+                    requested_by=f"admin:{request.user.get_username()}",
+                )
+            except DomainError as exc:
+                self.message_user(request, f"{target.name}: {exc.message}", messages.ERROR)
+                continue
+            done.append(target)
+            self.message_user(
+                request,
+                f"{target.name}: {row.requeued} requeued, {row.backfilled} back-filled.",
+                messages.SUCCESS,
+            )
+        log_admin_action(
+            request,
+            done,
+            action="replay",
+            selected=len(queryset),
+            changed=len(done),
+            detail=f"Window {form.cleaned_data['since']:%Y-%m-%d %H:%M} to "
+            f"{form.cleaned_data['until']:%Y-%m-%d %H:%M}.",
+        )
+        return None
 
     @admin.action(description="Send a test event", permissions=["send_target_test"])
     def send_test_event(self, request, queryset):

@@ -124,12 +124,13 @@ def target_replay(
         with connection.cursor() as cursor:
             cursor.execute(_REQUEUE_SQL, params)
             requeued = cursor.rowcount
-            backfilled = 0
-            if status in (None, "") and requeued < MAX_DELIVERIES:
-                cursor.execute(_BACKFILL_SQL, {**params, "limit": MAX_DELIVERIES - requeued})
-                backfilled = cursor.rowcount
-            if requeued or backfilled:  # wake the workers, as a publish does
-                cursor.execute("SELECT pg_notify(%s, '0')", [conf.CHANNEL_EVENTS])
+        backfilled = 0
+        if status in (None, "") and requeued < MAX_DELIVERIES:
+            backfilled = target_backfill(
+                target=target, since=since, until=until, limit=MAX_DELIVERIES - requeued, now=now
+            )
+        if requeued:
+            _workers_wake()
         replay = ReplayRequest.objects.create(
             tenant_id=target.tenant_id,
             target=target,
@@ -143,6 +144,32 @@ def target_replay(
             requested_by=requested_by[:150],
         )
     return replay, True
+
+
+def target_backfill(*, target: Target, since, until, limit=MAX_DELIVERIES, now=None) -> int:
+    """Create the deliveries the target never had for events of [since, until) it is
+    subscribed to (oldest first, at most `limit`); returns how many."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _BACKFILL_SQL,
+            {
+                "target": target.pk,
+                "since": since,
+                "until": until,
+                "now": now or timezone.now(),
+                "limit": limit,
+            },
+        )
+        created = cursor.rowcount
+    if created:
+        _workers_wake()
+    return created
+
+
+def _workers_wake() -> None:
+    """NOTIFY the workers (on commit), as a publish does: rows are due now."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_notify(%s, '0')", [conf.CHANNEL_EVENTS])
 
 
 def _earlier_answer(tenant_id, key: str, fingerprint: str) -> ReplayRequest | None:

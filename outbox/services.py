@@ -442,15 +442,17 @@ def target_test_send(*, target: Target) -> OutboxEvent:
 # --- Deliveries --------------------------------------------------------------------------------
 
 
-def delivery_requeue(*, deliveries) -> int:
-    """Back to pending, due now, with a fresh attempt budget (dead/cancelled/retrying).
+def delivery_requeue(*, deliveries, include_delivered: bool = False) -> int:
+    """Back to pending, due now, with a fresh attempt budget (dead/cancelled/retrying; and
+    delivered ones when asked: a replay sends them again).
 
     A delivery a worker holds right now (live lease) is left alone: clearing its lease would
     let a second worker send it while the first is still on the wire."""
     now = timezone.now()
+    if not include_delivered:
+        deliveries = deliveries.exclude(status=Delivery.Status.DELIVERED)
     return (
-        deliveries.exclude(status=Delivery.Status.DELIVERED)
-        .exclude(locked_until__gt=now)
+        deliveries.exclude(locked_until__gt=now)
         .update(
             status=Delivery.Status.PENDING,
             attempts=0,
