@@ -21,6 +21,11 @@ from outbox.delivery import egress
 from outbox.models import EVENT_SEQ_NAME, CircuitTransition, Delivery, OutboxEvent, Target
 from tenants.scoping import tenant_get_or_404, tenant_queryset
 
+# The routing condition (bench/outbox.py compares the statement with and without it).
+_SUBSCRIBED = routing.subscribed_sql(
+    target="t", event_type="%(event_type)s", payload="%(payload)s::jsonb"
+)
+
 # One round trip: the event, one delivery per subscribed target (or the one named target),
 # and the NOTIFY that fires on commit (so nothing is announced before the caller's transaction commits). The seq is taken
 # only once the transaction has its id: the realtime hub relies on every seq's owner being
@@ -41,11 +46,7 @@ WITH ev AS (
            %(now)s, %(now)s
     FROM ev JOIN outbox_target t
       ON t.tenant_id = %(tenant)s AND t.is_enabled
-     AND (t.id = %(target)s::uuid OR (%(target)s::uuid IS NULL AND {
-         routing.subscribed_sql(
-             target="t", event_type="%(event_type)s", payload="%(payload)s::jsonb"
-         )
-     }))
+     AND (t.id = %(target)s::uuid OR (%(target)s::uuid IS NULL AND {_SUBSCRIBED}))
      AND t.id IS DISTINCT FROM %(exclude)s::uuid
     RETURNING id
 )
