@@ -256,8 +256,7 @@ class ReplayForm(forms.Form):
     until = forms.DateTimeField(help_text="…and before.")
     status = forms.ChoiceField(
         required=False,
-        choices=[("", "dead and cancelled, and back-fill")]
-        + [(s, s) for s in replay.REPLAYABLE],
+        choices=[("", "dead and cancelled, and back-fill")] + [(s, s) for s in replay.REPLAYABLE],
     )
 
 

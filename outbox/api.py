@@ -290,7 +290,9 @@ class TargetRotateSecretView(APIView):
 class TargetDetailView(APIView):
     @extend_schema(tags=["outbox"], responses=TargetOut)
     def get(self, request, name):
-        return Response(TargetOut(selectors.target_get(tenant_id=request.tenant_id, name=name)).data)
+        return Response(
+            TargetOut(selectors.target_get(tenant_id=request.tenant_id, name=name)).data
+        )
 
     @extend_schema(tags=["outbox"], request=TargetRoutingIn, responses=TargetOut)
     def patch(self, request, name):

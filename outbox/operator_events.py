@@ -104,9 +104,7 @@ def dead_notices_publish(*, target_ids, now=None) -> int:
     sent = 0
     with transaction.atomic():
         with connection.cursor() as cursor:
-            cursor.execute(
-                _NOTICE_SLOT_SQL, {"ids": ids, "now": now, "window_start": window_start}
-            )
+            cursor.execute(_NOTICE_SLOT_SQL, {"ids": ids, "now": now, "window_start": window_start})
             slots = cursor.fetchall()
         for target_id, previous in slots:
             dead = (

@@ -188,4 +188,3 @@ def _earlier_answer(tenant_id, key: str, fingerprint: str) -> ReplayRequest | No
             kind=ErrorKind.UNPROCESSABLE,
         )
     return earlier
-

@@ -43,9 +43,7 @@ def subscribed_sql(*, target: str, event_type: str, payload: str) -> str:
 def event_types_check(patterns) -> list[str]:
     """A clean pattern list, or a 400 `invalid_event_types` naming the bad pattern."""
     if not isinstance(patterns, list) or not patterns:
-        raise DomainError(
-            "invalid_event_types", "eventTypes must be a non-empty list of patterns."
-        )
+        raise DomainError("invalid_event_types", "eventTypes must be a non-empty list of patterns.")
     if len(patterns) > MAX_PATTERNS:
         raise DomainError(
             "invalid_event_types",

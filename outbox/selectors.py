@@ -69,9 +69,7 @@ def target_get(*, tenant_id, name) -> Target:
         target_id = uuid.UUID(str(name))
     except ValueError:
         return tenant_get_or_404(Target, tenant_id=tenant_id, name=name)
-    queryset = tenant_queryset(Target, tenant_id=tenant_id).filter(
-        Q(pk=target_id) | Q(name=name)
-    )
+    queryset = tenant_queryset(Target, tenant_id=tenant_id).filter(Q(pk=target_id) | Q(name=name))
     return tenant_get_or_404(queryset, tenant_id=tenant_id)
 
 

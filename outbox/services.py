@@ -27,9 +27,10 @@ _SUBSCRIBED = routing.subscribed_sql(
 )
 
 # One round trip: the event, one delivery per subscribed target (or the one named target),
-# and the NOTIFY that fires on commit (so nothing is announced before the caller's transaction commits). The seq is taken
-# only once the transaction has its id: the realtime hub relies on every seq's owner being
-# among the transactions it sees running (outbox/realtime/hub.py, holes).
+# and the NOTIFY that fires on commit (so nothing is announced before the caller's
+# transaction commits). The seq is taken only once the transaction has its id: the realtime
+# hub relies on every seq's owner being among the transactions it sees running
+# (outbox/realtime/hub.py, holes).
 _PUBLISH_SQL = f"""
 WITH ev AS (
     INSERT INTO outbox_outboxevent (id, tenant_id, topic, event_type, payload, idempotency_key,
@@ -452,16 +453,13 @@ def delivery_requeue(*, deliveries, include_delivered: bool = False) -> int:
     now = timezone.now()
     if not include_delivered:
         deliveries = deliveries.exclude(status=Delivery.Status.DELIVERED)
-    return (
-        deliveries.exclude(locked_until__gt=now)
-        .update(
-            status=Delivery.Status.PENDING,
-            attempts=0,
-            next_attempt_at=now,
-            locked_until=None,
-            locked_by="",
-            updated_at=now,
-        )
+    return deliveries.exclude(locked_until__gt=now).update(
+        status=Delivery.Status.PENDING,
+        attempts=0,
+        next_attempt_at=now,
+        locked_until=None,
+        locked_by="",
+        updated_at=now,
     )
 
 

@@ -194,8 +194,8 @@ def gone_pause(results: list[Result], now: datetime) -> None:
     """A 410 Gone pauses its target: the receiver said the URL will never work again."""
     for result in results:
         if result.gone:
-            paused = Target.objects.filter(
-                pk=result.job.target_id, paused_at__isnull=True
-            ).update(paused_at=now, paused_reason=GONE_REASON, updated_at=now)
+            paused = Target.objects.filter(pk=result.job.target_id, paused_at__isnull=True).update(
+                paused_at=now, paused_reason=GONE_REASON, updated_at=now
+            )
             if paused:
                 operator_events.target_paused(target_id=result.job.target_id, reason=GONE_REASON)

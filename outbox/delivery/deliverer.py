@@ -285,7 +285,9 @@ class Deliverer:
                 with transaction.atomic():
                     breaker.verdicts_apply(results, now)
                     breaker.gone_pause(results, now)
-            dead = {r.job.delivery_id for r in results if r.job.delivery_id in kept and goes_dead(r)}
+            dead = {
+                r.job.delivery_id for r in results if r.job.delivery_id in kept and goes_dead(r)
+            }
             if dead:
                 operator_events.notices_for_verdicts(results, dead)
         except DjangoDbError as exc:

@@ -73,7 +73,9 @@ def test_same_idempotency_key_and_body_answers_again_without_requeueing(api, ten
     again = api.post(_url("hook"), window, format="json", HTTP_IDEMPOTENCY_KEY="r-1")
     assert again.status_code == 202 and again.json() == first.json()
     assert Delivery.objects.filter(status="dead").count() == 2  # not requeued a second time
-    other = api.post(_url("hook"), _window(status="dead"), format="json", HTTP_IDEMPOTENCY_KEY="r-1")
+    other = api.post(
+        _url("hook"), _window(status="dead"), format="json", HTTP_IDEMPOTENCY_KEY="r-1"
+    )
     assert_error(other, 422, "idempotency_key_reused")
     assert ReplayRequest.objects.count() == 1
     fresh = api.post(_url("hook"), window, format="json", HTTP_IDEMPOTENCY_KEY="r-2")
@@ -127,7 +129,10 @@ def test_a_delivery_on_the_wire_is_left_alone(api, tenant):
 @pytest.mark.parametrize(
     "body,code",
     [
-        ({"since": "2026-01-01T00:00:00Z", "until": "2026-01-02T00:00:00Z"}, "replay_window_too_long"),
+        (
+            {"since": "2026-01-01T00:00:00Z", "until": "2026-01-02T00:00:00Z"},
+            "replay_window_too_long",
+        ),
         ({**_window(), "until": "2000-01-01T00:00:00Z"}, "invalid_replay_window"),
         (_window(status="pending"), "invalid_replay_status"),
         ({"until": "2026-01-02T00:00:00Z"}, "validation_error"),
