@@ -296,6 +296,7 @@ class TargetDetailView(APIView):
 
     @extend_schema(tags=["outbox"], request=TargetRoutingIn, responses=TargetOut)
     def patch(self, request, name):
+        target = selectors.target_get(tenant_id=request.tenant_id, name=name)  # 404 first
         data = TargetRoutingIn(data=request.data)
         data.is_valid(raise_exception=True)
         names = {
@@ -304,7 +305,6 @@ class TargetDetailView(APIView):
             "permanentStatuses": "permanent_statuses",
         }
         changes = {names[key]: value for key, value in data.validated_data.items()}
-        target = selectors.target_get(tenant_id=request.tenant_id, name=name)
         target = services.target_routing_update(target=target, **changes)
         return Response(TargetOut(target).data)
 
@@ -356,13 +356,13 @@ class TargetReplayView(APIView):
         },
     )
     def post(self, request, name):
+        target = selectors.target_get(tenant_id=request.tenant_id, name=name)  # 404 first
         data = ReplayIn(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
         key = request.headers.get("Idempotency-Key") or None
         if key is not None and len(key) > 255:
             raise DomainError("invalid_idempotency_key", "Idempotency-Key is longer than 255.")
-        target = selectors.target_get(tenant_id=request.tenant_id, name=name)
         row, _new = replay.target_replay(
             target=target,
             since=v["since"],

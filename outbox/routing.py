@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 from core.errors import DomainError
+from core.validation import check_storable
 
 # Events Atlas publishes about its own targets (outbox/operator_events.py). `*` does not match
 # them: a target hears about other targets only when it subscribes to these names or to
@@ -79,6 +80,7 @@ def payload_filter_check(value) -> dict | None:
                 "(exact match on top-level fields).",
                 details={"field": str(key)[:100]},
             )
+    check_storable(value, "$.payloadFilter")  # NUL, lone surrogates, 1e999: jsonb refuses
     return value
 
 

@@ -126,6 +126,7 @@ def test_api_creates_and_updates_subscriptions(api, tenant):
         ("eventTypes", ["x"] * 51, "invalid_event_types"),
         ("payloadFilter", {"plan": {"nested": 1}}, "invalid_payload_filter"),
         ("payloadFilter", [1], "invalid_payload_filter"),
+        ("payloadFilter", {"plan": "a\u0000b"}, "unstorable_text"),
         ("permanentStatuses", [200], "invalid_permanent_statuses"),
         ("permanentStatuses", ["404"], "invalid_permanent_statuses"),
     ],
