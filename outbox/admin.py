@@ -18,6 +18,7 @@ from core.admin import (
     AgeFilter,
     NoAddMixin,
     NoDeleteMixin,
+    ReadOnlyAdmin,
     ReadOnlyInline,
     log_admin_action,
     permission_check,
@@ -29,6 +30,7 @@ from outbox.models import (
     Delivery,
     DeliveryAttempt,
     OutboxEvent,
+    ReplayRequest,
     Target,
     WorkerHeartbeat,
 )
@@ -478,6 +480,16 @@ class TargetAdmin(admin.ModelAdmin):
             detail="A test event was queued.",
         )
         self.message_user(request, f"{len(sent)} test events queued.")
+
+
+@admin.register(ReplayRequest)
+class ReplayRequestAdmin(ReadOnlyAdmin):
+    """Every replay (API, admin action, command): who asked, which window, how many."""
+
+    list_display = ["target", "tenant", "since", "until", "status", "requeued", "backfilled"]
+    list_display += ["requested_by", "created_at"]
+    list_filter = ["tenant", "requested_by"]
+    list_select_related = ["target", "tenant"]
 
 
 @admin.register(WorkerHeartbeat)

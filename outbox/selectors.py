@@ -13,6 +13,10 @@ from outbox.models import Delivery, DeliveryAttempt, OutboxEvent, Target, Worker
 from tenants.scoping import tenant_get_or_404, tenant_queryset
 
 
+NO_TARGETS = "no_targets"  # the status of an event no target was subscribed to
+EVENT_STATUSES = (NO_TARGETS, *Delivery.Status.values)
+
+
 def event_status(*, deliveries) -> str:
     """One word for the API: delivered, dead, cancelled, retrying, pending or no_targets."""
     status = Delivery.Status
@@ -30,10 +34,6 @@ def event_get(*, tenant_id, event_id) -> OutboxEvent:
         "deliveries__target", "deliveries__attempt_rows"
     )
     return tenant_get_or_404(queryset, tenant_id=tenant_id, pk=event_id)
-
-
-NO_TARGETS = "no_targets"  # the status of an event no target was subscribed to
-EVENT_STATUSES = (NO_TARGETS, *Delivery.Status.values)
 
 
 def event_list(*, tenant_id, topic=None, event_type=None, status=None):

@@ -168,7 +168,8 @@ def test_replay_route_is_in_the_openapi_schema(api):
 def _staff(client, django_user_model, *codenames):
     user = django_user_model.objects.create_user("staff", "s@example.test", "pw", is_staff=True)
     perms = Permission.objects.filter(
-        content_type__app_label="outbox", codename__in=["view_target", "change_target", *codenames]
+        content_type__app_label="outbox",
+        codename__in=["view_target", "change_target", "view_replayrequest", *codenames],
     )
     user.user_permissions.set(perms)
     client.force_login(user)
@@ -198,6 +199,8 @@ def test_admin_replay_action_asks_for_a_window_then_replays(client, django_user_
     assert "2 requeued, 0 back-filled" in done.content.decode()
     assert Delivery.objects.filter(status="pending").count() == 2
     assert ReplayRequest.objects.get().requested_by == "admin:staff"
+    audit = staff.get("/admin/outbox/replayrequest/")
+    assert audit.status_code == 200 and "admin:staff" in audit.content.decode()
 
 
 def test_admin_replay_needs_its_permission(client, django_user_model, tenant):
