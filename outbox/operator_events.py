@@ -19,8 +19,10 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
+
+from core.errors import DomainError
 
 from outbox.models import Delivery, Target
 from outbox.routing import OPERATOR_TOPIC
@@ -38,19 +40,27 @@ DELIVERY_DEAD = "delivery.dead"
 
 def operator_event_publish(*, target_id, event_type: str, **fields) -> None:
     """Publish one operator event about a target (in the caller's transaction)."""
-    from outbox.services import event_publish_created  # services imports the delivery package
+    # services imports the delivery package, which imports this module
+    from outbox.services import CONTROL_CHARACTERS, event_publish_created
 
     row = Target.objects.filter(pk=target_id).values("tenant_id", "name", "kind").first()
     if row is None:
         return
     payload = {"targetId": str(target_id), "target": row["name"], "kind": row["kind"], **fields}
-    event_publish_created(
-        tenant=row["tenant_id"],
-        event_type=event_type,
-        topic=OPERATOR_TOPIC,
-        payload=payload,
-        exclude_target_id=target_id,
-    )
+    if isinstance(payload.get("reason"), str):  # an error text: short, printable
+        payload["reason"] = CONTROL_CHARACTERS.sub(" ", payload["reason"])[:200]
+    try:
+        # a savepoint: a refused notice must not undo the breaker / pause change it reports
+        with transaction.atomic():
+            event_publish_created(
+                tenant=row["tenant_id"],
+                event_type=event_type,
+                topic=OPERATOR_TOPIC,
+                payload=payload,
+                exclude_target_id=target_id,
+            )
+    except (DomainError, DatabaseError) as exc:
+        logger.warning("operator event %s about %s not published: %s", event_type, target_id, exc)
 
 
 def circuit_changed(*, target_id, old: str, new: str, reason: str) -> None:

@@ -152,7 +152,7 @@ def event_publish_created(
 
 
 # C0 and C1 controls (newlines, NUL, ESC, NEL…) and the Unicode line/paragraph separators.
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def refuse_control_characters(**fields: str | None) -> None:
@@ -160,7 +160,7 @@ def refuse_control_characters(**fields: str | None) -> None:
     could forge an SSE `id:` line or a header. One code for every such field; `details.field`
     names it as the API spells it."""
     for name, value in fields.items():
-        if value and _CONTROL_CHARACTERS.search(value):
+        if value and CONTROL_CHARACTERS.search(value):
             raise DomainError(
                 "control_characters_not_allowed",
                 f"{name} may not contain control characters (line breaks, tabs, NUL, ESC…).",

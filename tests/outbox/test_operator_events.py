@@ -186,3 +186,24 @@ def test_notice_slot_is_taken_once_under_concurrency(tenant):
     assert operator_events.dead_notices_publish(target_ids=[target.id], now=now) == 0
     assert OutboxEvent.objects.get(event_type="delivery.dead").payload["count"] == 2
     assert timedelta(0) <= timezone.now() - Target.objects.get(pk=target.pk).dead_notice_at
+
+
+def test_a_refused_notice_never_undoes_the_change_it_reports(tenant, monkeypatch):
+    """The pause stays even when its operator event cannot be written; the reason that goes
+    out is one printable line."""
+    from core.errors import DomainError
+    from outbox import services
+
+    target = make_target(tenant, "n8n", event_types=["thing.*"])
+    make_target(tenant, "ops", event_types=OPS)
+    assert target_pause(target=target, reason="line one\nline two") is True
+    event = OutboxEvent.objects.get(event_type="target.paused")
+    assert event.payload["reason"] == "line one line two"
+
+    def refuse(**kwargs):
+        raise DomainError("payload_too_large", "no")
+
+    monkeypatch.setattr(services, "event_publish_created", refuse)
+    assert target_resume(target=target) is True
+    assert Target.objects.get(pk=target.pk).paused_at is None
+    assert not OutboxEvent.objects.filter(event_type="target.recovered").exists()
