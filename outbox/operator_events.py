@@ -23,7 +23,6 @@ from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from core.errors import DomainError
-
 from outbox.models import Delivery, Target
 from outbox.routing import OPERATOR_TOPIC
 

@@ -12,7 +12,6 @@ from outbox import conf
 from outbox.models import Delivery, DeliveryAttempt, OutboxEvent, Target, WorkerHeartbeat
 from tenants.scoping import tenant_get_or_404, tenant_queryset
 
-
 NO_TARGETS = "no_targets"  # the status of an event no target was subscribed to
 EVENT_STATUSES = (NO_TARGETS, *Delivery.Status.values)
 
