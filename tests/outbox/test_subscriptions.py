@@ -166,3 +166,36 @@ def test_admin_lists_events_with_no_matching_target(staff_client, tenant):
         assert page.status_code == 200
         assert [e.id for e in page.context["cl"].result_list] == [expected.id]
     assert "No matching target" in page.content.decode()
+
+
+def test_admin_target_form_checks_subscriptions_like_the_api(tenant):
+    from outbox.admin import TargetAdminForm
+
+    target = make_target(tenant, "n8n", url="http://127.0.0.1:9/hook")
+    base = {
+        "tenant": tenant.pk,
+        "name": "n8n",
+        "kind": "webhook",
+        "url": "http://127.0.0.1:9/hook",
+        "is_enabled": "on",
+        "timeout_seconds": "10",
+        "permanent_statuses": "",
+        "payload_filter": "null",
+    }
+    bad = TargetAdminForm(data={**base, "event_types": "pay*"}, instance=target)
+    assert not bad.is_valid() and "invalid_event_types" in str(bad.errors["event_types"])
+    bad = TargetAdminForm(
+        data={**base, "event_types": "*", "permanent_statuses": "200"}, instance=target
+    )
+    assert not bad.is_valid() and "invalid_permanent_statuses" in str(bad.errors)
+    good = TargetAdminForm(
+        data={**base, "event_types": "payment.*,upload.stored", "permanent_statuses": "400"},
+        instance=target,
+    )
+    assert good.is_valid(), good.errors
+    good.save()
+    target.refresh_from_db()
+    assert (target.event_types, target.permanent_statuses) == (
+        ["payment.*", "upload.stored"],
+        [400],
+    )
