@@ -1,6 +1,8 @@
 """Outbox benchmarks, in one run, each next to its baseline:
 
-1. publish latency inside a transaction vs a bare single-row insert (floor: p99 < 10 ms);
+1. publish latency inside a transaction vs a bare single-row insert (floor: p99 < 10 ms),
+   and vs the same statement without the subscription check, interleaved in the same run
+   (floor: p99 ratio <= 1.10; `--publish-only` runs just this section);
 2. the worker's cost: one `manage.py outbox_worker` process draining a backlog vs the same
    HTTP client posting the same signed bodies with 32 threads and no database — the ceiling
    (floor: >= 85 % of it), CPU per delivery of the worker and of PostgreSQL from /proc
@@ -17,7 +19,7 @@ The receiver is a small asyncio HTTP/1.1 server in its own process (keep-alive, 
 The machine is shared with PostgreSQL and the receiver (2 cores here): the worker-count
 ratio is what that leaves, not what two idle cores would give.
 Usage: .venv/bin/python bench/outbox.py [--publish N] [--deliver N] [--lag-seconds S]
-       [--backlog N] [--fair-seconds S] [--tarpit-events N] [--streams N]
+       [--backlog N] [--fair-seconds S] [--tarpit-events N] [--streams N] [--publish-only]
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from _outbox_pipeline import bench_backlog, bench_tarpit, bench_worker_cost, wor
 
 FLOORS = {
     "publish_p99_ms": 10.0,
+    "publish_p99_vs_before_subscriptions": 1.10,
     "one_worker_share_of_ceiling": 0.85,
     "worker_cpu_ms_per_delivery": 0.5,
     "two_workers_vs_one": 1.8,
@@ -152,7 +155,7 @@ def bench_publish(tenant, n: int) -> list[dict]:
                 [uuid.uuid4(), '{"order": 1, "amount": 4900}'],
             )
 
-    def publish():
+    def publish(calls=call_only):
         with transaction.atomic():
             started = time.perf_counter()
             event_publish(
@@ -161,22 +164,39 @@ def bench_publish(tenant, n: int) -> list[dict]:
                 topic="payments",
                 payload={"order": 1, "amount": 4900},
             )
-            call_only.append(time.perf_counter() - started)
+            calls.append(time.perf_counter() - started)
+
+    # The same statement with the subscription check replaced by TRUE: publish as it was
+    # before subscriptions (every enabled target), measured in the same run.
+    from outbox import services
+
+    routed_sql = services._PUBLISH_SQL
+    unrouted_sql = routed_sql.replace(services._SUBSCRIBED, "TRUE")
+
+    def publish_unrouted():
+        services._PUBLISH_SQL = unrouted_sql
+        try:
+            publish(calls=[])
+        finally:
+            services._PUBLISH_SQL = routed_sql
 
     for _ in range(200):  # warm-up: connections, caches, plans
         bare()
         publish()
+        publish_unrouted()
     call_only.clear()
-    samples = {bare: [], publish: []}
+    samples = {bare: [], publish: [], publish_unrouted: []}
+    order = [bare, publish, publish_unrouted]
     for i in range(n):
-        for fn in (bare, publish) if i % 2 else (publish, bare):
+        for fn in order[i % 3 :] + order[: i % 3]:  # each goes first in turn
             started = time.perf_counter()
             fn()
             samples[fn].append(time.perf_counter() - started)
     rows = [
         ("bare single-row insert", samples[bare]),
-        ("event_publish (2 targets)", samples[publish]),
+        ("event_publish (2 targets, subscriptions)", samples[publish]),
         ("  of which the call, excl. COMMIT", call_only),
+        ("event_publish, no subscription check (before)", samples[publish_unrouted]),
     ]
     return [
         {"operation": name, **summarize_latencies(values), "max_ms": round(max(values) * 1e3, 2)}
@@ -330,6 +350,28 @@ def bench_streams(tenant, streams: int) -> list[dict]:
     ]
 
 
+def publish_checks(publish: list[dict]) -> dict:
+    """Floors of section 1: the p99, and the subscription check's cost (same run)."""
+    ratio = round(publish[1]["p99_ms"] / publish[3]["p99_ms"], 3)
+    return {
+        "publish_p99_ms": (publish[1]["p99_ms"], publish[1]["p99_ms"] < FLOORS["publish_p99_ms"]),
+        "publish_p99_vs_before_subscriptions": (
+            ratio,
+            ratio <= FLOORS["publish_p99_vs_before_subscriptions"],
+        ),
+    }
+
+
+def publish_report(publish: list[dict]) -> None:
+    print_table("Publish latency (inside a transaction)", publish)
+    rows = [
+        {"floor": name, "required": FLOORS[name], "measured": value, "ok": ok}
+        for name, (value, ok) in publish_checks(publish).items()
+    ]
+    print_table("Floors (2-core machine)", rows)
+    write_report("outbox_publish", {"publish": publish, "floors": rows})
+
+
 def main():
     # a database of its own: other benchmarks may be running on the same server
     os.environ.setdefault("TEST_DATABASE_NAME", "atlas_bench_outbox")
@@ -342,6 +384,11 @@ def main():
     parser.add_argument("--backlog", type=int, default=500_000)
     parser.add_argument("--fair-seconds", type=float, default=20)
     parser.add_argument("--tarpit-events", type=int, default=200)
+    parser.add_argument(
+        "--publish-only",
+        action="store_true",
+        help="only the publish latency (with and without the subscription check)",
+    )
     args = parser.parse_args()
 
     old_name = setup_django("bench_outbox")
@@ -357,10 +404,20 @@ def main():
 
         with transaction.atomic():
             tenant = tenant_create(name="bench-outbox")
-            # publish routes to every enabled target: give it two, like n8n + Slack
+            # publish routes to every subscribed target: give it two, like n8n + Slack, the
+            # second with patterns where only the last one matches (the longest check)
             target_create(tenant=tenant, name="n8n", kind="webhook", url=url + "/n8n")
-            target_create(tenant=tenant, name="slack", kind="slack", url=url + "/slack")
+            target_create(
+                tenant=tenant,
+                name="slack",
+                kind="slack",
+                url=url + "/slack",
+                event_types=["assessment.submitted", "payment.*", "order.*"],
+            )
         publish = bench_publish(tenant, args.publish)
+        if args.publish_only:
+            publish_report(publish)
+            return
         from outbox.models import Target
 
         Target.objects.filter(name__in=["n8n", "slack"]).update(is_enabled=False, paused_at=None)
@@ -387,7 +444,7 @@ def main():
     print_table("Fairness: tenant A's lag while tenant B's backlog drains", [backlog])
     print_table("API on the ASGI server (GET /api/outbox/targets) with SSE streams open", streams)
     checks = {
-        "publish_p99_ms": (publish[1]["p99_ms"], publish[1]["p99_ms"] < FLOORS["publish_p99_ms"]),
+        **publish_checks(publish),
         **{
             name: (cost[name], cost[name] >= FLOORS[name])
             for name in ("one_worker_share_of_ceiling", "two_workers_vs_one")

@@ -9,6 +9,7 @@ from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import Count, F, Min, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
+from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
@@ -17,17 +18,19 @@ from core.admin import (
     AgeFilter,
     NoAddMixin,
     NoDeleteMixin,
+    ReadOnlyAdmin,
     ReadOnlyInline,
     log_admin_action,
     permission_check,
 )
 from core.errors import DomainError
-from outbox import services
+from outbox import replay, routing, selectors, services
 from outbox.models import (
     CircuitTransition,
     Delivery,
     DeliveryAttempt,
     OutboxEvent,
+    ReplayRequest,
     Target,
     WorkerHeartbeat,
 )
@@ -84,6 +87,23 @@ def _steer_targets(modeladmin, request, queryset, *, action, service, verb):
     modeladmin.message_user(request, f"{changed} targets {verb}.")
 
 
+class RoutingFilter(admin.SimpleListFilter):
+    """Events no target was subscribed to (the API's status=no_targets)."""
+
+    title = "routing"
+    parameter_name = "routing"
+
+    def lookups(self, request, model_admin):
+        return [("none", "No matching target"), ("routed", "Routed to a target")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "none":
+            return queryset.filter(selectors.events_with_status_q(selectors.NO_TARGETS))
+        if self.value() == "routed":
+            return queryset.exclude(selectors.events_with_status_q(selectors.NO_TARGETS))
+        return queryset
+
+
 @admin.register(OutboxEvent)
 class OutboxEventAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
     """Evidence: never added by hand, pruned by outbox_prune only."""
@@ -92,6 +112,7 @@ class OutboxEventAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
     list_filter = [
         ("deliveries__status", admin.ChoicesFieldListFilter),
         "deliveries__target__name",
+        RoutingFilter,
         "tenant",
         "topic",
         "event_type",
@@ -232,6 +253,15 @@ class CircuitTransitionInline(ReadOnlyInline):
     ordering = ["-created_at"]
 
 
+class ReplayForm(forms.Form):
+    since = forms.DateTimeField(help_text="Events published at or after (YYYY-MM-DD HH:MM).")
+    until = forms.DateTimeField(help_text="…and before.")
+    status = forms.ChoiceField(
+        required=False,
+        choices=[("", "dead and cancelled, and back-fill")] + [(s, s) for s in replay.REPLAYABLE],
+    )
+
+
 class TargetAdminForm(forms.ModelForm):
     """Staff edits go through the same rules as the API: the egress guard on the URL, the
     timeout cap, no control characters in the name."""
@@ -251,6 +281,9 @@ class TargetAdminForm(forms.ModelForm):
             "backoff_base_seconds",
             "backoff_max_seconds",
             "rate_limit_per_second",
+            "event_types",
+            "payload_filter",
+            "permanent_statuses",
         ]
 
     def clean(self):
@@ -259,6 +292,9 @@ class TargetAdminForm(forms.ModelForm):
             ("name", lambda v: services.refuse_control_characters(name=v)),
             ("url", lambda v: services.target_url_check(v) if v else None),
             ("timeout_seconds", services.target_timeout_check),
+            ("event_types", routing.event_types_check),
+            ("payload_filter", routing.payload_filter_check),
+            ("permanent_statuses", routing.permanent_statuses_check),
         ]
         for field, check in checks:
             value = cleaned.get(field)
@@ -301,11 +337,12 @@ class TargetAdmin(admin.ModelAdmin):
     ]
     exclude = ["secret", "previous_secret"]  # shown by the API's secret endpoint, not here
     inlines = [CircuitTransitionInline]
-    actions = ["pause", "resume", "reset_circuit", "send_test_event"]
+    actions = ["pause", "resume", "reset_circuit", "send_test_event", "replay"]
 
     has_pause_target_permission = permission_check("pause_target")
     has_reset_target_circuit_permission = permission_check("reset_target_circuit")
     has_send_target_test_permission = permission_check("send_target_test")
+    has_replay_target_permission = permission_check("replay_target")
 
     def get_queryset(self, request):
         since = timezone.now() - timedelta(hours=24)
@@ -380,6 +417,51 @@ class TargetAdmin(admin.ModelAdmin):
             verb="reset",
         )
 
+    @admin.action(description="Replay deliveries in a date range…", permissions=["replay_target"])
+    def replay(self, request, queryset):
+        form = ReplayForm(request.POST if "apply" in request.POST else None)
+        if not form.is_valid():
+            context = {
+                **self.admin_site.each_context(request),
+                "title": "Replay deliveries",
+                "opts": self.opts,
+                "form": form,
+                "targets": [t.name for t in queryset],
+                "selected": [t.pk for t in queryset],
+                "max_deliveries": replay.MAX_DELIVERIES,
+                "max_days": replay.MAX_WINDOW_DAYS,
+            }
+            return TemplateResponse(request, "admin/outbox/target/replay.html", context)
+        done = []
+        for target in queryset:
+            try:
+                row, _new = replay.target_replay(
+                    target=target,
+                    since=form.cleaned_data["since"],
+                    until=form.cleaned_data["until"],
+                    status=form.cleaned_data["status"] or None,
+                    requested_by=f"admin:{request.user.get_username()}",
+                )
+            except DomainError as exc:
+                self.message_user(request, f"{target.name}: {exc.message}", messages.ERROR)
+                continue
+            done.append(target)
+            self.message_user(
+                request,
+                f"{target.name}: {row.requeued} requeued, {row.backfilled} back-filled.",
+                messages.SUCCESS,
+            )
+        log_admin_action(
+            request,
+            done,
+            action="replay",
+            selected=len(queryset),
+            changed=len(done),
+            detail=f"Window {form.cleaned_data['since']:%Y-%m-%d %H:%M} to "
+            f"{form.cleaned_data['until']:%Y-%m-%d %H:%M}.",
+        )
+        return None
+
     @admin.action(description="Send a test event", permissions=["send_target_test"])
     def send_test_event(self, request, queryset):
         sent = []
@@ -398,6 +480,16 @@ class TargetAdmin(admin.ModelAdmin):
             detail="A test event was queued.",
         )
         self.message_user(request, f"{len(sent)} test events queued.")
+
+
+@admin.register(ReplayRequest)
+class ReplayRequestAdmin(ReadOnlyAdmin):
+    """Every replay (API, admin action, command): who asked, which window, how many."""
+
+    list_display = ["target", "tenant", "since", "until", "status", "requeued", "backfilled"]
+    list_display += ["requested_by", "created_at"]
+    list_filter = ["tenant", "requested_by"]
+    list_select_related = ["target", "tenant"]
 
 
 @admin.register(WorkerHeartbeat)

@@ -3,14 +3,42 @@
 from __future__ import annotations
 
 from django.db import transaction
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+    inline_serializer,
+)
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api.pagination import CursorPagination, paginated
-from outbox import conf, selectors, services
+from core.errors import DomainError
+from outbox import conf, replay, routing, selectors, services
 from outbox.models import Target
+
+
+# Checked by outbox.routing (one code per field: invalid_event_types, invalid_payload_filter,
+# invalid_permanent_statuses), so taken here as plain JSON; typed for the OpenAPI schema.
+@extend_schema_field(
+    {"type": "array", "items": {"type": "string"}, "example": ["assessment.submitted", "payment.*"]}
+)
+class EventTypesField(serializers.JSONField):
+    pass
+
+
+@extend_schema_field(
+    {"type": "object", "additionalProperties": True, "nullable": True, "example": {"plan": "pro"}}
+)
+class PayloadFilterField(serializers.JSONField):
+    pass
+
+
+@extend_schema_field({"type": "array", "items": {"type": "integer"}, "example": [400, 401]})
+class StatusListField(serializers.JSONField):
+    pass
 
 
 class EventIn(serializers.Serializer):
@@ -80,9 +108,25 @@ class TargetIn(serializers.Serializer):
     rateLimitPerSecond = serializers.FloatField(min_value=0.01, required=False)
     backoffBaseSeconds = serializers.IntegerField(min_value=1, required=False)
     backoffMaxSeconds = serializers.IntegerField(min_value=1, required=False)
+    eventTypes = EventTypesField(
+        required=False, help_text='Patterns: assessment.submitted, payment.*, * (default ["*"]).'
+    )
+    payloadFilter = PayloadFilterField(
+        required=False, allow_null=True, help_text="Exact match on top-level payload fields."
+    )
+    permanentStatuses = StatusListField(
+        required=False, help_text="Statuses that dead-letter at once (default: none)."
+    )
+
+
+class TargetRoutingIn(serializers.Serializer):
+    eventTypes = EventTypesField(required=False)
+    payloadFilter = PayloadFilterField(required=False, allow_null=True)
+    permanentStatuses = StatusListField(required=False)
 
 
 class TargetOut(serializers.Serializer):
+    id = serializers.UUIDField()
     name = serializers.CharField()
     kind = serializers.CharField()
     url = serializers.CharField()
@@ -92,6 +136,11 @@ class TargetOut(serializers.Serializer):
     maxAttempts = serializers.IntegerField(source="max_attempts", allow_null=True)
     rateLimitPerSecond = serializers.FloatField(source="rate_limit_per_second", allow_null=True)
     circuitState = serializers.CharField(source="circuit_state")
+    eventTypes = serializers.ListField(child=serializers.CharField(), source="event_types")
+    payloadFilter = serializers.JSONField(source="payload_filter", allow_null=True)
+    permanentStatuses = serializers.ListField(
+        child=serializers.IntegerField(), source="permanent_statuses"
+    )
     createdAt = serializers.DateTimeField(source="created_at")
 
     def get_paused(self, target) -> bool:
@@ -121,6 +170,7 @@ class EventPublishView(APIView):
         data = EventIn(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
+        routing.reserved_event_type_refuse(values["eventType"])
         with transaction.atomic():
             event, created = services.event_publish_created(
                 tenant=request.tenant_id,
@@ -135,12 +185,34 @@ class EventPublishView(APIView):
 
 
 class EventListView(APIView):
-    @extend_schema(tags=["outbox"], responses=paginated(EventOut))
+    @extend_schema(
+        tags=["outbox"],
+        parameters=[
+            OpenApiParameter("topic", str),
+            OpenApiParameter("eventType", str),
+            OpenApiParameter(
+                "status",
+                str,
+                enum=list(selectors.EVENT_STATUSES),
+                description="no_targets: no target was subscribed (no matching target); "
+                "otherwise events with a delivery in that status.",
+            ),
+        ],
+        responses=paginated(EventOut),
+    )
     def get(self, request):
+        status = request.query_params.get("status") or None
+        if status is not None and status not in selectors.EVENT_STATUSES:
+            raise DomainError(
+                "invalid_status",
+                f"status must be one of {', '.join(selectors.EVENT_STATUSES)}.",
+                details={"allowed": list(selectors.EVENT_STATUSES)},
+            )
         queryset = selectors.event_list(
             tenant_id=request.tenant_id,
             topic=request.query_params.get("topic"),
             event_type=request.query_params.get("eventType"),
+            status=status,
         )
         paginator = CursorPagination()
         page = paginator.paginate_queryset(queryset, request, view=self)
@@ -188,6 +260,9 @@ class TargetCreateView(APIView):
             rate_limit_per_second=v.get("rateLimitPerSecond"),
             backoff_base_seconds=v.get("backoffBaseSeconds"),
             backoff_max_seconds=v.get("backoffMaxSeconds"),
+            event_types=v.get("eventTypes"),
+            payload_filter=v.get("payloadFilter"),
+            permanent_statuses=v.get("permanentStatuses"),
         )
         return Response(TargetCreatedOut(target).data, status=201)
 
@@ -210,3 +285,90 @@ class TargetRotateSecretView(APIView):
     def post(self, request, name):
         target = services.target_rotate_secret(tenant_id=request.tenant_id, name=name)
         return Response(SecretOut(target).data)
+
+
+class TargetDetailView(APIView):
+    @extend_schema(tags=["outbox"], responses=TargetOut)
+    def get(self, request, name):
+        return Response(
+            TargetOut(selectors.target_get(tenant_id=request.tenant_id, name=name)).data
+        )
+
+    @extend_schema(tags=["outbox"], request=TargetRoutingIn, responses=TargetOut)
+    def patch(self, request, name):
+        target = selectors.target_get(tenant_id=request.tenant_id, name=name)  # 404 first
+        data = TargetRoutingIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        names = {
+            "eventTypes": "event_types",
+            "payloadFilter": "payload_filter",
+            "permanentStatuses": "permanent_statuses",
+        }
+        changes = {names[key]: value for key, value in data.validated_data.items()}
+        target = services.target_routing_update(target=target, **changes)
+        return Response(TargetOut(target).data)
+
+
+class ReplayIn(serializers.Serializer):
+    since = serializers.DateTimeField()
+    until = serializers.DateTimeField(required=False, help_text="Default: now.")
+    status = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        help_text="dead, cancelled, delivered or retrying. Default: dead and cancelled, and "
+        "the deliveries the target never had (back-fill, by its subscriptions).",
+    )
+
+
+class ReplayOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    target = serializers.CharField(source="target.name")
+    since = serializers.DateTimeField()
+    until = serializers.DateTimeField()
+    status = serializers.CharField()
+    requeued = serializers.IntegerField()
+    backfilled = serializers.IntegerField()
+    count = serializers.SerializerMethodField()
+    capped = serializers.SerializerMethodField()
+
+    def get_count(self, row) -> int:
+        return row.requeued + row.backfilled
+
+    def get_capped(self, row) -> bool:
+        return row.requeued + row.backfilled >= replay.MAX_DELIVERIES
+
+
+class TargetReplayView(APIView):
+    @extend_schema(
+        tags=["outbox"],
+        request=ReplayIn,
+        parameters=[
+            OpenApiParameter(
+                "Idempotency-Key",
+                str,
+                OpenApiParameter.HEADER,
+                description="Same key and body: the first answer again, nothing requeued twice.",
+            )
+        ],
+        responses={
+            202: ReplayOut,
+            422: OpenApiResponse(description="idempotency_key_reused"),
+        },
+    )
+    def post(self, request, name):
+        target = selectors.target_get(tenant_id=request.tenant_id, name=name)  # 404 first
+        data = ReplayIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        key = request.headers.get("Idempotency-Key") or None
+        if key is not None and len(key) > 255:
+            raise DomainError("invalid_idempotency_key", "Idempotency-Key is longer than 255.")
+        row, _new = replay.target_replay(
+            target=target,
+            since=v["since"],
+            until=v.get("until"),
+            status=v.get("status") or None,
+            idempotency_key=key,
+            requested_by="api",
+        )
+        return Response(ReplayOut(row).data, status=202)

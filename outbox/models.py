@@ -1,5 +1,6 @@
 import uuid
 
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Func, Q, Value
 
@@ -9,6 +10,12 @@ from tenants.models import Tenant
 
 # A dedicated sequence numbers events in insert order: the realtime stream's resume cursor.
 EVENT_SEQ_NAME = "outbox_event_seq"
+
+
+def all_event_types() -> list[str]:
+    """A target's default subscription: every business event (targets made before
+    subscriptions existed keep receiving everything they did)."""
+    return ["*"]
 
 
 class OutboxEvent(TenantOwnedModel):
@@ -104,6 +111,28 @@ class Target(TenantOwnedModel):
     circuit_probe_until = models.DateTimeField(
         null=True, blank=True, help_text="Half-open: the one probe in flight holds this lease."
     )
+    # routing (docs/outbox-routing.md): matched inside the publish statement
+    event_types = ArrayField(
+        models.CharField(max_length=100),
+        default=all_event_types,
+        help_text="Event type patterns this target receives: assessment.submitted, payment.*, *.",
+    )
+    payload_filter = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="Optional: only events whose payload has these top-level values, "
+        'e.g. {"topic": "payments"}.',
+    )
+    permanent_statuses = ArrayField(
+        models.PositiveSmallIntegerField(),
+        default=list,
+        blank=True,
+        help_text="HTTP statuses that dead-letter at once; every other non-2xx is retried "
+        "(410 always pauses the target).",
+    )
+    dead_notice_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="When the last delivery.dead went out."
+    )
 
     class Meta:
         ordering = ["name"]
@@ -112,6 +141,7 @@ class Target(TenantOwnedModel):
             ("pause_target", "Can pause and resume delivery to a target"),
             ("reset_target_circuit", "Can reset a target's circuit breaker"),
             ("send_target_test", "Can send a test event to a target"),
+            ("replay_target", "Can replay a target's deliveries"),
         ]
         constraints = [
             models.UniqueConstraint(
@@ -231,6 +261,33 @@ class CircuitTransition(TenantOwnedModel):
 
     def __str__(self):
         return f"{self.from_state} → {self.to_state}"
+
+
+class ReplayRequest(TenantOwnedModel):
+    """One replay of a target's deliveries (API, admin or command): the audit trail, and the
+    answer a repeated Idempotency-Key gets back without requeueing again."""
+
+    target = models.ForeignKey(Target, on_delete=models.CASCADE, related_name="replays")
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    fingerprint = models.CharField(max_length=64, help_text="SHA-256 of the request's window.")
+    since = models.DateTimeField()
+    until = models.DateTimeField()
+    status = models.CharField(max_length=20, blank=True, help_text="Empty: every closed status.")
+    requeued = models.PositiveIntegerField(default=0)
+    backfilled = models.PositiveIntegerField(default=0)
+    requested_by = models.CharField(max_length=150, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # the client's Idempotency-Key: one replay per key and tenant
+            models.UniqueConstraint(
+                fields=["tenant", "idempotency_key"], name="outbox_replay_tenant_idem_key_uniq"
+            ),
+        ]
+
+    def __str__(self):
+        return f"replay {self.target_id} {self.since:%Y-%m-%d %H:%M}…{self.until:%Y-%m-%d %H:%M}"
 
 
 class WorkerHeartbeat(models.Model):

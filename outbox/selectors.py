@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
-from django.db.models import Count, Min, Q
+from django.db.models import Count, Exists, Min, OuterRef, Q
 from django.utils import timezone
 
 from outbox import conf
 from outbox.models import Delivery, DeliveryAttempt, OutboxEvent, Target, WorkerHeartbeat
 from tenants.scoping import tenant_get_or_404, tenant_queryset
+
+NO_TARGETS = "no_targets"  # the status of an event no target was subscribed to
+EVENT_STATUSES = (NO_TARGETS, *Delivery.Status.values)
 
 
 def event_status(*, deliveries) -> str:
@@ -17,7 +21,7 @@ def event_status(*, deliveries) -> str:
     status = Delivery.Status
     statuses = {d.status for d in deliveries}
     if not statuses:
-        return "no_targets"
+        return NO_TARGETS
     for worst_first in (status.DEAD, status.RETRYING, status.PENDING):
         if worst_first in statuses:
             return worst_first.value
@@ -31,7 +35,9 @@ def event_get(*, tenant_id, event_id) -> OutboxEvent:
     return tenant_get_or_404(queryset, tenant_id=tenant_id, pk=event_id)
 
 
-def event_list(*, tenant_id, topic=None, event_type=None):
+def event_list(*, tenant_id, topic=None, event_type=None, status=None):
+    """`status`: no_targets (no matching target: nobody was subscribed), or events with at
+    least one delivery in that status."""
     queryset = tenant_queryset(OutboxEvent, tenant_id=tenant_id).prefetch_related(
         "deliveries__target"
     )
@@ -39,7 +45,17 @@ def event_list(*, tenant_id, topic=None, event_type=None):
         queryset = queryset.filter(topic=topic)
     if event_type:
         queryset = queryset.filter(event_type=event_type)
+    if status:
+        queryset = queryset.filter(events_with_status_q(status))
     return queryset
+
+
+def events_with_status_q(status: str) -> Q:
+    """A filter for events: no delivery at all (no_targets), or one in `status`."""
+    deliveries = Delivery.objects.filter(event=OuterRef("pk"))
+    if status == NO_TARGETS:
+        return ~Exists(deliveries)
+    return Exists(deliveries.filter(status=status))
 
 
 def target_list(*, tenant_id):
@@ -47,7 +63,13 @@ def target_list(*, tenant_id):
 
 
 def target_get(*, tenant_id, name) -> Target:
-    return tenant_get_or_404(Target, tenant_id=tenant_id, name=name)
+    """By name, or by id (the target routes take either)."""
+    try:
+        target_id = uuid.UUID(str(name))
+    except ValueError:
+        return tenant_get_or_404(Target, tenant_id=tenant_id, name=name)
+    queryset = tenant_queryset(Target, tenant_id=tenant_id).filter(Q(pk=target_id) | Q(name=name))
+    return tenant_get_or_404(queryset, tenant_id=tenant_id)
 
 
 def target_stats(*, targets=None) -> list[dict]:

@@ -16,15 +16,21 @@ from django.utils import timezone
 
 from core.errors import DomainError, ErrorKind
 from core.validation import check_storable
-from outbox import conf
+from outbox import conf, operator_events, routing
 from outbox.delivery import egress
 from outbox.models import EVENT_SEQ_NAME, CircuitTransition, Delivery, OutboxEvent, Target
 from tenants.scoping import tenant_get_or_404, tenant_queryset
 
-# One round trip: the event, one delivery per routed target, and the NOTIFY that fires on
-# commit (so nothing is announced before the caller's transaction commits). The seq is taken
-# only once the transaction has its id: the realtime hub relies on every seq's owner being
-# among the transactions it sees running (outbox/realtime/hub.py, holes).
+# The routing condition (bench/outbox.py compares the statement with and without it).
+_SUBSCRIBED = routing.subscribed_sql(
+    target="t", event_type="%(event_type)s", payload="%(payload)s::jsonb"
+)
+
+# One round trip: the event, one delivery per subscribed target (or the one named target),
+# and the NOTIFY that fires on commit (so nothing is announced before the caller's
+# transaction commits). The seq is taken only once the transaction has its id: the realtime
+# hub relies on every seq's owner being among the transactions it sees running
+# (outbox/realtime/hub.py, holes).
 _PUBLISH_SQL = f"""
 WITH ev AS (
     INSERT INTO outbox_outboxevent (id, tenant_id, topic, event_type, payload, idempotency_key,
@@ -41,7 +47,8 @@ WITH ev AS (
            %(now)s, %(now)s
     FROM ev JOIN outbox_target t
       ON t.tenant_id = %(tenant)s AND t.is_enabled
-     AND (%(target)s::uuid IS NULL OR t.id = %(target)s::uuid)
+     AND (t.id = %(target)s::uuid OR (%(target)s::uuid IS NULL AND {_SUBSCRIBED}))
+     AND t.id IS DISTINCT FROM %(exclude)s::uuid
     RETURNING id
 )
 SELECT ev.seq, pg_notify('{conf.CHANNEL_EVENTS}', ev.seq::text) FROM ev
@@ -61,7 +68,8 @@ def event_publish(
     """Write an event inside the caller's transaction (rolled back with it).
 
     A repeated idempotency_key (unique per tenant) returns the existing event. `tenant` may be
-    a Tenant or a tenant id. `target` is a target name: None routes to every enabled target.
+    a Tenant or a tenant id. `target` is a target name: None routes to every enabled target
+    subscribed to the event (outbox.routing).
     """
     event, _created = event_publish_created(
         tenant=tenant,
@@ -76,9 +84,18 @@ def event_publish(
 
 
 def event_publish_created(
-    *, tenant, event_type, topic, payload, target=None, idempotency_key=None, ordering_key=None
+    *,
+    tenant,
+    event_type,
+    topic,
+    payload,
+    target=None,
+    idempotency_key=None,
+    ordering_key=None,
+    exclude_target_id=None,
 ) -> tuple[OutboxEvent, bool]:
-    """`event_publish` that also says whether the row is new (the API answers 201 vs 200)."""
+    """`event_publish` that also says whether the row is new (the API answers 201 vs 200).
+    `exclude_target_id`: never route to that target (an operator event about it)."""
     tenant_id = str(getattr(tenant, "pk", tenant))
     body = _payload_json(payload)
     if not (event_type or "").strip() or not (topic or "").strip():
@@ -107,6 +124,7 @@ def event_publish_created(
                 "ordering_key": ordering_key or None,
                 "now": now,
                 "target": target_id,
+                "exclude": str(exclude_target_id) if exclude_target_id else None,
                 "pending": Delivery.Status.PENDING,
             },
         )
@@ -134,7 +152,7 @@ def event_publish_created(
 
 
 # C0 and C1 controls (newlines, NUL, ESC, NEL…) and the Unicode line/paragraph separators.
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def refuse_control_characters(**fields: str | None) -> None:
@@ -142,7 +160,7 @@ def refuse_control_characters(**fields: str | None) -> None:
     could forge an SSE `id:` line or a header. One code for every such field; `details.field`
     names it as the API spells it."""
     for name, value in fields.items():
-        if value and _CONTROL_CHARACTERS.search(value):
+        if value and CONTROL_CHARACTERS.search(value):
             raise DomainError(
                 "control_characters_not_allowed",
                 f"{name} may not contain control characters (line breaks, tabs, NUL, ESC…).",
@@ -203,9 +221,15 @@ def target_create(
     rate_limit_per_second: float | None = None,
     backoff_base_seconds: int | None = None,
     backoff_max_seconds: int | None = None,
+    event_types: list[str] | None = None,
+    payload_filter: dict | None = None,
+    permanent_statuses: list[int] | None = None,
 ) -> Target:
     tenant_id = getattr(tenant, "pk", tenant)
     refuse_control_characters(name=name)
+    event_types = routing.event_types_check(event_types if event_types is not None else ["*"])
+    payload_filter = routing.payload_filter_check(payload_filter)
+    permanent_statuses = routing.permanent_statuses_check(permanent_statuses)
     if kind not in Target.Kind.values:
         raise DomainError("invalid_target_kind", "kind must be webhook, slack or realtime.")
     if kind != Target.Kind.REALTIME and not url:
@@ -231,6 +255,9 @@ def target_create(
                 rate_limit_per_second=rate_limit_per_second,
                 backoff_base_seconds=backoff_base_seconds,
                 backoff_max_seconds=backoff_max_seconds,
+                event_types=event_types,
+                payload_filter=payload_filter,
+                permanent_statuses=permanent_statuses,
             )
     except IntegrityError as exc:
         raise DomainError(
@@ -311,6 +338,29 @@ def target_defaults_create(*, tenant) -> list[Target]:
     return created
 
 
+_UNSET = object()
+
+
+def target_routing_update(
+    *, target: Target, event_types=_UNSET, payload_filter=_UNSET, permanent_statuses=_UNSET
+) -> Target:
+    """Change what a target subscribes to and which statuses it treats as permanent (only
+    the arguments given). Applies to events published from now on; replay back-fills."""
+    fields = []
+    if event_types is not _UNSET:
+        target.event_types = routing.event_types_check(event_types)
+        fields.append("event_types")
+    if payload_filter is not _UNSET:
+        target.payload_filter = routing.payload_filter_check(payload_filter)
+        fields.append("payload_filter")
+    if permanent_statuses is not _UNSET:
+        target.permanent_statuses = routing.permanent_statuses_check(permanent_statuses)
+        fields.append("permanent_statuses")
+    if fields:
+        target.save(update_fields=[*fields, "updated_at"])
+    return target
+
+
 def target_rotate_secret(*, tenant_id, name: str) -> Target:
     """A new secret; the old one keeps signing alongside it for the rotation window."""
     with transaction.atomic():
@@ -331,19 +381,23 @@ def target_rotate_secret(*, tenant_id, name: str) -> Target:
 
 
 def target_pause(*, target: Target, reason: str = "paused by staff") -> bool:
-    return bool(
-        Target.objects.filter(pk=target.pk, paused_at__isnull=True).update(
+    with transaction.atomic():
+        paused = Target.objects.filter(pk=target.pk, paused_at__isnull=True).update(
             paused_at=timezone.now(), paused_reason=reason[:255], updated_at=timezone.now()
         )
-    )
+        if paused:
+            operator_events.target_paused(target_id=target.pk, reason=reason[:255])
+    return bool(paused)
 
 
 def target_resume(*, target: Target) -> bool:
-    return bool(
-        Target.objects.filter(pk=target.pk, paused_at__isnull=False).update(
+    with transaction.atomic():
+        resumed = Target.objects.filter(pk=target.pk, paused_at__isnull=False).update(
             paused_at=None, paused_reason="", updated_at=timezone.now()
         )
-    )
+        if resumed:
+            operator_events.target_recovered(target_id=target.pk)
+    return bool(resumed)
 
 
 def target_circuit_reset(*, target: Target) -> bool:
@@ -356,6 +410,12 @@ def target_circuit_reset(*, target: Target) -> bool:
             target=locked,
             from_state=locked.circuit_state,
             to_state=Target.Circuit.CLOSED,
+            reason="reset by staff",
+        )
+        operator_events.circuit_changed(
+            target_id=locked.pk,
+            old=locked.circuit_state,
+            new=Target.Circuit.CLOSED,
             reason="reset by staff",
         )
         Target.objects.filter(pk=locked.pk).update(
@@ -384,23 +444,22 @@ def target_test_send(*, target: Target) -> OutboxEvent:
 # --- Deliveries --------------------------------------------------------------------------------
 
 
-def delivery_requeue(*, deliveries) -> int:
-    """Back to pending, due now, with a fresh attempt budget (dead/cancelled/retrying).
+def delivery_requeue(*, deliveries, include_delivered: bool = False) -> int:
+    """Back to pending, due now, with a fresh attempt budget (dead/cancelled/retrying; and
+    delivered ones when asked: a replay sends them again).
 
     A delivery a worker holds right now (live lease) is left alone: clearing its lease would
     let a second worker send it while the first is still on the wire."""
     now = timezone.now()
-    return (
-        deliveries.exclude(status=Delivery.Status.DELIVERED)
-        .exclude(locked_until__gt=now)
-        .update(
-            status=Delivery.Status.PENDING,
-            attempts=0,
-            next_attempt_at=now,
-            locked_until=None,
-            locked_by="",
-            updated_at=now,
-        )
+    if not include_delivered:
+        deliveries = deliveries.exclude(status=Delivery.Status.DELIVERED)
+    return deliveries.exclude(locked_until__gt=now).update(
+        status=Delivery.Status.PENDING,
+        attempts=0,
+        next_attempt_at=now,
+        locked_until=None,
+        locked_by="",
+        updated_at=now,
     )
 
 

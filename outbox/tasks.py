@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from core.ops import ScheduleSpec
-from outbox import conf
+from outbox import conf, operator_events
 
 SCHEDULES = [
     ScheduleSpec(
@@ -41,6 +41,8 @@ def outbox_sweep(seconds: float | None = None) -> int:
                 break
     finally:
         deliverer.close()
+    # deaths that came inside a delivery.dead notice's window get their notice once it ends
+    operator_events.untold_dead_notices_publish()
     return handled
 
 

@@ -14,11 +14,13 @@ from datetime import datetime, timedelta
 
 from django.db import connection
 
-from outbox import conf
+from outbox import conf, operator_events
 from outbox.delivery.send import Result
 from outbox.models import CircuitTransition, Target
 
 logger = logging.getLogger("outbox.circuit")
+
+GONE_REASON = "410 Gone from the receiver"
 
 # the states the statements below compare with and write (parameters of every statement)
 _STATES = {
@@ -94,6 +96,7 @@ def _log(rows, target_id, reason: str) -> None:
                 to_state=new,
                 reason=reason[:255],
             )
+            operator_events.circuit_changed(target_id=target_id, old=old, new=new, reason=reason)
 
 
 def record_failures(*, target_id, count: int, now: datetime, reason: str) -> None:
@@ -191,6 +194,8 @@ def gone_pause(results: list[Result], now: datetime) -> None:
     """A 410 Gone pauses its target: the receiver said the URL will never work again."""
     for result in results:
         if result.gone:
-            Target.objects.filter(pk=result.job.target_id, paused_at__isnull=True).update(
-                paused_at=now, paused_reason="410 Gone from the receiver", updated_at=now
+            paused = Target.objects.filter(pk=result.job.target_id, paused_at__isnull=True).update(
+                paused_at=now, paused_reason=GONE_REASON, updated_at=now
             )
+            if paused:
+                operator_events.target_paused(target_id=result.job.target_id, reason=GONE_REASON)

@@ -84,6 +84,7 @@ class ClaimedRow(NamedTuple):
     backoff_base_seconds: int | None
     backoff_max_seconds: int | None
     circuit_clean: bool
+    permanent_statuses: list[int] | None  # None when empty (the usual case)
 
 
 # ClaimedRow field -> its SQL (d: delivery, e: event, t: target). Built in the field order,
@@ -116,6 +117,7 @@ _RETURNING = {
     # closed with no failures: a success needs no circuit write
     "circuit_clean": f"(t.circuit_state = '{Target.Circuit.CLOSED.value}'"
     " AND t.circuit_failures = 0)",
+    "permanent_statuses": "NULLIF(t.permanent_statuses, '{}')",
 }
 if tuple(_RETURNING) != ClaimedRow._fields:
     raise ImportError("outbox claim: _RETURNING and ClaimedRow disagree")
@@ -280,6 +282,7 @@ def job_from_row(row: ClaimedRow) -> Job:
         backoff_base=row.backoff_base_seconds,
         backoff_max=row.backoff_max_seconds,
         circuit_clean=row.circuit_clean,
+        permanent_statuses=frozenset(row.permanent_statuses or ()),
     )
 
 

@@ -24,11 +24,11 @@ from django.db import transaction
 from django.utils import timezone
 from urllib3 import HTTPConnectionPool
 
-from outbox import conf
+from outbox import conf, operator_events
 from outbox.delivery import breaker, ratelimit
 from outbox.delivery.claim import Fairness, deliveries_claim, leases_renew
 from outbox.delivery.dispatch import STOP, Dispatch
-from outbox.delivery.record import verdict_log, verdicts_record
+from outbox.delivery.record import goes_dead, verdict_log, verdicts_record
 from outbox.delivery.send import Job, Result, pool_new, send
 from outbox.models import Target
 
@@ -285,5 +285,10 @@ class Deliverer:
                 with transaction.atomic():
                     breaker.verdicts_apply(results, now)
                     breaker.gone_pause(results, now)
+            dead = {
+                r.job.delivery_id for r in results if r.job.delivery_id in kept and goes_dead(r)
+            }
+            if dead:
+                operator_events.notices_for_verdicts(results, dead)
         except DjangoDbError as exc:
             logger.warning("verdicts recorded, target state (circuit, slot) not updated: %s", exc)

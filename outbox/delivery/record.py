@@ -142,9 +142,7 @@ def verdict_for(result: Result, token: str) -> Verdict:
     elif result.outcome == "deferred":  # handed back by the rate limit: not a try
         new_status = _RETRYING if job.attempts else _PENDING
         next_in, counted, last_error = result.retry_after or 1.0, 0, ""
-    elif result.outcome == "permanent" or attempt >= (
-        job.max_attempts or conf.get("OUTBOX_MAX_ATTEMPTS")
-    ):
+    elif goes_dead(result):
         new_status = _DEAD
     else:
         new_status, next_in = _RETRYING, retry_delay(result)
@@ -165,6 +163,15 @@ def verdict_for(result: Result, token: str) -> Verdict:
         sent=result.sent,
         broadcast=broadcast,
     )
+
+
+def goes_dead(result: Result) -> bool:
+    """A permanent failure, or a failed try that used up the attempt budget."""
+    if result.outcome == "permanent":
+        return True
+    if result.outcome != "retry":
+        return False
+    return result.job.attempts + 1 >= (result.job.max_attempts or conf.get("OUTBOX_MAX_ATTEMPTS"))
 
 
 def retry_delay(result: Result) -> float:

@@ -36,13 +36,13 @@ from core.backoff import retry_after_seconds
 from outbox import conf
 from outbox.delivery import egress
 from outbox.models import Target
+from outbox.routing import OPERATOR_TOPIC
 
 logger = logging.getLogger("outbox.delivery")
 
 EXCERPT_CHARS = 256  # what a tenant may see of a (public) receiver's answer
 READ_LIMIT_BYTES = 64 * 1024  # read at most this of an answer; a longer one closes the socket
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-RETRYABLE_STATUSES = {408, 425, 429} | set(range(500, 600))
 USER_AGENT = "Atlas-Outbox/1.0"
 _REALTIME, _SLACK = Target.Kind.REALTIME.value, Target.Kind.SLACK.value  # compared per send
 
@@ -72,6 +72,7 @@ class Job:
     backoff_base: int | None = None
     backoff_max: int | None = None
     circuit_clean: bool = True  # closed with no failures: a success needs no circuit write
+    permanent_statuses: frozenset[int] = frozenset()  # the target's: dead at once
     probe: bool = False  # the one half-open probe of its target
     # set by the rate limit's reservation: send at this time.monotonic(), or hand back for later
     send_at: float | None = None
@@ -137,12 +138,37 @@ def slack_escape(text: str) -> str:
 
 def slack_text(job: Job) -> str:
     """`[topic] event_type` plus the payload's main (scalar) fields, one per line; every piece
-    of tenant or visitor text escaped."""
+    of tenant or visitor text escaped. Operator events get one short sentence instead."""
+    if job.topic == OPERATOR_TOPIC:
+        return operator_slack_text(job.event_type, job.payload)
     lines = [f"*[{slack_escape(job.topic)}] {slack_escape(job.event_type)}*"]
     for key, value in list(job.payload.items())[:10]:
         if isinstance(value, (str, int, float, bool)) or value is None:
             lines.append(f"• {slack_escape(str(key))}: {slack_escape(str(value)[:200])}")
     return "\n".join(lines)
+
+
+# event type -> (emoji, what happened); the target's name and the reason are filled in
+_OPERATOR_SENTENCES = {
+    "target.circuit_opened": (":rotating_light:", "circuit opened: deliveries wait"),
+    "target.circuit_closed": (":white_check_mark:", "circuit closed: delivering again"),
+    "target.paused": (":double_vertical_bar:", "paused: deliveries wait until resumed"),
+    "target.recovered": (":arrow_forward:", "resumed: delivering again"),
+}
+
+
+def operator_slack_text(event_type: str, payload: dict) -> str:
+    """e.g. `:rotating_light: Target *n8n* circuit opened: deliveries wait (http_503)`."""
+    name = slack_escape(str(payload.get("target", "?"))[:64])
+    reason = str(payload.get("reason") or payload.get("lastError") or "")[:200]
+    tail = f" ({slack_escape(reason)})" if reason else ""
+    if event_type == "delivery.dead":
+        count = payload.get("count", 1)
+        minutes = payload.get("windowMinutes", 10)
+        noun = "delivery" if count == 1 else "deliveries"
+        return f":skull: Target *{name}*: {count} {noun} dead-lettered in {minutes} min{tail}"
+    emoji, sentence = _OPERATOR_SENTENCES.get(event_type, (":information_source:", event_type))
+    return f"{emoji} Target *{name}* {slack_escape(sentence)}{tail}"
 
 
 def slack_request(job: Job) -> tuple[dict, str]:
@@ -280,18 +306,20 @@ def excerpt(content: bytes) -> str:
 def verdict(
     job: Job, status: int, headers, content: bytes, duration_ms: float, *, public: bool = False
 ) -> Result:
-    """2xx delivered; 408/425/429/5xx retry (Retry-After on 429/503); other codes permanent.
-    The body is kept (as a short excerpt) only from a public address: an allowed private
-    network's pages are not for tenants to read."""
+    """2xx delivered; 410 Gone permanent and pauses the target; a status the target lists
+    in `permanent_statuses` permanent; every other status is retried, as Svix does (a
+    receiver briefly not ready, e.g. n8n's 404 while a workflow activates, gets its event
+    later). Retry-After is honoured on 429/503. The body is kept (as a short excerpt) only
+    from a public address: an allowed private network's pages are not for tenants to read."""
     result = Result(job, "delivered", status, duration_ms, excerpt(content) if public else "")
     if 200 <= status < 300:
         return result
-    if status in RETRYABLE_STATUSES:
+    if status == 410 or status in job.permanent_statuses:
+        result.outcome = "permanent"
+        result.gone = status == 410
+    else:
         result.outcome = "retry"
         if status in (429, 503):
             result.retry_after = retry_after_seconds(headers.get("retry-after"))
-    else:
-        result.outcome = "permanent"
-        result.gone = status == 410
     result.error = f"http_{status}"
     return result

@@ -73,6 +73,8 @@ REGISTRY = {
     "api/uploads/<uuid:attachment_id>": _attachment,
     "api/uploads/tus/<uuid:attachment_id>": _attachment,
     "api/outbox/events/<uuid:event_id>": _outbox_event,
+    "api/outbox/targets/<slug:name>": _target,
+    "api/outbox/targets/<slug:name>/replay": _target,
     "api/outbox/targets/<slug:name>/secret": _target,
     "api/outbox/targets/<slug:name>/rotate-secret": _target,
 }

@@ -141,6 +141,7 @@ def test_view_only_user_cannot_revoke_cancel_or_pause(viewer_client, world):
         ("outbox.pause_target", "outbox.Target", {"pause", "resume"}),
         ("outbox.reset_target_circuit", "outbox.Target", {"reset_circuit"}),
         ("outbox.send_target_test", "outbox.Target", {"send_test_event"}),
+        ("outbox.replay_target", "outbox.Target", {"replay"}),
         ("uploads.retry_attachment", "uploads.Attachment", {"retry_now"}),
         ("payments.reprocess_stripeevent", "payments.StripeEvent", {"reprocess"}),
         ("payments.reconcile_paymentsession", "payments.PaymentSession", {"reconcile_with_stripe"}),

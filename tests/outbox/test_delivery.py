@@ -85,9 +85,32 @@ def test_retryable_statuses_schedule_a_retry_with_jittered_backoff(tenant, recei
     assert delivery.last_error == f"http_{status}"
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
-def test_other_4xx_are_permanent_and_dead_at_once(tenant, receiver, status):
-    target = make_target(tenant, url=receiver.url)
+@pytest.mark.parametrize("status", [300, 400, 401, 403, 404, 422])
+def test_other_non_2xx_are_retried_receivers_are_briefly_not_ready(tenant, receiver, status):
+    """n8n answers 404 while a workflow is being activated: the event must get there later."""
+    make_target(tenant, url=receiver.url)
+    receiver.answer = answer(status)
+    publish(tenant)
+    deliver_round()
+    delivery = Delivery.objects.get()
+    assert (delivery.status, delivery.attempts) == ("retrying", 1)
+    assert delivery.last_error == f"http_{status}"
+    assert DeliveryAttempt.objects.get().outcome == "retry"
+
+
+def test_404_then_200_delivers_on_the_retry(tenant, receiver):
+    make_target(tenant, url=receiver.url)
+    receiver.answer = lambda r, i: (404, {}, "workflow not active") if i == 0 else (200, {}, "ok")
+    publish(tenant)
+    deliver_round()
+    Delivery.objects.update(next_attempt_at=timezone.now())
+    deliver_round()
+    assert Delivery.objects.get().status == "delivered" and len(receiver.requests) == 2
+
+
+@pytest.mark.parametrize("status", [400, 404, 422])
+def test_statuses_the_target_marks_permanent_are_dead_at_once(tenant, receiver, status):
+    target = make_target(tenant, url=receiver.url, permanent_statuses=[400, 404, 422])
     receiver.answer = answer(status)
     publish(tenant)
     deliver_round()

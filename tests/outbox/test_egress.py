@@ -205,7 +205,7 @@ def test_redirects_are_not_followed(tenant, receiver):
         deliver_round()
         assert internal.requests == [] and len(receiver.requests) == 1
         delivery = Delivery.objects.get()
-        assert (delivery.status, delivery.last_error) == ("dead", "http_302")
+        assert (delivery.status, delivery.last_error) == ("retrying", "http_302")
     finally:
         internal_server.shutdown()
         internal_server.server_close()

@@ -34,7 +34,7 @@ def staff_client(client):
 
 
 def _dead(tenant, receiver, n=3, name="hook"):
-    make_target(tenant, name, url=receiver.url)
+    make_target(tenant, name, url=receiver.url, permanent_statuses=[400])
     receiver.answer = lambda r, i: (400, {}, "bad")
     publish(tenant, n=n, target=name)
     deliver_round()
@@ -162,7 +162,13 @@ def test_admin_target_actions(staff_client, tenant, receiver):
     target.refresh_from_db()
     assert target.paused_at is None and target.circuit_state == "closed"
     assert CircuitTransition.objects.get().reason == "reset by staff"
-    assert OutboxEvent.objects.get().event_type == "outbox.test"
+    assert OutboxEvent.objects.exclude(topic="operator").get().event_type == "outbox.test"
+    operator = OutboxEvent.objects.filter(topic="operator").order_by("seq")
+    assert [e.event_type for e in operator] == [
+        "target.paused",
+        "target.recovered",
+        "target.circuit_closed",
+    ]
 
 
 def test_health_reports_lag_and_worker_heartbeat(tenant, settings):

@@ -174,13 +174,13 @@ def test_slack_gets_a_readable_message_and_429_is_retried_after(tenant, receiver
     assert 29 <= (delivery.next_attempt_at - before).total_seconds() <= 32
 
 
-@pytest.mark.parametrize("status,paused", [(404, False), (410, True)])
-def test_slack_404_and_410_are_permanent(tenant, receiver, status, paused):
+@pytest.mark.parametrize("status,outcome,paused", [(404, "retrying", False), (410, "dead", True)])
+def test_slack_404_is_retried_and_410_is_dead_and_pauses(tenant, receiver, status, outcome, paused):
     make_target(tenant, "slack", kind="slack", url=receiver.url)
     receiver.answer = lambda r, i: (status, {}, "channel_is_archived")
     publish(tenant)
     deliver_round()
-    assert Delivery.objects.get().status == "dead"
+    assert Delivery.objects.get().status == outcome
     assert (Target.objects.get().paused_at is not None) is paused
 
 
