@@ -355,6 +355,12 @@ OUTBOX_HEARTBEAT_STALE_SECONDS = env("OUTBOX_HEARTBEAT_STALE_SECONDS", "int", 60
 OUTBOX_REALTIME_SETTLE_SECONDS = env("OUTBOX_REALTIME_SETTLE_SECONDS", "float", 30.0)
 OUTBOX_REALTIME_KEEPALIVE_SECONDS = env("OUTBOX_REALTIME_KEEPALIVE_SECONDS", "float", 15.0)
 OUTBOX_REALTIME_PORT = env("OUTBOX_REALTIME_PORT", "int", 8001)
+# Realtime tokens for browsers (POST /api/realtime/tokens): lifetime bounds in seconds.
+OUTBOX_REALTIME_TOKEN_DEFAULT_TTL_SECONDS = env(
+    "OUTBOX_REALTIME_TOKEN_DEFAULT_TTL_SECONDS", "int", 900
+)
+OUTBOX_REALTIME_TOKEN_MIN_TTL_SECONDS = env("OUTBOX_REALTIME_TOKEN_MIN_TTL_SECONDS", "int", 10)
+OUTBOX_REALTIME_TOKEN_MAX_TTL_SECONDS = env("OUTBOX_REALTIME_TOKEN_MAX_TTL_SECONDS", "int", 3600)
 # Egress guard (outbox/delivery/egress.py): targets reach public addresses only. These CIDRs
 # are exempt (local development, an n8n on the private network: keep them narrow); metadata
 # addresses stay refused even inside them. And the most targets one tenant may have.
