@@ -181,8 +181,13 @@ def _replay_page(tenant_id, topics, after: int, upto: int) -> list[dict]:
     return [event_message(s, t, i, tp, et, json.dumps(p), o) for s, t, i, tp, et, p, o in rows]
 
 
-def _frame(message: dict) -> bytes:
-    head = f"id: {message['event_id']}\nevent: {message['event_type']}\n"
+def _frame(message: dict, named: bool = True) -> bytes:
+    """One SSE frame. A token (browser) stream leaves out `event:` so every event reaches
+    EventSource's onmessage (it can only listen to named events one name at a time); the
+    type is in the data, and only the stream's own endings are named events."""
+    head = f"id: {message['event_id']}\n"
+    if named:
+        head += f"event: {message['event_type']}\n"
     return (head + f"data: {message['data']}\n\n").encode()
 
 
@@ -226,7 +231,7 @@ async def _events(access: Access, topics, after: int | None):
                 page = await sync_to_async(_replay_page)(access.tenant_id, topics, after, live_from)
                 for message in page:
                     if scope is None or scope.matches(message):
-                        yield _frame(message)
+                        yield _frame(message, named=scope is None)
                 after = page[-1]["seq"] if len(page) == REPLAY_PAGE else live_from
         keepalive = conf.get("OUTBOX_REALTIME_KEEPALIVE_SECONDS")
         next_check = time.monotonic() + keepalive
@@ -254,7 +259,7 @@ async def _events(access: Access, topics, after: int | None):
                     return
                 next_check = time.monotonic() + keepalive
             if message is not None:
-                yield _frame(message)
+                yield _frame(message, named=scope is None)
             elif idle:
                 yield b": keepalive\n\n"
     finally:

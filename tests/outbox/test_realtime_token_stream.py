@@ -99,9 +99,7 @@ def test_last_event_id_resumes_within_the_scope(asgi_url, tenant):
 
 def test_an_expired_token_ends_the_stream_with_token_expired(asgi_url, tenant):
     secret = make_api_key(tenant, "secret")
-    token, _scope = tokens.token_create(
-        tenant_id=str(tenant.id), key_id=key_row(secret).pk, ttl=10
-    )
+    token, _scope = tokens.token_create(tenant_id=str(tenant.id), key_id=key_row(secret).pk, ttl=10)
     stream = opened(asgi_url, token, read_timeout=20)  # silent until the expiry
     started = time.monotonic()
     assert stream.take(1, within=14) == []
