@@ -57,6 +57,11 @@ class GuardedAccessAttemptAdmin(AccessAttemptAdmin):
         self.message_user(request, f"Cleaned up {count} expired access attempts.")
 
 
+# The console's own name on every page (the browser tab, the header, the index).
+admin.site.site_header = "Atlas operations console"
+admin.site.site_title = "Atlas console"
+admin.site.index_title = "Operations"
+
 for _model, _admin_class in (
     (Success, GuardedTaskAdmin),
     (Failure, GuardedFailAdmin),

@@ -7,8 +7,9 @@ from datetime import timedelta
 from django import forms
 from django.contrib import admin, messages
 from django.db import transaction
-from django.db.models import Count, F, Min, OuterRef, Q, Subquery
+from django.db.models import Count, Exists, F, Min, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
@@ -18,11 +19,14 @@ from core.admin import (
     NoAddMixin,
     NoDeleteMixin,
     ReadOnlyInline,
+    human_duration,
     log_admin_action,
     permission_check,
+    pretty_json_field,
+    readonly_with_pretty_json,
 )
 from core.errors import DomainError
-from outbox import services
+from outbox import selectors, services
 from outbox.models import (
     CircuitTransition,
     Delivery,
@@ -39,7 +43,7 @@ class DeliveryAttemptInline(ReadOnlyInline):
         "number",
         "outcome",
         "status_code",
-        "duration_ms",
+        "took",
         "error",
         "response_excerpt",
         "worker",
@@ -48,11 +52,62 @@ class DeliveryAttemptInline(ReadOnlyInline):
     readonly_fields = fields
     ordering = ["number"]
 
+    @admin.display(description="took")
+    def took(self, obj):
+        return human_duration(obj.duration_ms / 1000)
+
 
 class DeliveryInline(ReadOnlyInline):
     model = Delivery
-    fields = ["target", "status", "attempts", "next_attempt_at", "delivered_at", "last_error"]
+    fields = ["delivery_link", "target_link", "status", "attempts", "delivered_at", "last_error"]
     readonly_fields = fields
+    show_change_link = False  # the first column is the link, named after what it opens
+
+    @admin.display(description="delivery")
+    def delivery_link(self, obj):
+        url = reverse("admin:outbox_delivery_change", args=[obj.pk])
+        return format_html('<a href="{}">{} → {}</a>', url, obj.event.event_type, obj.target.name)
+
+    @admin.display(description="target")
+    def target_link(self, obj):
+        url = reverse("admin:outbox_target_change", args=[obj.target_id])
+        return format_html('<a href="{}">{} ({})</a>', url, obj.target.name, obj.target.kind)
+
+
+def _status_badge(status: str):
+    return format_html('<span class="atlas-status {}">{}</span>', status, status.replace("_", " "))
+
+
+class EventStatusFilter(admin.SimpleListFilter):
+    """The event's one-word status (as the API says it): its worst delivery wins."""
+
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return [(s, s.replace("_", " ")) for s in EVENT_STATUSES]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value not in EVENT_STATUSES:
+            return queryset
+        if value == "no_targets":
+            return queryset.exclude(Exists(Delivery.objects.filter(event=OuterRef("pk"))))
+        # worse statuses come first: an event is `value` if it has one, and none worse
+        worse = EVENT_STATUSES[: EVENT_STATUSES.index(value)]
+        queryset = queryset.filter(_has_delivery(value))
+        for status in worse:
+            if status != "no_targets":
+                queryset = queryset.exclude(_has_delivery(status))
+        return queryset
+
+
+# worst first, as outbox.selectors.event_status ranks them
+EVENT_STATUSES = ["dead", "retrying", "pending", "cancelled", "delivered", "no_targets"]
+
+
+def _has_delivery(status: str):
+    return Exists(Delivery.objects.filter(event=OuterRef("pk"), status=status))
 
 
 def _report(modeladmin, request, count, verb):
@@ -88,9 +143,9 @@ def _steer_targets(modeladmin, request, queryset, *, action, service, verb):
 class OutboxEventAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
     """Evidence: never added by hand, pruned by outbox_prune only."""
 
-    list_display = ["event_type", "topic", "tenant", "seq", "created_at"]
+    list_display = ["event_type", "status", "topic", "tenant", "seq", "created_at"]
     list_filter = [
-        ("deliveries__status", admin.ChoicesFieldListFilter),
+        EventStatusFilter,
         "deliveries__target__name",
         "tenant",
         "topic",
@@ -99,7 +154,8 @@ class OutboxEventAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
     ]
     search_fields = ["id", "idempotency_key", "event_type"]
     list_select_related = ["tenant"]
-    readonly_fields = [f.name for f in OutboxEvent._meta.fields] + ["attempt_log"]
+    readonly_fields = [*readonly_with_pretty_json(OutboxEvent), "attempt_log"]
+    exclude = ["payload"]  # shown indented by payload_pretty
     inlines = [DeliveryInline]
     actions = ["requeue_now", "cancel"]
     list_per_page = 100
@@ -107,6 +163,15 @@ class OutboxEventAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
 
     has_requeue_delivery_permission = permission_check("requeue_delivery")
     has_cancel_delivery_permission = permission_check("cancel_delivery")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("deliveries")
+
+    @admin.display(description="status")
+    def status(self, obj):
+        return _status_badge(selectors.event_status(deliveries=obj.deliveries.all()))
+
+    payload_pretty = pretty_json_field("payload")
 
     @admin.display(description="attempts (every try, every target)")
     def attempt_log(self, obj):
@@ -117,14 +182,14 @@ class OutboxEventAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
         )
         rows = format_html_join(
             "",
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ms</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             (
                 (
                     a.created_at,
                     a.delivery.target.name,
                     a.number,
                     a.status_code or "—",
-                    a.duration_ms,
+                    human_duration(a.duration_ms / 1000),
                     a.error or a.response_excerpt[:200],
                 )
                 for a in attempts
@@ -166,10 +231,10 @@ class OutboxEventAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
 @admin.register(Delivery)
 class DeliveryAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
     list_display = [
-        "event",
+        "event_link",
         "target",
         "tenant",
-        "status",
+        "status_badge",
         "attempts",
         "next_attempt_at",
         "last_error_short",
@@ -198,6 +263,15 @@ class DeliveryAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
     @admin.display(description="last error")
     def last_error_short(self, obj):
         return obj.last_error[:80]
+
+    @admin.display(description="event", ordering="event__created_at")
+    def event_link(self, obj):
+        url = reverse("admin:outbox_outboxevent_change", args=[obj.event_id])
+        return format_html('<a href="{}">{}</a>', url, obj.event.event_type)
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj):
+        return _status_badge(obj.status)
 
     @admin.action(description="Requeue now", permissions=["requeue_delivery"])
     def requeue_now(self, request, queryset):
@@ -348,8 +422,7 @@ class TargetAdmin(admin.ModelAdmin):
     def oldest_pending_age(self, obj):
         if not obj.oldest_pending:
             return "—"
-        seconds = int((timezone.now() - obj.oldest_pending).total_seconds())
-        return f"{seconds // 3600}h {seconds % 3600 // 60}m {seconds % 60}s"
+        return human_duration((timezone.now() - obj.oldest_pending).total_seconds())
 
     @admin.display(description="success 24 h")
     def success_rate_24h(self, obj):
