@@ -24,7 +24,7 @@ from core.commands import StoppableCommand
 from ops.management.commands.atlas_demo import banner
 
 # SIGTERM first; whatever still runs after this is killed, so Ctrl-C is done within 5 s
-STOP_GRACE_SECONDS = 2.5
+STOP_GRACE_SECONDS = 2.0
 READY_TIMEOUT_SECONDS = 60
 INBOX_NETWORK = "127.0.0.1/32"
 
@@ -124,18 +124,19 @@ class Command(StoppableCommand):
         asked = time.monotonic()
         for proc in children.values():
             if proc.poll() is None:
-                # the whole group: qcluster's own worker processes must stop too
+                # the leader only: qcluster stops its own processes in order (under a
+                # group-wide SIGTERM its sentinel waits for children that are already gone)
                 with contextlib.suppress(ProcessLookupError):  # ended meanwhile
-                    os.killpg(proc.pid, signal.SIGTERM)
+                    os.kill(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
         for name, proc in children.items():
             try:
                 proc.wait(timeout=max(0.05, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self.stderr.write(f"{name} still running after {STOP_GRACE_SECONDS}s: killed")
-                with contextlib.suppress(ProcessLookupError):  # ended meanwhile
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            with contextlib.suppress(ProcessLookupError):  # whatever is left of its group
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         took = time.monotonic() - asked
         self.stdout.write(
             f"all stopped in {took:.1f} s (the embedded PostgreSQL keeps running: make stop-db)"
