@@ -38,14 +38,20 @@ def _demo_mode_only():
         raise Http404("The demo extras are on only in the demo run (ATLAS_DEMO_MODE).")
 
 
-def inbox_secrets() -> list[str]:
-    """The demo inbox target's live signing secrets (the previous one during a rotation)."""
+def inbox_target() -> Target | None:
     tenant_id = demo_credentials().get("tenant_id")
     if not tenant_id:
-        return []
+        return None
     try:
-        target = outbox_selectors.target_get(tenant_id=tenant_id, name=INBOX_TARGET)
+        return outbox_selectors.target_get(tenant_id=tenant_id, name=INBOX_TARGET)
     except (Target.DoesNotExist, DomainError, Http404):
+        return None
+
+
+def inbox_secrets() -> list[str]:
+    """The demo inbox target's live signing secrets (the previous one during a rotation)."""
+    target = inbox_target()
+    if target is None:
         return []
     found = [target.secret]
     expires = target.previous_secret_expires_at
@@ -62,10 +68,11 @@ def inbox_view(request):
         headers = {k.lower(): v for k, v in request.headers.items()}
         entry = inbox.record(request.body, headers, inbox_secrets())
         return JsonResponse({"received": entry["id"], "verified": entry["verified"]})
+    target = inbox_target()
     return render(
         request,
         "demo/inbox.html",
-        {"target_url": inbox_url(), "has_target": bool(inbox_secrets())},
+        {"target_url": target.url if target else inbox_url(), "has_target": target is not None},
     )
 
 

@@ -77,6 +77,12 @@ class Command(StoppableCommand):
         signal.signal(signal.SIGINT, self._on_sigterm)
         exit_code = self._supervise(children, ready_ports=(port, realtime_port))
         self._stop_all(children)
+        if sys.argv[1:2] == ["atlas_run"]:  # run as `manage.py atlas_run`, not call_command
+            # Every child is gone and nothing is left to clean up; tearing down the
+            # interpreter of a Django process took 1.4 s here, a third of the 5 s Ctrl-C budget.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exit_code)
         if exit_code:
             sys.exit(exit_code)
 
