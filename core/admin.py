@@ -22,13 +22,15 @@ class NoAddMixin:
     def has_add_permission(self, request, obj=None):
         return False
 
-    def render_change_form(self, request, context, add=False, change=False, **kwargs):
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
         admin_form = context.get("adminform")
         if not add and admin_form is not None and not admin_form.form.fields:
             context.update(
                 show_save=False, show_save_and_continue=False, show_save_and_add_another=False
             )
-        return super().render_change_form(request, context, add=add, change=change, **kwargs)
+        return super().render_change_form(
+            request, context, add=add, change=change, form_url=form_url, obj=obj
+        )
 
 
 class NoDeleteMixin:
