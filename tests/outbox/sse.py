@@ -92,6 +92,7 @@ class Stream:
         self.ended = False  # the server closed the stream
         self.comments: list[str] = []
         self.signals: list[tuple[str, dict]] = []  # frames without an id: (event, data)
+        self.event_names: list[str | None] = []  # each event frame's `event:` (None: none)
 
     def wait_connected(self):
         for line in self.lines:
@@ -114,6 +115,7 @@ class Stream:
                         self.signals.append((frame.get("event", ""), json.loads(frame["data"])))
                     elif "data" in frame:
                         events.append({**json.loads(frame["data"]), "lastEventId": frame["id"]})
+                        self.event_names.append(frame.get("event"))
                         if len(events) == count:
                             return events
                     frame = {}

@@ -68,6 +68,7 @@ def test_a_token_sees_only_its_tenant_and_its_scope(asgi_url, tenant, other_tena
     got = stream.take(1)
     stream.close()
     assert [(e["id"], e["tenantId"]) for e in got] == [(str(wanted.id), str(tenant.id))]
+    assert stream.event_names == [None]  # EventSource's onmessage gets every event
 
 
 def test_a_session_token_sees_only_that_session(asgi_url, tenant):
