@@ -195,7 +195,7 @@ async def stream(request):
     if not isinstance(request, ASGIRequest):
         return error_response(
             "realtime_needs_asgi",
-            "The realtime stream is served by the ASGI server (see README: realtime).",
+            "The realtime stream is served by the ASGI server (see docs/api.md: realtime).",
             501,
         )
     try:
@@ -244,8 +244,11 @@ async def _events(access: Access, topics, after: int | None):
                 idle = False
             except TimeoutError:
                 message, idle = None, True
-            if sub.closed:
-                yield gone or _ended("access_revoked", "api_key_revoked")
+            if sub.closed:  # its key revoked or its tenant deactivated (announced)
+                if gone is None:
+                    yield _ended("access_revoked", await refusal() or "api_key_revoked")
+                else:
+                    yield gone
                 return
             if sub.overflowed:
                 return  # a slow reader: it resumes from Last-Event-ID, no gap

@@ -132,6 +132,7 @@ def test_deactivating_the_tenant_ends_token_streams(asgi_url, tenant):
     publish(tenant)
     assert stream.take(10, within=6) == [] and stream.ended
     stream.close()
+    assert stream.signals == [("access_revoked", {"code": "tenant_inactive"})]
     assert refused(asgi_url, token) == (401, "tenant_inactive")
 
 
