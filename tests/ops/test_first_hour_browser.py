@@ -105,9 +105,19 @@ def test_a_demo_submission_arrives_verified_in_the_inspector_and_the_live_panel(
         for question, value in (("energy", "High"), ("sleep", "6–8"), ("water", "7+")):
             demo.click(f'button.option[data-question="{question}"][data-value="{value}"]')
         assert demo.text_content("#progress-text") == "3 of 3 answered"
+        demo.evaluate(
+            """() => {  // remember what the button looked like while the submit was on its way
+              const button = document.getElementById("submit");
+              window.whileSending = [];
+              new MutationObserver(() => window.whileSending.push(
+                [button.disabled, button.textContent])).observe(
+                button, {attributes: true, childList: true, characterData: true, subtree: true});
+            }"""
+        )
         demo.click("#submit")
         demo.wait_for_function("document.querySelector('#status').textContent === 'Submitted.'")
         assert demo.text_content("#thanks-title") == "Thank you, Ada!"
+        assert [True, "Sending…"] in demo.evaluate("window.whileSending")  # one click, one send
 
         # the inspector lists the delivery, its signature verified
         card = inspector.wait_for_selector(".delivery", timeout=20_000)
