@@ -80,6 +80,9 @@ def test_make_run_first_hour_and_a_clean_stop(tmp_path):
     assert proc.returncode == 0, output
     assert stopped_in < 5, (stopped_in, output[-2000:])
     assert "all stopped" in output
+    # child output is prefixed with its process, and quiet: no line per request
+    assert "     web │ " in output and "  worker │ " in output
+    assert '"GET /demo/inbox/deliveries' not in output and "GET /admin/login/" not in output
     # the banner comes after the processes started, and names the inspector and realtime
     assert output.index("starting web") < output.index("Atlas is running")
     banner = output[output.index("Atlas is running") :]
