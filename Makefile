@@ -10,17 +10,20 @@ PYTEST_ARGS ?=
 # cache folder and ports per worker).
 XDIST ?= -n auto
 
-.PHONY: install lock run test test-fast lint format check bench fuzz soak load clean-var
+.PHONY: install lock run stop-db test test-fast lint format check bench fuzz soak load clean-var
 
 # Installs exactly what requirements.lock pins, every file checked against its hash; then the
 # project itself (no dependencies: they all came from the lock).
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Atlas needs Python 3.11+ (set PYTHON=python3.11)")'
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q --require-hashes -r requirements.lock
-	$(BIN)/python -m pip install -q --no-deps -e .
-	touch $(STAMP)
+	@echo "[1/3] creating $(VENV)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@echo "[2/3] installing $$(grep -c '^[a-z]' requirements.lock) pinned packages (the first time takes a few minutes)"
+	@$(BIN)/python -m pip install --progress-bar on --require-hashes -r requirements.lock
+	@echo "[3/3] installing Atlas itself"
+	@$(BIN)/python -m pip install -q --no-deps -e .
+	@touch $(STAMP)
 
 install: $(STAMP)
 
@@ -33,6 +36,10 @@ lock:
 
 run: install
 	$(BIN)/python manage.py atlas_run
+
+# make run leaves the embedded PostgreSQL running (the next run and the tests reuse it).
+stop-db:
+	@$(BIN)/python -c 'import os, pathlib; from config.embedded_db import embedded_database_stop as stop; print(stop(pathlib.Path(os.environ.get("ATLAS_VAR_DIR") or "var") / "pgdata"))'
 
 test: install
 	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)

@@ -31,5 +31,9 @@ def demo_page(request):
     return render(
         request,
         "assessments/demo.html",
-        {"publishable_key": demo_publishable_key(), "questions": QUESTIONS},
+        {
+            "publishable_key": demo_publishable_key(),
+            "questions": QUESTIONS,
+            "demo_mode": settings.ATLAS_DEMO_MODE,  # the live events panel (make run)
+        },
     )

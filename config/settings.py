@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import urllib.parse
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,7 @@ INSTALLED_APPS = [
     "corsheaders",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and ReDoc as local static files: docs work offline
     "django_q",
     "axes",  # staff login throttle (see "Staff login" below)
     "tenants",
@@ -265,6 +267,13 @@ SPECTACULAR_SETTINGS = {
     ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # the UI's JavaScript and CSS from our static files, never a CDN
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "REDOC_UI_SETTINGS": {
+        "theme": {"typography": {"fontFamily": "system-ui, sans-serif"}},  # no web fonts
+    },
     "COMPONENT_SPLIT_REQUEST": True,
     "CAMELIZE_NAMES": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
@@ -367,6 +376,12 @@ OUTBOX_HEARTBEAT_STALE_SECONDS = env("OUTBOX_HEARTBEAT_STALE_SECONDS", "int", 60
 OUTBOX_REALTIME_SETTLE_SECONDS = env("OUTBOX_REALTIME_SETTLE_SECONDS", "float", 30.0)
 OUTBOX_REALTIME_KEEPALIVE_SECONDS = env("OUTBOX_REALTIME_KEEPALIVE_SECONDS", "float", 15.0)
 OUTBOX_REALTIME_PORT = env("OUTBOX_REALTIME_PORT", "int", 8001)
+# Realtime tokens for browsers (POST /api/realtime/tokens): lifetime bounds in seconds.
+OUTBOX_REALTIME_TOKEN_DEFAULT_TTL_SECONDS = env(
+    "OUTBOX_REALTIME_TOKEN_DEFAULT_TTL_SECONDS", "int", 900
+)
+OUTBOX_REALTIME_TOKEN_MIN_TTL_SECONDS = env("OUTBOX_REALTIME_TOKEN_MIN_TTL_SECONDS", "int", 10)
+OUTBOX_REALTIME_TOKEN_MAX_TTL_SECONDS = env("OUTBOX_REALTIME_TOKEN_MAX_TTL_SECONDS", "int", 3600)
 # Egress guard (outbox/delivery/egress.py): targets reach public addresses only. These CIDRs
 # are exempt (local development, an n8n on the private network: keep them narrow); metadata
 # addresses stay refused even inside them. And the most targets one tenant may have.
@@ -514,6 +529,8 @@ ASSESSMENTS_DEMO_PUBLISHABLE_KEY = env("ASSESSMENTS_DEMO_PUBLISHABLE_KEY")
 # --- Logging ------------------------------------------------------------------------------------
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
 LOG_FORMAT = env("LOG_FORMAT", default="text")
+# runserver's and uvicorn's access lines (`make run` sets WARNING: only 4xx/5xx are shown)
+ACCESS_LOG_LEVEL = env("ACCESS_LOG_LEVEL", default="INFO")
 if LOG_FORMAT not in {"text", "json"}:
     raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r} must be 'text' or 'json'")
 LOGGING = {
@@ -531,7 +548,7 @@ LOGGING = {
         **{
             name: {
                 "handlers": ["console"],
-                "level": "INFO",
+                "level": ACCESS_LOG_LEVEL,
                 "propagate": False,
                 "filters": ["path_only"],
             }
@@ -561,6 +578,18 @@ except ValueError as _exc:
 
 # The admin URL and the demo set-up printed by `make run`.
 ATLAS_BASE_URL = env("ATLAS_BASE_URL", default="http://127.0.0.1:8000")
+# Where browsers reach the realtime (ASGI) server; default: ATLAS_BASE_URL's host on
+# OUTBOX_REALTIME_PORT (what `make run` starts).
+ATLAS_REALTIME_BASE_URL = env(
+    "ATLAS_REALTIME_BASE_URL",
+    default=urllib.parse.urlsplit(ATLAS_BASE_URL)
+    ._replace(netloc=f"{urllib.parse.urlsplit(ATLAS_BASE_URL).hostname}:{OUTBOX_REALTIME_PORT}")
+    .geturl(),
+)
+# The demo run's extras (the webhook inspector at /demo/inbox, the demo page's realtime token):
+# they show the demo tenant's events to anyone who reaches the server, so off unless set
+# (`make run` sets it for the processes it starts).
+ATLAS_DEMO_MODE = env("ATLAS_DEMO_MODE", "bool", False)
 
 # --- Operations (admin dashboard, atlas_status, /metrics database series) ---------------------
 # A pending payment older than this is "stale": Stripe Checkout Sessions expire within 24 h, so

@@ -1,6 +1,6 @@
 """Admin pieces every app's console shares: read-only bases, the age filter, a capped
-paginator, a JSON display helper, and the two rules of every action: it declares the
-permission it needs, and it leaves a LogEntry."""
+paginator, display helpers (indented JSON, human sizes and durations), and the two rules of
+every action: it declares the permission it needs, and it leaves a LogEntry."""
 
 from __future__ import annotations
 
@@ -16,10 +16,21 @@ from django.utils.html import format_html
 
 
 class NoAddMixin:
-    """Rows are created by the system (API, worker, webhooks), never by hand."""
+    """Rows are created by the system (API, worker, webhooks), never by hand. A page whose
+    every field is read-only shows no Save buttons: there is nothing to save."""
 
     def has_add_permission(self, request, obj=None):
         return False
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        admin_form = context.get("adminform")
+        if not add and admin_form is not None and not admin_form.form.fields:
+            context.update(
+                show_save=False, show_save_and_continue=False, show_save_and_add_another=False
+            )
+        return super().render_change_form(
+            request, context, add=add, change=change, form_url=form_url, obj=obj
+        )
 
 
 class NoDeleteMixin:
@@ -96,9 +107,59 @@ class CappedPaginator(Paginator):
 
 def pretty_json(value) -> str:
     return format_html(
-        '<pre style="white-space:pre-wrap;max-width:70em">{}</pre>',
+        '<pre class="atlas-json">{}</pre>',
         json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True),
     )
+
+
+def pretty_json_field(name: str):
+    """A read-only display of the JSONField `name`, indented: in a ModelAdmin,
+    `payload_pretty = pretty_json_field("payload")`, listed where `payload` was."""
+
+    @admin.display(description=name.replace("_", " "))
+    def show(self, obj):
+        return pretty_json(getattr(obj, name))
+
+    return show
+
+
+def readonly_with_pretty_json(model) -> list[str]:
+    """Every field of `model`, read-only, JSONFields as their `<name>_pretty` display."""
+    from django.db.models import JSONField
+
+    return [f"{f.name}_pretty" if isinstance(f, JSONField) else f.name for f in model._meta.fields]
+
+
+def human_bytes(size: int | None) -> str:
+    """1536 → "1.5 KB" (powers of 1024, the unit storage quotas use)."""
+    if size is None:
+        return "—"
+    value = float(size)
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_duration(seconds: float | None) -> str:
+    """0.0123 → "12 ms", 95 → "1 min 35 s", 7300 → "2 h 1 min", 200000 → "2 d 7 h"."""
+    if seconds is None:
+        return "—"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    whole = int(seconds)
+    for size, unit, next_size, next_unit in (
+        (86400, "d", 3600, "h"),
+        (3600, "h", 60, "min"),
+        (60, "min", 1, "s"),
+    ):
+        if whole >= size:
+            rest = whole % size // next_size
+            return f"{whole // size} {unit}" + (f" {rest} {next_unit}" if rest else "")
+    raise AssertionError("unreachable")
 
 
 # --- Actions: each declares its permission, each leaves a LogEntry ---------------------------

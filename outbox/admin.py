@@ -7,9 +7,10 @@ from datetime import timedelta
 from django import forms
 from django.contrib import admin, messages
 from django.db import transaction
-from django.db.models import Count, F, Min, OuterRef, Q, Subquery
+from django.db.models import Count, Exists, F, Min, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
@@ -20,8 +21,11 @@ from core.admin import (
     NoDeleteMixin,
     ReadOnlyAdmin,
     ReadOnlyInline,
+    human_duration,
     log_admin_action,
     permission_check,
+    pretty_json_field,
+    readonly_with_pretty_json,
 )
 from core.errors import DomainError
 from outbox import replay, routing, selectors, services
@@ -42,7 +46,7 @@ class DeliveryAttemptInline(ReadOnlyInline):
         "number",
         "outcome",
         "status_code",
-        "duration_ms",
+        "took",
         "error",
         "response_excerpt",
         "worker",
@@ -51,11 +55,63 @@ class DeliveryAttemptInline(ReadOnlyInline):
     readonly_fields = fields
     ordering = ["number"]
 
+    @admin.display(description="took")
+    def took(self, obj):
+        return human_duration(obj.duration_ms / 1000)
+
 
 class DeliveryInline(ReadOnlyInline):
     model = Delivery
-    fields = ["target", "status", "attempts", "next_attempt_at", "delivered_at", "last_error"]
+    fields = ["delivery_link", "target_link", "status", "attempts", "delivered_at", "last_error"]
     readonly_fields = fields
+    show_change_link = False  # the first column is the link, named after what it opens
+
+    @admin.display(description="delivery")
+    def delivery_link(self, obj):
+        url = reverse("admin:outbox_delivery_change", args=[obj.pk])
+        return format_html('<a href="{}">{} → {}</a>', url, obj.event.event_type, obj.target.name)
+
+    @admin.display(description="target")
+    def target_link(self, obj):
+        url = reverse("admin:outbox_target_change", args=[obj.target_id])
+        return format_html('<a href="{}">{} ({})</a>', url, obj.target.name, obj.target.kind)
+
+
+def _status_badge(status: str):
+    return format_html('<span class="atlas-status {}">{}</span>', status, status.replace("_", " "))
+
+
+class EventStatusFilter(admin.SimpleListFilter):
+    """The event's one-word status (as the API says it): its worst delivery wins."""
+
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        labels = {"no_targets": "no matching target"}
+        return [(s, labels.get(s, s)) for s in EVENT_STATUSES]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value not in EVENT_STATUSES:
+            return queryset
+        if value == "no_targets":
+            return queryset.exclude(Exists(Delivery.objects.filter(event=OuterRef("pk"))))
+        # worse statuses come first: an event is `value` if it has one, and none worse
+        worse = EVENT_STATUSES[: EVENT_STATUSES.index(value)]
+        queryset = queryset.filter(_has_delivery(value))
+        for status in worse:
+            if status != "no_targets":
+                queryset = queryset.exclude(_has_delivery(status))
+        return queryset
+
+
+# worst first, as outbox.selectors.event_status ranks them
+EVENT_STATUSES = ["dead", "retrying", "pending", "cancelled", "delivered", "no_targets"]
+
+
+def _has_delivery(status: str):
+    return Exists(Delivery.objects.filter(event=OuterRef("pk"), status=status))
 
 
 def _report(modeladmin, request, count, verb):
@@ -87,32 +143,14 @@ def _steer_targets(modeladmin, request, queryset, *, action, service, verb):
     modeladmin.message_user(request, f"{changed} targets {verb}.")
 
 
-class RoutingFilter(admin.SimpleListFilter):
-    """Events no target was subscribed to (the API's status=no_targets)."""
-
-    title = "routing"
-    parameter_name = "routing"
-
-    def lookups(self, request, model_admin):
-        return [("none", "No matching target"), ("routed", "Routed to a target")]
-
-    def queryset(self, request, queryset):
-        if self.value() == "none":
-            return queryset.filter(selectors.events_with_status_q(selectors.NO_TARGETS))
-        if self.value() == "routed":
-            return queryset.exclude(selectors.events_with_status_q(selectors.NO_TARGETS))
-        return queryset
-
-
 @admin.register(OutboxEvent)
 class OutboxEventAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
     """Evidence: never added by hand, pruned by outbox_prune only."""
 
-    list_display = ["event_type", "topic", "tenant", "seq", "created_at"]
+    list_display = ["event_type", "status", "topic", "tenant", "seq", "created_at"]
     list_filter = [
-        ("deliveries__status", admin.ChoicesFieldListFilter),
+        EventStatusFilter,
         "deliveries__target__name",
-        RoutingFilter,
         "tenant",
         "topic",
         "event_type",
@@ -120,7 +158,8 @@ class OutboxEventAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
     ]
     search_fields = ["id", "idempotency_key", "event_type"]
     list_select_related = ["tenant"]
-    readonly_fields = [f.name for f in OutboxEvent._meta.fields] + ["attempt_log"]
+    readonly_fields = [*readonly_with_pretty_json(OutboxEvent), "attempt_log"]
+    exclude = ["payload"]  # shown indented by payload_pretty
     inlines = [DeliveryInline]
     actions = ["requeue_now", "cancel"]
     list_per_page = 100
@@ -128,6 +167,15 @@ class OutboxEventAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
 
     has_requeue_delivery_permission = permission_check("requeue_delivery")
     has_cancel_delivery_permission = permission_check("cancel_delivery")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("deliveries")
+
+    @admin.display(description="status")
+    def status(self, obj):
+        return _status_badge(selectors.event_status(deliveries=obj.deliveries.all()))
+
+    payload_pretty = pretty_json_field("payload")
 
     @admin.display(description="attempts (every try, every target)")
     def attempt_log(self, obj):
@@ -138,14 +186,14 @@ class OutboxEventAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
         )
         rows = format_html_join(
             "",
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ms</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             (
                 (
                     a.created_at,
                     a.delivery.target.name,
                     a.number,
                     a.status_code or "—",
-                    a.duration_ms,
+                    human_duration(a.duration_ms / 1000),
                     a.error or a.response_excerpt[:200],
                 )
                 for a in attempts
@@ -187,10 +235,10 @@ class OutboxEventAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
 @admin.register(Delivery)
 class DeliveryAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
     list_display = [
-        "event",
+        "event_link",
         "target",
         "tenant",
-        "status",
+        "status_badge",
         "attempts",
         "next_attempt_at",
         "last_error_short",
@@ -219,6 +267,15 @@ class DeliveryAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
     @admin.display(description="last error")
     def last_error_short(self, obj):
         return obj.last_error[:80]
+
+    @admin.display(description="event", ordering="event__created_at")
+    def event_link(self, obj):
+        url = reverse("admin:outbox_outboxevent_change", args=[obj.event_id])
+        return format_html('<a href="{}">{}</a>', url, obj.event.event_type)
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj):
+        return _status_badge(obj.status)
 
     @admin.action(description="Requeue now", permissions=["requeue_delivery"])
     def requeue_now(self, request, queryset):
@@ -385,8 +442,7 @@ class TargetAdmin(admin.ModelAdmin):
     def oldest_pending_age(self, obj):
         if not obj.oldest_pending:
             return "—"
-        seconds = int((timezone.now() - obj.oldest_pending).total_seconds())
-        return f"{seconds // 3600}h {seconds % 3600 // 60}m {seconds % 60}s"
+        return human_duration((timezone.now() - obj.oldest_pending).total_seconds())
 
     @admin.display(description="success 24 h")
     def success_rate_24h(self, obj):

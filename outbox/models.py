@@ -136,7 +136,7 @@ class Target(TenantOwnedModel):
 
     class Meta:
         ordering = ["name"]
-        # admin actions: each needs its own permission (see the README, security)
+        # admin actions: each needs its own permission (see docs/security.md)
         permissions = [
             ("pause_target", "Can pause and resume delivery to a target"),
             ("reset_target_circuit", "Can reset a target's circuit breaker"),
@@ -188,7 +188,7 @@ class Delivery(TenantOwnedModel):
 
     class Meta:
         ordering = ["-created_at"]
-        # admin actions: each needs its own permission (see the README, security)
+        # admin actions: each needs its own permission (see docs/security.md)
         permissions = [
             ("requeue_delivery", "Can requeue deliveries"),
             ("cancel_delivery", "Can cancel deliveries"),

@@ -494,3 +494,11 @@ def events_prune(*, older_than_days: int, batch_size: int = 1000, progress=None)
             total += OutboxEvent.objects.filter(id__in=ids).delete()[1].get("outbox.OutboxEvent", 0)
         if progress:
             progress(total)
+
+
+def realtime_token_create(*, tenant_id, key_id, **scope):
+    """A browser's realtime token (outbox.realtime.tokens): for apps that mint tokens without
+    the HTTP endpoint, such as the demo page's server side."""
+    from outbox.realtime import tokens
+
+    return tokens.token_create(tenant_id=str(tenant_id), key_id=str(key_id), **scope)

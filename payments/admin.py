@@ -15,6 +15,8 @@ from core.admin import (
     ReadOnlyInline,
     log_admin_action,
     permission_check,
+    pretty_json_field,
+    readonly_with_pretty_json,
 )
 from core.errors import DomainError
 from payments.circuit import circuit_record_success
@@ -141,7 +143,9 @@ class StripeEventAdmin(ReadOnlyAdmin):
     date_hierarchy = "received_at"
     list_per_page = 50
     show_full_result_count = False
-    readonly_fields = [f.name for f in StripeEvent._meta.fields]
+    readonly_fields = readonly_with_pretty_json(StripeEvent)
+    exclude = ["payload"]  # shown indented by payload_pretty
+    payload_pretty = pretty_json_field("payload")
     actions = ["reprocess"]
 
     has_reprocess_stripeevent_permission = permission_check("reprocess_stripeevent")

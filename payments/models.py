@@ -95,7 +95,7 @@ class PaymentSession(TenantOwnedModel):
 
     class Meta:
         ordering = ["-created_at"]
-        # admin actions: each needs its own permission (see the README, security)
+        # admin actions: each needs its own permission (see docs/security.md)
         permissions = [
             ("reconcile_paymentsession", "Can reconcile payments with Stripe"),
         ]
@@ -250,7 +250,7 @@ class StripeEvent(models.Model):
 
     class Meta:
         ordering = ["-received_at"]
-        # admin actions: each needs its own permission (see the README, security)
+        # admin actions: each needs its own permission (see docs/security.md)
         permissions = [
             ("reprocess_stripeevent", "Can reprocess Stripe events"),
         ]
@@ -331,7 +331,7 @@ class CircuitBreakerState(models.Model):
 
     class Meta:
         ordering = ["name"]
-        # admin actions: each needs its own permission (see the README, security)
+        # admin actions: each needs its own permission (see docs/security.md)
         permissions = [
             ("close_stripe_circuit", "Can close the Stripe circuit breaker"),
         ]

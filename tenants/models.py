@@ -47,7 +47,7 @@ class ApiKey(TimeStampedModel):
 
     class Meta:
         ordering = ["-created_at"]
-        # admin actions: each needs its own permission (see the README, security)
+        # admin actions: each needs its own permission (see docs/security.md)
         permissions = [
             ("create_apikey", "Can create API keys (the full key is shown once)"),
             ("revoke_apikey", "Can revoke API keys"),

@@ -18,6 +18,7 @@ from core.admin import (
     NoDeleteMixin,
     ReadOnlyAdmin,
     ReadOnlyInline,
+    human_bytes,
     log_admin_action,
     permission_check,
 )
@@ -67,7 +68,7 @@ class AttachmentAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
         "tenant",
         "status",
         "channel",
-        "size",
+        "size_human",
         "attempts",
         "next_retry_at",
         "staging_host",
@@ -94,6 +95,10 @@ class AttachmentAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
     actions = ["retry_now"]
 
     has_retry_attachment_permission = permission_check("retry_attachment")
+
+    @admin.display(description="size", ordering="size")
+    def size_human(self, obj):
+        return human_bytes(obj.size)
 
     @admin.display(description="last error")
     def short_error(self, obj):

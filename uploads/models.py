@@ -100,7 +100,7 @@ class Attachment(TenantOwnedModel):
 
     class Meta:
         ordering = ["-created_at"]
-        # admin actions: each needs its own permission (see the README, security)
+        # admin actions: each needs its own permission (see docs/security.md)
         permissions = [
             ("retry_attachment", "Can retry finalising attachments"),
         ]

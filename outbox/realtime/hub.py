@@ -27,6 +27,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 from django.db import connection
@@ -71,6 +72,8 @@ class Subscriber:
     overflowed: bool = False
     closed: bool = False  # its key was revoked or its tenant deactivated
     recheck_due: bool = False  # key announcements may have been missed: check the key now
+    # a realtime token's narrower view (event types, one session): anything with .matches()
+    scope: Any = None
 
     def nudge(self):
         """Wake the stream if it waits on an empty queue (a full one is read at once)."""
@@ -78,8 +81,10 @@ class Subscriber:
             self.queue.put_nowait(None)
 
     def wants(self, message: dict) -> bool:
-        return message["tenant_id"] == self.tenant_id and (
-            not self.topics or message["topic"] in self.topics
+        return (
+            message["tenant_id"] == self.tenant_id
+            and (not self.topics or message["topic"] in self.topics)
+            and (self.scope is None or self.scope.matches(message))
         )
 
 
@@ -280,12 +285,12 @@ class Hub:
     # --- streams -----------------------------------------------------------------------------
 
     async def subscribe(
-        self, tenant_id: str, topics: frozenset[str], key_id: str = ""
+        self, tenant_id: str, topics: frozenset[str], key_id: str = "", scope: Any = None
     ) -> tuple[Subscriber, int]:
         """Register a stream; returns it and the cursor from which live messages start."""
         self.ensure_running()
         await self.ready.wait()
-        sub = Subscriber(tenant_id, topics, key_id)
+        sub = Subscriber(tenant_id, topics, key_id, scope=scope)
         self.subscribers.add(sub)  # no await between: cursor and subscription agree
         return sub, self.cursor
 

@@ -1,4 +1,9 @@
-"""GET /api/realtime/stream: Server-Sent Events of the caller's tenant (secret key).
+"""GET /api/realtime/stream: Server-Sent Events of the caller's tenant.
+
+Two ways in: a secret key (`Authorization: Bearer sk_…`, servers), or `?token=rt_…`, a
+realtime token minted by the tenant's server (browsers' EventSource; outbox.realtime.tokens).
+A token stream sees only its scope, only from the tenant's allowed origins, and ends with
+`event: token_expired` at its expiry, or `event: access_revoked` when its key goes.
 
 Served by the ASGI process (uvicorn): each open stream is a coroutine waiting on a queue, so
 hundreds of them hold no thread and no database connection. Under WSGI the view refuses with
@@ -16,6 +21,8 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIRequest
@@ -25,10 +32,10 @@ from core.api.errors import ApiError, error_response, http_status_for
 from core.errors import DomainError
 from outbox import conf
 from outbox.models import OutboxEvent
-from outbox.realtime import event_ids
+from outbox.realtime import event_ids, tokens
 from outbox.realtime.hub import event_message, hub
-from tenants.keycache import ApiKeyPrincipal
 from tenants.scoping import tenant_queryset
+from tenants.selectors import apikey_refusal, tenant_allowed_origins
 from tenants.services import apikey_authenticate
 
 logger = logging.getLogger("outbox.realtime")
@@ -36,8 +43,85 @@ REPLAY_PAGE = 500
 KEY_GONE = b": closed: the key is no longer valid\n\n"
 
 
+@dataclass(frozen=True)
+class Access:
+    """Who reads the stream: the tenant, the key that answers for it, and how to re-check.
+
+    `refusal()` (sync, runs in a thread) says why the access has ended, or None. A token's
+    `scope` narrows what the hub hands over and ends the stream at its expiry."""
+
+    tenant_id: str
+    key_id: str
+    refusal: Callable[[], str | None]
+    scope: tokens.Scope | None = None
+
+
+def _ended(event: str, code: str) -> bytes:
+    return f'event: {event}\ndata: {{"code":"{code}"}}\n\n'.encode()
+
+
 def _raw_key(request) -> str:
     return request.headers.get("authorization", "")[7:].strip()
+
+
+def _access(request) -> Access:
+    if "token" in request.GET:
+        return _token_access(request)
+    principal = _authenticate(request)
+    raw_key = _raw_key(request)
+    return Access(
+        principal.tenant_id,
+        principal.key_id,
+        lambda: None if _key_still_valid(raw_key) else "api_key_revoked",
+    )
+
+
+def _token_access(request) -> Access:
+    raw = request.GET["token"]
+    if raw.startswith("sk_"):
+        raise ApiError(
+            "secret_key_in_url",
+            "Secret keys never go in a URL: mint a realtime token (POST /api/realtime/tokens) "
+            "and revoke this key, it may be in logs already.",
+        )
+    scope = tokens.token_read(raw)  # 401 invalid / expired
+    refusal = _token_key_refusal(scope.key_id)
+    if refusal is not None:
+        raise ApiError(
+            refusal, "The key that issued this realtime token is no longer valid.", status_code=401
+        )
+    origin = request.headers.get("Origin")
+    if origin and origin.rstrip("/").lower() not in tenant_allowed_origins(
+        tenant_id=scope.tenant_id
+    ):
+        raise ApiError(
+            "origin_not_allowed",
+            f"Origin {origin} may not open this tenant's stream.",
+            status_code=403,
+        )
+    return Access(scope.tenant_id, scope.key_id, lambda: _token_key_refusal(scope.key_id), scope)
+
+
+def _token_key_refusal(key_id: str) -> str | None:
+    try:
+        return apikey_refusal(key_id=key_id)
+    except Exception:  # cannot tell (database down): end the stream, the client resumes
+        logger.warning("realtime: key re-check failed; ending the stream", exc_info=True)
+        return "unavailable"
+
+
+def _topics(request, access: Access) -> frozenset[str]:
+    """?topic=a,b narrows the stream; a token's stream may narrow only within its topics."""
+    asked = frozenset(t for t in request.GET.get("topic", "").split(",") if t)
+    allowed = frozenset(access.scope.topics) if access.scope else frozenset()
+    if allowed and asked - allowed:
+        raise ApiError(
+            "topic_not_in_token",
+            "This realtime token does not cover these topics.",
+            status_code=403,
+            details={"topics": sorted(asked - allowed)},
+        )
+    return asked or allowed
 
 
 def _authenticate(request):
@@ -84,6 +168,8 @@ def _last_event_id(request) -> int | None:
 
 
 def _replay_page(tenant_id, topics, after: int, upto: int) -> list[dict]:
+    """Stored events after the client's cursor (unfiltered by a token's scope: the caller
+    filters, so the cursor advances over the whole page)."""
     queryset = tenant_queryset(OutboxEvent, tenant_id=tenant_id).filter(
         seq__gt=after, seq__lte=upto
     )
@@ -95,8 +181,13 @@ def _replay_page(tenant_id, topics, after: int, upto: int) -> list[dict]:
     return [event_message(s, t, i, tp, et, json.dumps(p), o) for s, t, i, tp, et, p, o in rows]
 
 
-def _frame(message: dict) -> bytes:
-    head = f"id: {message['event_id']}\nevent: {message['event_type']}\n"
+def _frame(message: dict, named: bool = True) -> bytes:
+    """One SSE frame. A token (browser) stream leaves out `event:` so every event reaches
+    EventSource's onmessage (it can only listen to named events one name at a time); the
+    type is in the data, and only the stream's own endings are named events."""
+    head = f"id: {message['event_id']}\n"
+    if named:
+        head += f"event: {message['event_type']}\n"
     return (head + f"data: {message['data']}\n\n").encode()
 
 
@@ -104,66 +195,74 @@ async def stream(request):
     if not isinstance(request, ASGIRequest):
         return error_response(
             "realtime_needs_asgi",
-            "The realtime stream is served by the ASGI server (see README: realtime).",
+            "The realtime stream is served by the ASGI server (see docs/api.md: realtime).",
             501,
         )
     try:
-        principal = await sync_to_async(_authenticate)(request)
+        access = await sync_to_async(_access)(request)
         after = _last_event_id(request)
+        topics = _topics(request, access)
     except ApiError as exc:
         return error_response(exc.error_code, exc.message, exc.status_code, exc.details)
-    except DomainError as exc:  # key authentication refused (once tenants raises domain errors)
+    except DomainError as exc:  # key or token refused
         return error_response(exc.code, exc.message, http_status_for(exc), exc.details)
-    topics = frozenset(t for t in request.GET.get("topic", "").split(",") if t)
     response = StreamingHttpResponse(
-        _events(principal, _raw_key(request), topics, after), content_type="text/event-stream"
+        _events(access, topics, after), content_type="text/event-stream"
     )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
     return response
 
 
-async def _events(principal: ApiKeyPrincipal, raw_key: str, topics, after: int | None):
+async def _events(access: Access, topics, after: int | None):
     the_hub = hub()
-    sub, live_from = await the_hub.subscribe(principal.tenant_id, topics, principal.key_id)
-    key_valid = sync_to_async(_key_still_valid)
+    scope = access.scope
+    sub, live_from = await the_hub.subscribe(access.tenant_id, topics, access.key_id, scope)
+    refusal = sync_to_async(access.refusal)
+    gone = KEY_GONE if scope is None else None  # a token's stream says why, as an SSE event
     try:
         # a revocation announced between authentication and subscription reached no stream
-        if not await key_valid(raw_key):
-            yield KEY_GONE
+        if (code := await refusal()) is not None:
+            yield gone or _ended("access_revoked", code)
             return
         yield b"retry: 2000\n: connected\n\n"
         if after is not None:  # stored events between the client's cursor and the live cursor
             while after < live_from and not sub.closed:
-                page = await sync_to_async(_replay_page)(
-                    principal.tenant_id, topics, after, live_from
-                )
+                page = await sync_to_async(_replay_page)(access.tenant_id, topics, after, live_from)
                 for message in page:
-                    yield _frame(message)
+                    if scope is None or scope.matches(message):
+                        yield _frame(message, named=scope is None)
                 after = page[-1]["seq"] if len(page) == REPLAY_PAGE else live_from
         keepalive = conf.get("OUTBOX_REALTIME_KEEPALIVE_SECONDS")
         next_check = time.monotonic() + keepalive
         while True:
+            wait = next_check - time.monotonic()
+            if scope is not None:
+                wait = min(wait, scope.seconds_left())
             try:
-                message = await asyncio.wait_for(
-                    sub.queue.get(), max(0.0, next_check - time.monotonic())
-                )
+                message = await asyncio.wait_for(sub.queue.get(), max(0.0, wait))
                 idle = False
             except TimeoutError:
                 message, idle = None, True
-            if sub.closed:
-                yield KEY_GONE
+            if sub.closed:  # its key revoked or its tenant deactivated (announced)
+                if gone is None:
+                    yield _ended("access_revoked", await refusal() or "api_key_revoked")
+                else:
+                    yield gone
                 return
             if sub.overflowed:
                 return  # a slow reader: it resumes from Last-Event-ID, no gap
+            if scope is not None and scope.seconds_left() <= 0:
+                yield _ended("token_expired", "realtime_token_expired")
+                return
             if sub.recheck_due or time.monotonic() >= next_check:
                 sub.recheck_due = False
-                if not await key_valid(raw_key):
-                    yield KEY_GONE
+                if (code := await refusal()) is not None:
+                    yield gone or _ended("access_revoked", code)
                     return
                 next_check = time.monotonic() + keepalive
             if message is not None:
-                yield _frame(message)
+                yield _frame(message, named=scope is None)
             elif idle:
                 yield b": keepalive\n\n"
     finally:

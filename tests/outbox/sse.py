@@ -70,10 +70,16 @@ class Stream:
     """A real SSE client: reads frames until it has `count` events, the stream ends, or the
     read times out (`read_timeout` s without a byte)."""
 
-    def __init__(self, url, key, last_event_id=None, params=None, read_timeout=10):
-        headers = {"Authorization": f"Bearer {key}"}
+    def __init__(
+        self, url, key, last_event_id=None, params=None, read_timeout=10, token=None, origin=None
+    ):
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
         if last_event_id is not None:
             headers["Last-Event-ID"] = str(last_event_id)
+        if origin is not None:
+            headers["Origin"] = origin
+        if token is not None:  # a browser's way in: ?token=rt_…
+            params = {**(params or {}), "token": token}
         self.response = requests.get(
             f"{url}/api/realtime/stream",
             headers=headers,
@@ -85,6 +91,8 @@ class Stream:
         self.connected = False
         self.ended = False  # the server closed the stream
         self.comments: list[str] = []
+        self.signals: list[tuple[str, dict]] = []  # frames without an id: (event, data)
+        self.event_names: list[str | None] = []  # each event frame's `event:` (None: none)
 
     def wait_connected(self):
         for line in self.lines:
@@ -103,8 +111,11 @@ class Stream:
                 if deadline is not None and time.monotonic() > deadline:
                     return events
                 if line == "":
-                    if "data" in frame:
+                    if "data" in frame and "id" not in frame:
+                        self.signals.append((frame.get("event", ""), json.loads(frame["data"])))
+                    elif "data" in frame:
                         events.append({**json.loads(frame["data"]), "lastEventId": frame["id"]})
+                        self.event_names.append(frame.get("event"))
                         if len(events) == count:
                             return events
                     frame = {}

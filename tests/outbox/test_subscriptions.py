@@ -161,11 +161,11 @@ def test_admin_lists_events_with_no_matching_target(staff_client, tenant):
     make_target(tenant, "pay", event_types=["payment.*"])
     routed = publish(tenant, event_type="payment.completed")[0]
     lonely = publish(tenant, event_type="upload.stored")[0]
-    for choice, expected in (("none", lonely), ("routed", routed)):
-        page = staff_client.get(f"/admin/outbox/outboxevent/?routing={choice}")
+    for choice, expected in (("no_targets", lonely), ("pending", routed)):
+        page = staff_client.get(f"/admin/outbox/outboxevent/?status={choice}")
         assert page.status_code == 200
         assert [e.id for e in page.context["cl"].result_list] == [expected.id]
-    assert "No matching target" in page.content.decode()
+    assert "no matching target" in page.content.decode()
 
 
 def test_admin_target_form_checks_subscriptions_like_the_api(tenant):

@@ -1,4 +1,5 @@
-"""Idempotent demo set-up for `make run`: a demo tenant, an admin user and API keys.
+"""Idempotent demo set-up for `make run`: a demo tenant, an admin user, API keys and (with
+--inbox-url) a webhook target delivering to the built-in inspector at /demo/inbox.
 
 Full keys are shown once by design; for the demo they are kept in var/demo-credentials.json
 (mode 600, never committed) so that every `make run` can print them again.
@@ -13,19 +14,38 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
+from outbox.models import Target
+from outbox.services import target_create, target_url_check
 from tenants.models import ApiKey, Tenant
 from tenants.selectors import tenant_get_by_name_or_id
 from tenants.services import apikey_create, tenant_create
 
 DEMO_TENANT = "Demo"
+INBOX_TARGET = "inbox"
 
 
 class Command(BaseCommand):
     help = "Create (once) the demo tenant, admin user and API keys; print how to use them."
 
-    def handle(self, *args, **options):
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--show", action="store_true", help="Only print the banner again (changes nothing)."
+        )
+        parser.add_argument("--quiet", action="store_true", help="Set up, print nothing.")
+        parser.add_argument(
+            "--inbox-url",
+            help="Give the demo tenant a webhook target `inbox` delivering there (the inspector).",
+        )
+
+    def handle(self, *args, show=False, quiet=False, inbox_url=None, **options):
         path = settings.VAR_DIR / "demo-credentials.json"
         creds = json.loads(path.read_text()) if path.exists() else {}
+        if show:
+            if not creds:
+                self.stderr.write("No demo yet: run `make run` (or manage.py atlas_demo) first.")
+                return
+            self.stdout.write(banner(creds))
+            return
 
         with transaction.atomic():
             try:
@@ -41,11 +61,24 @@ class Command(BaseCommand):
                     _key, creds[field] = apikey_create(
                         tenant=tenant, kind=kind, name="demo", allowed_origins=origins
                     )
+            if inbox_url:
+                self._ensure_inbox_target(tenant, inbox_url)
 
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(creds, indent=2))
         os.chmod(path, 0o600)
-        self._print(creds)
+        if not quiet:
+            self.stdout.write(banner(creds))
+
+    def _ensure_inbox_target(self, tenant, url):
+        """The inspector's target; its URL follows the port of this run. The egress guard
+        must allow the address (atlas_run allows exactly this loopback address)."""
+        target_url_check(url)
+        target = Target.objects.filter(tenant=tenant, name=INBOX_TARGET).first()
+        if target is None:
+            target_create(tenant=tenant, name=INBOX_TARGET, kind="webhook", url=url)
+        elif target.url != url:
+            Target.objects.filter(pk=target.pk).update(url=url)
 
     def _ensure_admin(self, password):
         user_model = get_user_model()
@@ -63,18 +96,31 @@ class Command(BaseCommand):
             return False
         return ApiKey.objects.filter(prefix=raw[:11], revoked_at__isnull=True).exists()
 
-    def _print(self, creds):
-        base = settings.ATLAS_BASE_URL.rstrip("/")
-        lines = [
-            "",
-            "Atlas is starting",
-            f"  admin          {base}/admin/   login: admin / {creds['admin_password']}",
-            f"  API docs       {base}/api/docs/",
-            f"  demo page      {base}/demo/",
-            f"  health         {base}/health",
-            f"  demo tenant    {creds['tenant_id']}",
-            f"  secret key     {creds['secret_key']}",
-            f"  publishable    {creds['publishable_key']}",
-            "",
-        ]
-        self.stdout.write("\n".join(lines))
+
+def banner(creds: dict) -> str:
+    """What `make run` prints last, once every process is up (and `atlas_demo --show`)."""
+    base = settings.ATLAS_BASE_URL.rstrip("/")
+    realtime = settings.ATLAS_REALTIME_BASE_URL.rstrip("/")
+    rule = "─" * 72
+    lines = [
+        "",
+        rule,
+        " Atlas is running — try it: open the demo, submit, watch the inspector",
+        rule,
+        f"  demo assessment    {base}/demo/",
+        f"  webhook inspector  {base}/demo/inbox   (the demo tenant's target `inbox`)",
+        f"  operations console {base}/admin/   login: admin / {creds['admin_password']}",
+        f"  API docs           {base}/api/docs/   (ReDoc: {base}/api/redoc/)",
+        f"  realtime (SSE)     {realtime}/api/realtime/stream",
+        f"  health             {base}/health",
+        "",
+        f"  demo tenant        {creds['tenant_id']}",
+        f"  secret key         {creds['secret_key']}",
+        f"  publishable key    {creds['publishable_key']}",
+        "",
+        "  Ctrl-C stops everything. The embedded PostgreSQL keeps running: `make stop-db`.",
+        "  This banner again: .venv/bin/python manage.py atlas_demo --show",
+        rule,
+        "",
+    ]
+    return "\n".join(lines)
