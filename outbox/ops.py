@@ -203,8 +203,7 @@ def dashboard_summary(*, tenant_id=None, now: datetime) -> dict:
     tf = tenant_filter(tenant_id)
     # open and dead rows only (index-only), activity from the per-minute counters: the
     # delivered history is never scanned
-    agg = unsettled_counts(deliveries=scoped(Delivery, tenant_id), group_by=()).first() or {}
-    agg = {"pending": 0, "dead": 0, "oldest": None, **agg}
+    agg = unsettled_counts(deliveries=scoped(Delivery, tenant_id), group_by=())
     stat = stats_since(since=now - timedelta(hours=24), tenant_id=tenant_id, group_by=())
     tries = {"total": stat["attempts"], "ok": stat["attempts_delivered"]}
     lag = (now - agg["oldest"]).total_seconds() if agg["oldest"] else 0.0

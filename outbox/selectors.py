@@ -60,22 +60,22 @@ _DEAD_Q = Q(status=Delivery.Status.DEAD)
 
 
 def unsettled_counts(*, deliveries, group_by: tuple = ("target_id",), dead_since=None):
-    """Per group: pending (open), dead, dead since `dead_since`, and the oldest open one's
-    created_at. `deliveries` is any Delivery queryset (scoped to a tenant or not)."""
+    """Per group (or one dict with group_by=()): pending (open), dead, dead since
+    `dead_since`, and the oldest open one's created_at. `deliveries` is any Delivery
+    queryset (scoped to a tenant or not)."""
     extra = {}
     if dead_since is not None:
         extra["dead_recent"] = Count("status", filter=_DEAD_Q & Q(updated_at__gte=dead_since))
-    return (
-        deliveries.filter(status__in=UNSETTLED)
-        .values(*group_by)
-        .annotate(
-            pending=Count("status", filter=_OPEN_Q),
-            dead=Count("status", filter=_DEAD_Q),
-            oldest=Min("created_at", filter=_OPEN_Q),
-            **extra,
-        )
-        .order_by()
-    )
+    aggregates = {
+        "pending": Count("status", filter=_OPEN_Q),
+        "dead": Count("status", filter=_DEAD_Q),
+        "oldest": Min("created_at", filter=_OPEN_Q),
+        **extra,
+    }
+    rows = deliveries.filter(status__in=UNSETTLED)
+    if not group_by:
+        return rows.aggregate(**aggregates)
+    return rows.values(*group_by).annotate(**aggregates).order_by()
 
 
 STAT_SUMS = (
