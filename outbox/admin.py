@@ -7,7 +7,7 @@ from datetime import timedelta
 from django import forms
 from django.contrib import admin, messages
 from django.db import transaction
-from django.db.models import Count, F, Min, OuterRef, Q, Subquery, Sum
+from django.db.models import Count, Exists, F, Min, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -15,9 +15,12 @@ from django.utils.safestring import mark_safe
 
 from core.admin import (
     AgeFilter,
+    HistoryAdminMixin,
     NoAddMixin,
     NoDeleteMixin,
     ReadOnlyInline,
+    RecentValuesFilter,
+    exact_uuid_search,
     log_admin_action,
     permission_check,
 )
@@ -86,26 +89,77 @@ def _steer_targets(modeladmin, request, queryset, *, action, service, verb):
     modeladmin.message_user(request, f"{changed} targets {verb}.")
 
 
+class TargetNameFilter(admin.SimpleListFilter):
+    """Target names from the (small) target table, not a DISTINCT over the history; the
+    parameter keeps the name the dashboard's links use."""
+
+    title = "target"
+    parameter_name = "target__name"
+    lookup = "target__name"
+
+    def lookups(self, request, model_admin):
+        names = Target.objects.order_by("name").values_list("name", flat=True).distinct()
+        return [(name, name) for name in names]
+
+    def queryset(self, request, queryset):
+        if not self.value():
+            return queryset
+        if queryset.model is OutboxEvent:  # an EXISTS, never a join that needs DISTINCT
+            routed = Delivery.objects.filter(event=OuterRef("pk"), target__name=self.value())
+            return queryset.filter(Exists(routed))
+        return queryset.filter(target__name=self.value())
+
+
+class EventDeliveryStatusFilter(admin.SimpleListFilter):
+    """Events with at least one delivery in this state (an EXISTS, no DISTINCT)."""
+
+    title = "delivery status"
+    parameter_name = "deliveries__status__exact"
+
+    def lookups(self, request, model_admin):
+        return Delivery.Status.choices
+
+    def queryset(self, request, queryset):
+        if self.value() not in Delivery.Status.values:
+            return queryset
+        having = Delivery.objects.filter(event=OuterRef("pk"), status=self.value())
+        return queryset.filter(Exists(having))
+
+
+class TopicFilter(RecentValuesFilter):
+    title = "topic"
+    parameter_name = "topic"
+
+
+class EventTypeFilter(RecentValuesFilter):
+    title = "event type"
+    parameter_name = "event_type"
+
+
 @admin.register(OutboxEvent)
-class OutboxEventAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
-    """Evidence: never added by hand, pruned by outbox_prune only."""
+class OutboxEventAdmin(HistoryAdminMixin, NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
+    """Evidence: never added by hand, pruned by outbox_prune only. Newest first by seq (its
+    unique index); search by exact event id."""
 
     list_display = ["event_type", "topic", "tenant", "seq", "created_at"]
     list_filter = [
-        ("deliveries__status", admin.ChoicesFieldListFilter),
-        "deliveries__target__name",
+        EventDeliveryStatusFilter,
+        TargetNameFilter,
         "tenant",
-        "topic",
-        "event_type",
+        TopicFilter,
+        EventTypeFilter,
         AgeFilter,
     ]
-    search_fields = ["id", "idempotency_key", "event_type"]
+    ordering = ["-seq"]
+    search_fields = ["=id"]
+    search_help_text = "An event id (exact)."
     list_select_related = ["tenant"]
     readonly_fields = [f.name for f in OutboxEvent._meta.fields] + ["attempt_log"]
     inlines = [DeliveryInline]
     actions = ["requeue_now", "cancel"]
-    list_per_page = 100
-    show_full_result_count = False  # counting a big outbox on every page is slow
+
+    def get_search_results(self, request, queryset, search_term):
+        return exact_uuid_search(queryset, search_term, "id")
 
     has_requeue_delivery_permission = permission_check("requeue_delivery")
     has_cancel_delivery_permission = permission_check("cancel_delivery")
@@ -166,7 +220,10 @@ class OutboxEventAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
 
 
 @admin.register(Delivery)
-class DeliveryAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
+class DeliveryAdmin(HistoryAdminMixin, NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
+    """Newest first by id (the primary key); open and dead rows come from their partial
+    indexes; search by exact event id."""
+
     list_display = [
         "event",
         "target",
@@ -177,22 +234,17 @@ class DeliveryAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
         "last_error_short",
         "created_at",
     ]
-    list_filter = [
-        "status",
-        "target__name",
-        "target__kind",
-        "tenant",
-        "event__topic",
-        "event__event_type",
-        AgeFilter,
-    ]
-    search_fields = ["event__id", "event__idempotency_key", "last_error"]
+    list_filter = ["status", TargetNameFilter, "target__kind", "tenant", AgeFilter]
+    ordering = ["-id"]
+    search_fields = ["=event__id"]
+    search_help_text = "An event id (exact)."
     list_select_related = ["event", "target", "tenant"]
     readonly_fields = [f.name for f in Delivery._meta.fields]
     inlines = [DeliveryAttemptInline]
     actions = ["requeue_now", "cancel"]
-    list_per_page = 100
-    show_full_result_count = False
+
+    def get_search_results(self, request, queryset, search_term):
+        return exact_uuid_search(queryset, search_term, "event_id")
 
     has_requeue_delivery_permission = permission_check("requeue_delivery")
     has_cancel_delivery_permission = permission_check("cancel_delivery")

@@ -14,10 +14,12 @@ from django.utils.html import format_html
 
 from core.admin import (
     AgeFilter,
+    HistoryAdminMixin,
     NoAddMixin,
     NoDeleteMixin,
     ReadOnlyAdmin,
     ReadOnlyInline,
+    exact_uuid_search,
     log_admin_action,
     permission_check,
 )
@@ -41,9 +43,9 @@ class FinaliseAttemptInline(ReadOnlyInline):
 
 
 @admin.register(Attachment)
-class AttachmentAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
+class AttachmentAdmin(HistoryAdminMixin, NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
     """Staff may retry and download; never add or delete (deleting loses evidence, and
-    maybe the only copy)."""
+    maybe the only copy). Newest first (created_at index); search by exact id."""
 
     list_display = (
         "filename",
@@ -59,14 +61,16 @@ class AttachmentAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
     )
     list_filter = ("status", "channel", "last_retry_source", AgeFilter, "tenant")
     list_select_related = ("tenant",)
-    search_fields = ("id", "filename", "sha256", "tenant__name")
-    list_per_page = 100
-    show_full_result_count = False
+    search_fields = ("=id",)
+    search_help_text = "An attachment id (exact)."
     readonly_fields = [f.name for f in Attachment._meta.fields] + ["download_link"]
     inlines = [FinaliseAttemptInline]
     actions = ["retry_now"]
 
     has_retry_attachment_permission = permission_check("retry_attachment")
+
+    def get_search_results(self, request, queryset, search_term):
+        return exact_uuid_search(queryset, search_term, "id")
 
     @admin.display(description="last error")
     def short_error(self, obj):

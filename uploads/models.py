@@ -121,6 +121,8 @@ class Attachment(TenantOwnedModel):
             ),
             # admin: a tenant's attachments by age
             models.Index(fields=["tenant", "created_at"], name="attachment_tenant_created"),
+            # admin: every tenant's attachments, newest first (no sort of the whole table)
+            models.Index(fields=["created_at"], name="attachment_created"),
         ]
 
     def __str__(self):
