@@ -161,6 +161,12 @@ class OutboxEventAdmin(HistoryAdminMixin, NoAddMixin, NoDeleteMixin, admin.Model
     def get_search_results(self, request, queryset, search_term):
         return exact_uuid_search(queryset, search_term, "id")
 
+    def lookup_allowed(self, lookup, value, request=None):
+        # the status filter keeps the parameter name of Django's own relation filter
+        if lookup == EventDeliveryStatusFilter.parameter_name:
+            return True
+        return super().lookup_allowed(lookup, value, request)
+
     has_requeue_delivery_permission = permission_check("requeue_delivery")
     has_cancel_delivery_permission = permission_check("cancel_delivery")
 
