@@ -411,27 +411,3 @@ def delivery_cancel(*, deliveries) -> int:
     return deliveries.filter(status__in=Delivery.OPEN_STATUSES).update(
         status=Delivery.Status.CANCELLED, last_error="cancelled by staff", updated_at=now
     )
-
-
-def events_prune(*, older_than_days: int, batch_size: int = 1000, progress=None) -> int:
-    """Delete events whose every delivery was delivered, older than N days, in batches."""
-    from django.db.models import Exists, OuterRef
-
-    cutoff = timezone.now() - timedelta(days=older_than_days)
-    open_or_failed = Delivery.objects.filter(event=OuterRef("pk")).exclude(
-        status=Delivery.Status.DELIVERED
-    )
-    total = 0
-    while True:
-        ids = list(
-            OutboxEvent.objects.filter(created_at__lt=cutoff)
-            .exclude(Exists(open_or_failed))
-            .values_list("id", flat=True)[:batch_size]
-        )
-        if not ids:
-            return total
-        with transaction.atomic():
-            Delivery.objects.filter(event_id__in=ids).delete()  # attempts cascade
-            total += OutboxEvent.objects.filter(id__in=ids).delete()[1].get("outbox.OutboxEvent", 0)
-        if progress:
-            progress(total)
