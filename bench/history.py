@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import statistics
 import sys
 import time
@@ -316,7 +317,8 @@ def page_plans(path: str) -> dict:
         if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
             continue
         plan = "\n".join(row[0] for row in execute(f"EXPLAIN {sql}"))
-        seq_scans += [t for t in HISTORY_TABLES if f"Seq Scan on {t}" in plan]
+        scanned = set(re.findall(r"Seq Scan on (\w+)", plan))
+        seq_scans += [t for t in HISTORY_TABLES if t in scanned]
         if slowest is None or float(query["time"]) > float(slowest["time"]):
             slowest = query
     analyzed = ""
