@@ -19,7 +19,7 @@ WITH batch AS (
     WHERE e.id = b.id AND b.created_at < %(cutoff)s RETURNING 1
 )
 SELECT (SELECT max(id) FROM batch), (SELECT count(*) FROM gone),
-       coalesce((SELECT bool_or(created_at >= %(cutoff)s) FROM batch), false)
+       coalesce((SELECT bool_and(created_at >= %(cutoff)s) FROM batch), false)
 """
 
 

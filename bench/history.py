@@ -192,6 +192,11 @@ _FILL_SQL = [
                  + (i::float8 / %(n)s) * make_interval(days => %(days)s) - interval '1 hour' AS at
           FROM generate_series(1, %(n)s) AS i) AS g
     """,
+    # the template's 100 fresh events are the newest: they get the newest seqs too
+    """
+    UPDATE outbox_outboxevent SET seq = nextval('outbox_event_seq')
+    WHERE idempotency_key NOT LIKE 'hist-%%'
+    """,
     # one delivery per event, to one of its tenant's targets, delivered a second later
     """
     INSERT INTO outbox_delivery (tenant_id, event_id, target_id, ordering_key, status, attempts,
@@ -535,10 +540,9 @@ def main():
             row[f"{n:,} ms"] = round(statistics.median(times[(n, path)]) * 1000, 1)
         for n in args.sizes:
             row[f"ratio {n:,}"] = round(statistics.median(times[(n, path)]) / empty, 2)
-        row["seq scans of history"] = (
-            ",".join(sorted({t for n in sizes for t in plans[n][path]["history_seq_scans"]}))
-            or "none"
-        )
+        # on the empty database a sequential scan of a few rows is the right plan
+        scans = {t for n in args.sizes for t in plans[n][path]["history_seq_scans"]}
+        row["seq scans of history"] = ",".join(sorted(scans)) or "none"
         page_rows.append(row)
     print_table("Pages (median of rounds × 3 requests, ms)", page_rows)
 

@@ -39,7 +39,7 @@ WITH batch AS (
     DELETE FROM outbox_outboxevent e WHERE e.id IN (SELECT id FROM doomed) RETURNING 1
 )
 SELECT (SELECT max(seq) FROM batch), (SELECT count(*) FROM gone),
-       coalesce((SELECT bool_or(created_at >= %(cutoff)s) FROM batch), false)
+       coalesce((SELECT bool_and(created_at >= %(cutoff)s) FROM batch), false)
 """
 
 # Attempts in id order: only those of delivered deliveries (a dead delivery's tries are the
@@ -55,7 +55,7 @@ WITH batch AS (
     RETURNING 1
 )
 SELECT (SELECT max(id) FROM batch), (SELECT count(*) FROM gone),
-       coalesce((SELECT bool_or(created_at >= %(cutoff)s) FROM batch), false)
+       coalesce((SELECT bool_and(created_at >= %(cutoff)s) FROM batch), false)
 """
 
 _STATS_SQL = """
@@ -67,7 +67,7 @@ WITH batch AS (
     WHERE s.id = b.id AND b.minute < %(cutoff)s RETURNING 1
 )
 SELECT (SELECT max(id) FROM batch), (SELECT count(*) FROM gone),
-       coalesce((SELECT bool_or(minute >= %(cutoff)s) FROM batch), false)
+       coalesce((SELECT bool_and(minute >= %(cutoff)s) FROM batch), false)
 """
 
 
