@@ -6,7 +6,14 @@ from django.contrib import admin, messages
 
 from assessments import metrics
 from assessments.models import AnalyticsEvent, AssessmentSession, Submission
-from core.admin import CappedPaginator, ReadOnlyAdmin, ReadOnlyInline, pretty_json
+from core.admin import (
+    HistoryAdminMixin,
+    ReadOnlyAdmin,
+    ReadOnlyInline,
+    RecentValuesFilter,
+    exact_uuid_search,
+    pretty_json,
+)
 
 
 class SubmissionInline(ReadOnlyInline):
@@ -87,19 +94,27 @@ class SubmissionAdmin(ReadOnlyAdmin):
         return pretty_json(obj.result)
 
 
+class EventNameFilter(RecentValuesFilter):
+    title = "name"
+    parameter_name = "name"
+
+
 @admin.register(AnalyticsEvent)
-class AnalyticsEventAdmin(ReadOnlyAdmin):
+class AnalyticsEventAdmin(HistoryAdminMixin, ReadOnlyAdmin):
+    """Millions of rows: newest first by id (the primary key), no COUNT(*); search by an exact
+    session id (indexed). messageId is unique only per tenant: pick the tenant first."""
+
     list_display = ("name", "tenant", "session_id", "occurred_at", "created_at")
-    list_filter = ("name", "tenant")
+    list_filter = (EventNameFilter, "tenant")
     list_select_related = ("tenant",)
-    search_fields = ("=message_id", "=session_id")
-    # Capped pagination: millions of rows; no full COUNT(*) and a fixed page size.
-    list_per_page = 100
-    list_max_show_all = 100
-    show_full_result_count = False
-    paginator = CappedPaginator
+    ordering = ("-id",)
+    search_fields = ("=session_id",)
+    search_help_text = "A session id (exact)."
     fields = ("message_id", "tenant", "name", "session_id", "properties", "occurred_at")
     readonly_fields = fields
+
+    def get_search_results(self, request, queryset, search_term):
+        return exact_uuid_search(queryset, search_term, "session_id")
 
     def changelist_view(self, request, extra_context=None):
         # Best-effort storage failures leave no rows: surface the counter here.

@@ -368,7 +368,15 @@ OUTBOX_SECRET_ROTATION_HOURS = env("OUTBOX_SECRET_ROTATION_HOURS", "int", 24)
 OUTBOX_SLACK_RATE_PER_SECOND = env("OUTBOX_SLACK_RATE_PER_SECOND", "float", 1.0)
 # The django-q2 sweep's time budget per run (must stay below Q_TIMEOUT_SECONDS).
 OUTBOX_SWEEP_SECONDS = env("OUTBOX_SWEEP_SECONDS", "int", 40)
+# Retention (outbox_prune, daily; docs/history.md): delivered events (with their deliveries
+# and attempts) after N days; the attempts of delivered deliveries earlier; the per-minute
+# counters behind the dashboard and /metrics after N hours (at least 25: the dashboard shows
+# 24 h). Open, dead and cancelled deliveries and their events are never pruned.
 OUTBOX_PRUNE_DAYS = env("OUTBOX_PRUNE_DAYS", "int", 30)
+OUTBOX_ATTEMPT_RETENTION_DAYS = env("OUTBOX_ATTEMPT_RETENTION_DAYS", "int", 14)
+OUTBOX_STATS_RETENTION_HOURS = env("OUTBOX_STATS_RETENTION_HOURS", "int", 48)
+if OUTBOX_STATS_RETENTION_HOURS < 25:
+    raise ImproperlyConfigured("OUTBOX_STATS_RETENTION_HOURS must be at least 25 (24 h shown)")
 OUTBOX_HEARTBEAT_STALE_SECONDS = env("OUTBOX_HEARTBEAT_STALE_SECONDS", "int", 60)
 # Realtime (SSE): the safety valve for a seq hole whose transactions are still running (holes
 # settle when those end; see outbox/realtime/hub.py), the keep-alive comment interval, and the
@@ -523,6 +531,8 @@ ASSESSMENTS_ANSWER_MAX_BYTES = env("ASSESSMENTS_ANSWER_MAX_BYTES", "int", 32 * 1
 ASSESSMENTS_SUBMISSION_MAX_BYTES = env("ASSESSMENTS_SUBMISSION_MAX_BYTES", "int", 200 * 1024)
 # Sessions idle this long (started / in progress) are marked abandoned by a schedule.
 ASSESSMENTS_ABANDON_AFTER_MINUTES = env("ASSESSMENTS_ABANDON_AFTER_MINUTES", "int", 24 * 60)
+# Analytics events older than this are deleted by a daily schedule (assessments_events_prune).
+ASSESSMENTS_EVENTS_RETENTION_DAYS = env("ASSESSMENTS_EVENTS_RETENTION_DAYS", "int", 90)
 # The /demo/ page's publishable key; unset: read from var/demo-credentials.json (atlas_demo).
 ASSESSMENTS_DEMO_PUBLISHABLE_KEY = env("ASSESSMENTS_DEMO_PUBLISHABLE_KEY")
 
@@ -599,6 +609,13 @@ OPS_PAYMENTS_STALE_HOURS = env("OPS_PAYMENTS_STALE_HOURS", "int", 25)
 OPS_UPLOADS_OVERDUE_MINUTES = env("OPS_UPLOADS_OVERDUE_MINUTES", "int", 30)
 # /metrics: attempts, retries and latency histograms cover the last N minutes of rows.
 METRICS_WINDOW_MINUTES = env("METRICS_WINDOW_MINUTES", "int", 60)
-for _name in ("OPS_PAYMENTS_STALE_HOURS", "OPS_UPLOADS_OVERDUE_MINUTES", "METRICS_WINDOW_MINUTES"):
+for _name in (
+    "OPS_PAYMENTS_STALE_HOURS",
+    "OPS_UPLOADS_OVERDUE_MINUTES",
+    "METRICS_WINDOW_MINUTES",
+    "OUTBOX_PRUNE_DAYS",
+    "OUTBOX_ATTEMPT_RETENTION_DAYS",
+    "ASSESSMENTS_EVENTS_RETENTION_DAYS",
+):
     if globals()[_name] <= 0:
         raise ImproperlyConfigured(f"{_name}={globals()[_name]} must be positive")

@@ -7,7 +7,7 @@ from datetime import timedelta
 from django import forms
 from django.contrib import admin, messages
 from django.db import transaction
-from django.db.models import Count, Exists, F, Min, OuterRef, Q, Subquery
+from django.db.models import Count, Exists, F, Min, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -17,10 +17,13 @@ from django.utils.safestring import mark_safe
 
 from core.admin import (
     AgeFilter,
+    HistoryAdminMixin,
     NoAddMixin,
     NoDeleteMixin,
     ReadOnlyAdmin,
     ReadOnlyInline,
+    RecentValuesFilter,
+    exact_uuid_search,
     human_duration,
     log_admin_action,
     permission_check,
@@ -33,11 +36,13 @@ from outbox.models import (
     CircuitTransition,
     Delivery,
     DeliveryAttempt,
+    DeliveryStat,
     OutboxEvent,
     ReplayRequest,
     Target,
     WorkerHeartbeat,
 )
+from outbox.selectors import UNSETTLED, minute_floor
 
 
 class DeliveryAttemptInline(ReadOnlyInline):
@@ -143,27 +148,85 @@ def _steer_targets(modeladmin, request, queryset, *, action, service, verb):
     modeladmin.message_user(request, f"{changed} targets {verb}.")
 
 
+class TargetNameFilter(admin.SimpleListFilter):
+    """Target names from the (small) target table, not a DISTINCT over the history; the
+    parameter keeps the name the dashboard's links use."""
+
+    title = "target"
+    parameter_name = "target__name"
+    lookup = "target__name"
+
+    def lookups(self, request, model_admin):
+        names = Target.objects.order_by("name").values_list("name", flat=True).distinct()
+        return [(name, name) for name in names]
+
+    def queryset(self, request, queryset):
+        if not self.value():
+            return queryset
+        if queryset.model is OutboxEvent:  # an EXISTS, never a join that needs DISTINCT
+            routed = Delivery.objects.filter(event=OuterRef("pk"), target__name=self.value())
+            return queryset.filter(Exists(routed))
+        return queryset.filter(target__name=self.value())
+
+
+class EventDeliveryStatusFilter(admin.SimpleListFilter):
+    """Events with at least one delivery in this state (an EXISTS, no DISTINCT)."""
+
+    title = "delivery status"
+    parameter_name = "deliveries__status__exact"
+
+    def lookups(self, request, model_admin):
+        return Delivery.Status.choices
+
+    def queryset(self, request, queryset):
+        if self.value() not in Delivery.Status.values:
+            return queryset
+        having = Delivery.objects.filter(event=OuterRef("pk"), status=self.value())
+        return queryset.filter(Exists(having))
+
+
+class TopicFilter(RecentValuesFilter):
+    title = "topic"
+    parameter_name = "topic"
+
+
+class EventTypeFilter(RecentValuesFilter):
+    title = "event type"
+    parameter_name = "event_type"
+
+
 @admin.register(OutboxEvent)
-class OutboxEventAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
-    """Evidence: never added by hand, pruned by outbox_prune only."""
+class OutboxEventAdmin(HistoryAdminMixin, NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
+    """Evidence: never added by hand, pruned by outbox_prune only. Newest first by seq (its
+    unique index); search by exact event id."""
 
     list_display = ["event_type", "status", "topic", "tenant", "seq", "created_at"]
     list_filter = [
         EventStatusFilter,
-        "deliveries__target__name",
+        EventDeliveryStatusFilter,
+        TargetNameFilter,
         "tenant",
-        "topic",
-        "event_type",
+        TopicFilter,
+        EventTypeFilter,
         AgeFilter,
     ]
-    search_fields = ["id", "idempotency_key", "event_type"]
+    ordering = ["-seq"]
+    search_fields = ["=id"]
+    search_help_text = "An event id (exact)."
     list_select_related = ["tenant"]
     readonly_fields = [*readonly_with_pretty_json(OutboxEvent), "attempt_log"]
     exclude = ["payload"]  # shown indented by payload_pretty
     inlines = [DeliveryInline]
     actions = ["requeue_now", "cancel"]
-    list_per_page = 100
-    show_full_result_count = False  # counting a big outbox on every page is slow
+
+    def get_search_results(self, request, queryset, search_term):
+        return exact_uuid_search(queryset, search_term, "id")
+
+    def lookup_allowed(self, lookup, value, request=None):
+        # the status filter keeps the parameter name of Django's own relation filter
+        if lookup == EventDeliveryStatusFilter.parameter_name:
+            return True
+        return super().lookup_allowed(lookup, value, request)
 
     has_requeue_delivery_permission = permission_check("requeue_delivery")
     has_cancel_delivery_permission = permission_check("cancel_delivery")
@@ -233,7 +296,10 @@ class OutboxEventAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
 
 
 @admin.register(Delivery)
-class DeliveryAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
+class DeliveryAdmin(HistoryAdminMixin, NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
+    """Newest first by id (the primary key); open and dead rows come from their partial
+    indexes; search by exact event id."""
+
     list_display = [
         "event_link",
         "target",
@@ -244,22 +310,17 @@ class DeliveryAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
         "last_error_short",
         "created_at",
     ]
-    list_filter = [
-        "status",
-        "target__name",
-        "target__kind",
-        "tenant",
-        "event__topic",
-        "event__event_type",
-        AgeFilter,
-    ]
-    search_fields = ["event__id", "event__idempotency_key", "last_error"]
+    list_filter = ["status", TargetNameFilter, "target__kind", "tenant", AgeFilter]
+    ordering = ["-id"]
+    search_fields = ["=event__id"]
+    search_help_text = "An event id (exact)."
     list_select_related = ["event", "target", "tenant"]
     readonly_fields = [f.name for f in Delivery._meta.fields]
     inlines = [DeliveryAttemptInline]
     actions = ["requeue_now", "cancel"]
-    list_per_page = 100
-    show_full_result_count = False
+
+    def get_search_results(self, request, queryset, search_term):
+        return exact_uuid_search(queryset, search_term, "event_id")
 
     has_requeue_delivery_permission = permission_check("requeue_delivery")
     has_cancel_delivery_permission = permission_check("cancel_delivery")
@@ -402,27 +463,34 @@ class TargetAdmin(admin.ModelAdmin):
     has_replay_target_permission = permission_check("replay_target")
 
     def get_queryset(self, request):
-        since = timezone.now() - timedelta(hours=24)
-        attempts = DeliveryAttempt.objects.filter(
-            delivery__target=OuterRef("pk"), created_at__gte=since
-        ).values("delivery__target")
-        open_q = Q(deliveries__status__in=Delivery.OPEN_STATUSES)
+        """Per target: open/dead from the partial index, 24 h tries from the per-minute
+        counters; one small subquery each, never a join with the delivery history."""
+        since = minute_floor(timezone.now() - timedelta(hours=24))
+        unsettled = (
+            Delivery.objects.filter(target=OuterRef("pk"), status__in=UNSETTLED)
+            .order_by()
+            .values("target")
+        )
+        stats = (
+            DeliveryStat.objects.filter(target=OuterRef("pk"), minute__gte=since)
+            .order_by()
+            .values("target")
+        )
+
+        def first(rows, aggregate, default=0):
+            value = Subquery(rows.annotate(v=aggregate).values("v"))
+            return value if default is None else Coalesce(value, default)
+
+        open_q = Q(status__in=Delivery.OPEN_STATUSES)
         return (
             super()
             .get_queryset(request)
             .annotate(
-                n_pending=Count("deliveries", filter=open_q),
-                n_dead=Count("deliveries", filter=Q(deliveries__status=Delivery.Status.DEAD)),
-                oldest_pending=Min("deliveries__created_at", filter=open_q),
-                tries_24h=Coalesce(Subquery(attempts.annotate(n=Count("id")).values("n")), 0),
-                ok_24h=Coalesce(
-                    Subquery(
-                        attempts.filter(outcome=DeliveryAttempt.Outcome.DELIVERED)
-                        .annotate(n=Count("id"))
-                        .values("n")
-                    ),
-                    0,
-                ),
+                n_pending=first(unsettled, Count("status", filter=open_q)),
+                n_dead=first(unsettled, Count("status", filter=Q(status=Delivery.Status.DEAD))),
+                oldest_pending=first(unsettled, Min("created_at", filter=open_q), None),
+                tries_24h=first(stats, Sum("attempts")),
+                ok_24h=first(stats, Sum("attempts_delivered")),
             )
         )
 

@@ -215,6 +215,13 @@ class Delivery(TenantOwnedModel):
             ),
             # stats and admin: a target's deliveries by status
             models.Index(fields=["target", "status", "created_at"], name="outbox_delivery_tgt_st"),
+            # dashboard, /metrics, admin: the unsettled set (open and dead) counted index-only
+            # per target (or whole, per tenant), whatever the delivered history's size
+            models.Index(
+                fields=["target", "status", "created_at", "updated_at", "tenant"],
+                name="outbox_delivery_unsettled",
+                condition=Q(status__in=["pending", "retrying", "dead"]),
+            ),
         ]
 
     def __str__(self):
@@ -246,6 +253,52 @@ class DeliveryAttempt(TenantOwnedModel):
 
     def __str__(self):
         return f"attempt {self.number} {self.outcome}"
+
+
+# Upper bounds (seconds) of the histograms kept per minute in DeliveryStat: HTTP call
+# durations are milliseconds to seconds; publish-to-delivered latency up to hours.
+ATTEMPT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+LATENCY_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 6 * 3600, 24 * 3600)
+
+
+class DeliveryStat(TenantOwnedModel):
+    """What the worker did for one target in one minute, added to by the statement that
+    records the verdicts (outbox/delivery/record.py): the dashboard, /metrics and the target
+    list read these few rows instead of counting the attempt and delivery history.
+
+    Histograms are cumulative counts per bucket of ATTEMPT_BUCKETS / LATENCY_BUCKETS with
+    +Inf last (so rows add up element by element)."""
+
+    id = models.BigAutoField(primary_key=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+", db_index=False)
+    target = models.ForeignKey(Target, on_delete=models.CASCADE, related_name="+", db_index=False)
+    minute = models.DateTimeField(help_text="Start of the minute (UTC) the verdicts fell in.")
+    attempts = models.PositiveIntegerField(default=0)
+    attempts_delivered = models.PositiveIntegerField(default=0)
+    attempts_retry = models.PositiveIntegerField(default=0)
+    attempts_permanent = models.PositiveIntegerField(default=0)
+    delivered = models.PositiveIntegerField(default=0, help_text="Deliveries now delivered.")
+    dead = models.PositiveIntegerField(default=0, help_text="Deliveries that became dead.")
+    duration_ms_sum = models.FloatField(default=0.0)
+    duration_le = ArrayField(models.BigIntegerField(), help_text="Attempt durations, cumulative.")
+    latency_seconds_sum = models.FloatField(default=0.0)
+    latency_le = ArrayField(models.BigIntegerField(), help_text="Publish-to-delivered, cumulative.")
+
+    class Meta:
+        ordering = ["-minute"]
+        constraints = [
+            # the record statement's upsert target
+            models.UniqueConstraint(fields=["target", "minute"], name="outbox_stat_target_minute"),
+        ]
+        indexes = [
+            # /metrics window over every target; the stats prune
+            models.Index(fields=["minute"], name="outbox_stat_minute"),
+            # the dashboard's tenant filter
+            models.Index(fields=["tenant", "minute"], name="outbox_stat_tenant_minute"),
+        ]
+
+    def __str__(self):
+        return f"{self.target_id} {self.minute:%Y-%m-%d %H:%M}"
 
 
 class CircuitTransition(TenantOwnedModel):

@@ -1,7 +1,8 @@
 """The outbox's contribution to operations: health, status, /metrics and its dashboard part.
 
-Only open and dead deliveries are read (partial and (target, status) indexes), plus the
-attempts of a bounded window: the delivered history is never scanned.
+Only open and dead deliveries are read (the partial index outbox_delivery_unsettled,
+index-only), plus the per-minute DeliveryStat counters of a bounded window: the delivered
+history and the attempts are never scanned.
 """
 
 from __future__ import annotations
@@ -9,25 +10,28 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Count, DurationField, ExpressionWrapper, F, Min, Q
 from django.utils import timezone
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
-from core.dashboard import age, iso, per_tenant, rate, tenant_filter
+from core.dashboard import age, iso, rate, tenant_filter
 from core.figures import Figure
-from core.metrics import gauge, histogram, window_start
+from core.metrics import gauge, window_start
 from core.ops import DEGRADED, OK, Check, DashboardSection, Finding
 from outbox import conf
-from outbox.models import Delivery, DeliveryAttempt, Target
-from outbox.selectors import lag_seconds, target_stats, workers_alive
+from outbox.models import ATTEMPT_BUCKETS, LATENCY_BUCKETS, Delivery, DeliveryStat, Target
+from outbox.selectors import (
+    lag_seconds,
+    minute_floor,
+    stats_since,
+    target_stats,
+    unsettled_counts,
+    workers_alive,
+)
 from outbox.tasks import SCHEDULES
 from tenants.scoping import scoped
 
 OPEN = [str(s) for s in Delivery.OPEN_STATUSES]
 TARGETS_SHOWN = 20
-# Seconds: HTTP call durations are milliseconds to seconds; end-to-end delivery up to hours.
-ATTEMPT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-LATENCY_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 6 * 3600, 24 * 3600)
 
 
 # --- /health and atlas_status ---------------------------------------------------------------
@@ -98,26 +102,13 @@ def metric_families() -> list:
         "Circuit breaker state per target (1 for the current state)",
         labels=[*labels, "state"],
     )
-    # Only open and dead rows are read (the (target, status, created_at) index), never the
-    # delivered history; targets without such rows still get their zeros.
-    counts: dict = {}
-    for row in (
-        Delivery.objects.filter(status__in=[*Delivery.OPEN_STATUSES, Delivery.Status.DEAD])
-        .values("target_id", "status")
-        .annotate(n=Count("id"), oldest=Min("created_at"))
-        .order_by()
-    ):
-        entry = counts.setdefault(row["target_id"], {"open": 0, "dead": 0, "oldest": None})
-        if row["status"] == Delivery.Status.DEAD:
-            entry["dead"] += row["n"]
-        else:
-            entry["open"] += row["n"]
-            if entry["oldest"] is None or row["oldest"] < entry["oldest"]:
-                entry["oldest"] = row["oldest"]
+    # Only open and dead rows are read (partial index, index-only), never the delivered
+    # history; targets without such rows still get their zeros.
+    counts = {row["target_id"]: row for row in unsettled_counts(deliveries=Delivery.objects)}
     for target in Target.objects.select_related("tenant").order_by("tenant__name", "name"):
         values = [target.tenant.name, target.name, target.kind]
-        entry = counts.get(target.pk, {"open": 0, "dead": 0, "oldest": None})
-        pending.add_metric(values, entry["open"])
+        entry = counts.get(target.pk, {"pending": 0, "dead": 0, "oldest": None})
+        pending.add_metric(values, entry["pending"])
         dead.add_metric(values, entry["dead"])
         oldest.add_metric(
             values, (now - entry["oldest"]).total_seconds() if entry["oldest"] else 0.0
@@ -139,42 +130,70 @@ def metric_families() -> list:
 
 
 def _window_families() -> list:
-    since = window_start()
+    """What the worker did in the window, from the per-minute DeliveryStat rows (at most
+    targets × window minutes rows, whatever the attempt history holds)."""
     minutes = settings.METRICS_WINDOW_MINUTES
     attempts = GaugeMetricFamily(
         "atlas_outbox_attempts_window",
         f"Delivery attempts in the last {minutes} min by outcome",
         labels=["kind", "outcome"],
     )
-    recent = DeliveryAttempt.objects.filter(created_at__gte=since)
+    by_kind: dict = {}
     for row in (
-        recent.values("delivery__target__kind", "outcome")
-        .annotate(n=Count("id"))
-        .order_by("delivery__target__kind", "outcome")
+        DeliveryStat.objects.filter(minute__gte=minute_floor(window_start()))
+        .values_list("target__kind", *WINDOW_FIELDS)
+        .order_by()
     ):
-        attempts.add_metric([row["delivery__target__kind"], row["outcome"]], row["n"])
-    durations = histogram(
+        kind, values = row[0], row[1:]
+        entry = by_kind.get(kind)
+        by_kind[kind] = (
+            list(values)
+            if entry is None
+            else [_add(a, b) for a, b in zip(entry, values, strict=True)]
+        )
+    for kind, (_tried, ok, retry, permanent, *_rest) in sorted(by_kind.items()):
+        for outcome, n in (("delivered", ok), ("permanent", permanent), ("retry", retry)):
+            if n:
+                attempts.add_metric([kind, outcome], n)
+    durations = HistogramMetricFamily(
         "atlas_outbox_attempt_duration_seconds_window",
         f"Duration of delivery attempts (HTTP call) in the last {minutes} min",
-        recent.values("delivery__target__kind"),
-        "delivery__target__kind",
-        F("duration_ms"),
-        ATTEMPT_BUCKETS,
-        scale=1000.0,
+        labels=["kind"],
     )
-    delivered = Delivery.objects.filter(status="delivered", delivered_at__gte=since).annotate(
-        latency=ExpressionWrapper(F("delivered_at") - F("created_at"), output_field=DurationField())
-    )
-    latency = histogram(
+    latency = HistogramMetricFamily(
         "atlas_outbox_delivery_latency_seconds_window",
         f"Publish-to-delivered latency of deliveries delivered in the last {minutes} min",
-        delivered.values("target__kind"),
-        "target__kind",
-        F("latency"),
-        LATENCY_BUCKETS,
-        as_duration=True,
+        labels=["kind"],
     )
+    for kind, (_t, _o, _r, _p, ms_sum, dur_le, lat_sum, lat_le) in sorted(by_kind.items()):
+        if dur_le[-1]:
+            durations.add_metric([kind], _buckets(ATTEMPT_BUCKETS, dur_le), ms_sum / 1000.0)
+        if lat_le[-1]:
+            latency.add_metric([kind], _buckets(LATENCY_BUCKETS, lat_le), lat_sum)
     return [attempts, durations, latency]
+
+
+WINDOW_FIELDS = (
+    "attempts",
+    "attempts_delivered",
+    "attempts_retry",
+    "attempts_permanent",
+    "duration_ms_sum",
+    "duration_le",
+    "latency_seconds_sum",
+    "latency_le",
+)
+
+
+def _add(a, b):
+    """Sums a counter, or cumulative histogram arrays element by element."""
+    return [x + y for x, y in zip(a, b, strict=True)] if isinstance(a, list) else a + b
+
+
+def _buckets(bounds, cumulative: list) -> list:
+    return [(str(float(b)), n) for b, n in zip(bounds, cumulative[:-1], strict=True)] + [
+        ("+Inf", cumulative[-1])
+    ]
 
 
 # --- dashboard -------------------------------------------------------------------------------
@@ -182,22 +201,11 @@ def _window_families() -> list:
 
 def dashboard_summary(*, tenant_id=None, now: datetime) -> dict:
     tf = tenant_filter(tenant_id)
-    # open and dead rows only: the delivered history is never scanned
-    agg = (
-        scoped(Delivery, tenant_id)
-        .filter(status__in=[*OPEN, "dead"])
-        .aggregate(
-            pending=Count("id", filter=Q(status__in=OPEN)),
-            dead=Count("id", filter=Q(status=Delivery.Status.DEAD)),
-            oldest=Min("created_at", filter=Q(status__in=OPEN)),
-        )
-    )
-    since = now - timedelta(hours=24)
-    tries = (
-        scoped(DeliveryAttempt, tenant_id)
-        .filter(created_at__gte=since)
-        .aggregate(total=Count("id"), ok=Count("id", filter=Q(outcome="delivered")))
-    )
+    # open and dead rows only (index-only), activity from the per-minute counters: the
+    # delivered history is never scanned
+    agg = unsettled_counts(deliveries=scoped(Delivery, tenant_id), group_by=())
+    stat = stats_since(since=now - timedelta(hours=24), tenant_id=tenant_id, group_by=())
+    tries = {"total": stat["attempts"], "ok": stat["attempts_delivered"]}
     lag = (now - agg["oldest"]).total_seconds() if agg["oldest"] else 0.0
     pending_filters = {"status__in": ",".join(OPEN), **tf}
     return {
@@ -260,12 +268,12 @@ def _targets(tenant_id, now: datetime) -> list[dict]:
 
 
 def tenant_overview(*, tenant_ids: list, now: datetime) -> dict:
-    counts = per_tenant(
-        Delivery.objects.filter(status__in=[*OPEN, "dead"]),
-        tenant_ids,
-        pending=Q(status__in=OPEN),
-        dead=Q(status=Delivery.Status.DEAD),
-    )
+    counts = {
+        row["tenant_id"]: row
+        for row in unsettled_counts(
+            deliveries=Delivery.objects.filter(tenant_id__in=tenant_ids), group_by=("tenant_id",)
+        )
+    }
     overview = {}
     for tenant_id in tenant_ids:
         tf, row = tenant_filter(tenant_id), counts.get(tenant_id, {})

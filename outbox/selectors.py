@@ -5,12 +5,13 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
-from django.db.models import Count, Exists, Min, OuterRef, Q
+from django.db.models import Count, Exists, Min, OuterRef, Q, Sum
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from outbox import conf
-from outbox.models import Delivery, DeliveryAttempt, OutboxEvent, Target, WorkerHeartbeat
-from tenants.scoping import tenant_get_or_404, tenant_queryset
+from outbox.models import Delivery, DeliveryStat, OutboxEvent, Target, WorkerHeartbeat
+from tenants.scoping import scoped, tenant_get_or_404, tenant_queryset
 
 NO_TARGETS = "no_targets"  # the status of an event no target was subscribed to
 EVENT_STATUSES = (NO_TARGETS, *Delivery.Status.values)
@@ -72,50 +73,86 @@ def target_get(*, tenant_id, name) -> Target:
     return tenant_get_or_404(queryset, tenant_id=tenant_id)
 
 
+# Only open and dead deliveries are counted (the partial index outbox_delivery_unsettled,
+# index-only); what the worker did comes from the per-minute DeliveryStat rows. Neither grows
+# with the delivered history.
+UNSETTLED = [*Delivery.OPEN_STATUSES, Delivery.Status.DEAD]
+_OPEN_Q = Q(status__in=Delivery.OPEN_STATUSES)
+_DEAD_Q = Q(status=Delivery.Status.DEAD)
+
+
+def unsettled_counts(*, deliveries, group_by: tuple = ("target_id",), dead_since=None):
+    """Per group (or one dict with group_by=()): pending (open), dead, dead since
+    `dead_since`, and the oldest open one's created_at. `deliveries` is any Delivery
+    queryset (scoped to a tenant or not)."""
+    extra = {}
+    if dead_since is not None:
+        extra["dead_recent"] = Count("status", filter=_DEAD_Q & Q(updated_at__gte=dead_since))
+    aggregates = {
+        "pending": Count("status", filter=_OPEN_Q),
+        "dead": Count("status", filter=_DEAD_Q),
+        "oldest": Min("created_at", filter=_OPEN_Q),
+        **extra,
+    }
+    rows = deliveries.filter(status__in=UNSETTLED)
+    if not group_by:
+        return rows.aggregate(**aggregates)
+    return rows.values(*group_by).annotate(**aggregates).order_by()
+
+
+STAT_SUMS = (
+    "attempts",
+    "attempts_delivered",
+    "attempts_retry",
+    "attempts_permanent",
+    "delivered",
+    "dead",
+)
+
+
+def minute_floor(moment):
+    return moment.replace(second=0, microsecond=0)
+
+
+def stats_since(*, since, tenant_id=None, group_by: tuple = ("target_id",)):
+    """Sums of the DeliveryStat rows from the minute of `since` on, per group (or one row
+    with group_by=()). Reads at most (targets × minutes in the window) rows."""
+    rows = scoped(DeliveryStat, tenant_id).filter(minute__gte=minute_floor(since))
+    sums = {name: Coalesce(Sum(name), 0) for name in STAT_SUMS}
+    if not group_by:
+        return rows.aggregate(**sums)
+    return rows.values(*group_by).annotate(**sums).order_by()
+
+
 def target_stats(*, targets=None) -> list[dict]:
     """Per target: pending, oldest pending age (lag), delivered/dead 24 h, success rate, circuit."""
     now = timezone.now()
     since = now - timedelta(hours=24)
     targets = targets if targets is not None else Target.objects.all()
-    open_q = Q(deliveries__status__in=Delivery.OPEN_STATUSES)
-    rows = targets.annotate(
-        pending=Count("deliveries", filter=open_q),
-        oldest_pending=Min("deliveries__created_at", filter=open_q),
-        delivered_24h=Count(
-            "deliveries",
-            filter=Q(
-                deliveries__status=Delivery.Status.DELIVERED,
-                deliveries__delivered_at__gte=since,
-            ),
-        ),
-        dead_24h=Count(
-            "deliveries",
-            filter=Q(deliveries__status=Delivery.Status.DEAD, deliveries__updated_at__gte=since),
-        ),
-    ).select_related("tenant")
-    attempts = {
-        row["delivery__target_id"]: row
-        for row in DeliveryAttempt.objects.filter(created_at__gte=since)
-        .values("delivery__target_id")
-        .annotate(
-            total=Count("id"), ok=Count("id", filter=Q(outcome=DeliveryAttempt.Outcome.DELIVERED))
+    ids = targets.values("pk")
+    unsettled = {
+        row["target_id"]: row
+        for row in unsettled_counts(
+            deliveries=Delivery.objects.filter(target__in=ids), dead_since=since
         )
     }
+    done = {row["target_id"]: row for row in stats_since(since=since).filter(target__in=ids)}
     result = []
-    for target in rows:
-        tried = attempts.get(target.id, {"total": 0, "ok": 0})
+    for target in targets.select_related("tenant"):
+        open_row = unsettled.get(target.pk, {})
+        stat = done.get(target.pk, {})
+        oldest = open_row.get("oldest")
+        tries = stat.get("attempts", 0)
         result.append(
             {
                 "tenant": target.tenant.name,
                 "target": target.name,
                 "kind": target.kind,
-                "pending": target.pending,
-                "lag_seconds": (now - target.oldest_pending).total_seconds()
-                if target.oldest_pending
-                else 0.0,
-                "delivered_24h": target.delivered_24h,
-                "dead_24h": target.dead_24h,
-                "success_rate_24h": (tried["ok"] / tried["total"]) if tried["total"] else None,
+                "pending": open_row.get("pending", 0),
+                "lag_seconds": (now - oldest).total_seconds() if oldest else 0.0,
+                "delivered_24h": stat.get("delivered", 0),
+                "dead_24h": open_row.get("dead_recent", 0),
+                "success_rate_24h": (stat["attempts_delivered"] / tries) if tries else None,
                 "circuit": target.circuit_state,
                 "paused": target.paused_at is not None,
             }

@@ -472,30 +472,6 @@ def delivery_cancel(*, deliveries) -> int:
     )
 
 
-def events_prune(*, older_than_days: int, batch_size: int = 1000, progress=None) -> int:
-    """Delete events whose every delivery was delivered, older than N days, in batches."""
-    from django.db.models import Exists, OuterRef
-
-    cutoff = timezone.now() - timedelta(days=older_than_days)
-    open_or_failed = Delivery.objects.filter(event=OuterRef("pk")).exclude(
-        status=Delivery.Status.DELIVERED
-    )
-    total = 0
-    while True:
-        ids = list(
-            OutboxEvent.objects.filter(created_at__lt=cutoff)
-            .exclude(Exists(open_or_failed))
-            .values_list("id", flat=True)[:batch_size]
-        )
-        if not ids:
-            return total
-        with transaction.atomic():
-            Delivery.objects.filter(event_id__in=ids).delete()  # attempts cascade
-            total += OutboxEvent.objects.filter(id__in=ids).delete()[1].get("outbox.OutboxEvent", 0)
-        if progress:
-            progress(total)
-
-
 def realtime_token_create(*, tenant_id, key_id, **scope):
     """A browser's realtime token (outbox.realtime.tokens): for apps that mint tokens without
     the HTTP endpoint, such as the demo page's server side."""

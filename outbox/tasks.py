@@ -19,8 +19,10 @@ SCHEDULES = [
         name="outbox.prune",
         func="outbox.tasks.outbox_prune",
         minutes=24 * 60,
-        why="Delivered events older than OUTBOX_PRUNE_DAYS are evidence nobody reads; daily "
-        "keeps the tables small without competing with daytime traffic.",
+        why="Delivered events older than OUTBOX_PRUNE_DAYS, delivered attempts older than "
+        "OUTBOX_ATTEMPT_RETENTION_DAYS and counters older than OUTBOX_STATS_RETENTION_HOURS are "
+        "history nobody reads; daily, in short batches, keeps the tables bounded without "
+        "competing with daytime traffic.",
     ),
 ]
 
@@ -46,7 +48,7 @@ def outbox_sweep(seconds: float | None = None) -> int:
     return handled
 
 
-def outbox_prune(days: int | None = None) -> int:
-    from outbox.services import events_prune
+def outbox_prune() -> dict:
+    from outbox.retention import outbox_prune_all
 
-    return events_prune(older_than_days=days or conf.get("OUTBOX_PRUNE_DAYS"))
+    return outbox_prune_all()

@@ -10,9 +10,11 @@ from django.utils.html import format_html
 
 from core.admin import (
     AppendOnlyAdmin,
+    HistoryAdminMixin,
     NoAddMixin,
     ReadOnlyAdmin,
     ReadOnlyInline,
+    RecentValuesFilter,
     log_admin_action,
     permission_check,
     pretty_json_field,
@@ -120,8 +122,16 @@ class PaymentSessionAdmin(AppendOnlyAdmin):
         )
 
 
+class StripeEventTypeFilter(RecentValuesFilter):
+    title = "type"
+    parameter_name = "type"
+
+
 @admin.register(StripeEvent)
-class StripeEventAdmin(ReadOnlyAdmin):
+class StripeEventAdmin(HistoryAdminMixin, ReadOnlyAdmin):
+    """Newest first by received_at (indexed); exact-match search on unique or indexed ids.
+    No date hierarchy: its year list is a DISTINCT over every row."""
+
     list_display = [
         "stripe_event_id",
         "type",
@@ -132,17 +142,10 @@ class StripeEventAdmin(ReadOnlyAdmin):
         "received_at",
         "processed_at",
     ]
-    list_filter = ["status", "type", "received_at", "livemode"]
-    search_fields = [
-        "=stripe_event_id",
-        "=stripe_object_id",
-        "=stripe_payment_intent_id",
-        "payment_session__email",
-    ]
+    list_filter = ["status", StripeEventTypeFilter, "received_at", "livemode"]
+    search_fields = ["=stripe_event_id", "=payment_session__email"]
     list_select_related = ["payment_session", "tenant"]
-    date_hierarchy = "received_at"
     list_per_page = 50
-    show_full_result_count = False
     readonly_fields = readonly_with_pretty_json(StripeEvent)
     exclude = ["payload"]  # shown indented by payload_pretty
     payload_pretty = pretty_json_field("payload")

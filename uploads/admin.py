@@ -14,10 +14,13 @@ from django.utils.html import format_html
 
 from core.admin import (
     AgeFilter,
+    HistoryAdminMixin,
     NoAddMixin,
     NoDeleteMixin,
     ReadOnlyAdmin,
     ReadOnlyInline,
+    RecentValuesFilter,
+    exact_uuid_search,
     human_bytes,
     log_admin_action,
     permission_check,
@@ -58,10 +61,17 @@ class StagedBytesFilter(admin.SimpleListFilter):
         return queryset
 
 
+class StagingHostFilter(RecentValuesFilter):
+    """Hosts seen among recent attachments (no DISTINCT over the whole table)."""
+
+    title = "staging host"
+    parameter_name = "staging_host"
+
+
 @admin.register(Attachment)
-class AttachmentAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
+class AttachmentAdmin(HistoryAdminMixin, NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
     """Staff may retry and download; never add or delete (deleting loses evidence, and
-    maybe the only copy)."""
+    maybe the only copy). Newest first (created_at index); search by exact id."""
 
     list_display = (
         "filename",
@@ -82,14 +92,13 @@ class AttachmentAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
         "channel",
         StagedBytesFilter,
         "last_retry_source",
-        "staging_host",
+        StagingHostFilter,
         AgeFilter,
         "tenant",
     )
     list_select_related = ("tenant",)
-    search_fields = ("id", "filename", "sha256", "tenant__name")
-    list_per_page = 100
-    show_full_result_count = False
+    search_fields = ("=id",)
+    search_help_text = "An attachment id (exact)."
     readonly_fields = [f.name for f in Attachment._meta.fields] + ["download_link"]
     inlines = [FinaliseAttemptInline]
     actions = ["retry_now"]
@@ -99,6 +108,9 @@ class AttachmentAdmin(NoAddMixin, NoDeleteMixin, admin.ModelAdmin):
     @admin.display(description="size", ordering="size")
     def size_human(self, obj):
         return human_bytes(obj.size)
+
+    def get_search_results(self, request, queryset, search_term):
+        return exact_uuid_search(queryset, search_term, "id")
 
     @admin.display(description="last error")
     def short_error(self, obj):

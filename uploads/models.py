@@ -139,6 +139,14 @@ class Attachment(TenantOwnedModel):
             ),
             # admin: a tenant's attachments by age
             models.Index(fields=["tenant", "created_at"], name="attachment_tenant_created"),
+            # admin: every tenant's attachments, newest first (no sort of the whole table)
+            models.Index(fields=["created_at"], name="attachment_created"),
+            # dashboard and status: failed attachments (recent ones first), never the stored
+            models.Index(
+                fields=["tenant", "updated_at"],
+                name="attachment_failed",
+                condition=Q(status="failed"),
+            ),
         ]
 
     def __str__(self):

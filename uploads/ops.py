@@ -22,6 +22,8 @@ from uploads.tasks import SCHEDULES
 __all__ = ["SCHEDULES", "SECTIONS"]
 
 RETRY_SOURCES = [s.value for s in RETRY_RUN_SOURCES]
+# The states the dashboard counts, each served by a partial index (stored ones are history).
+UNSETTLED = ("pending", "failed", "receiving")
 
 
 def status_findings(*, now: datetime) -> list[Finding]:
@@ -83,12 +85,17 @@ def dashboard_summary(*, tenant_id=None, now: datetime) -> dict:
     from django.db.models.functions import TruncDate
 
     tf = tenant_filter(tenant_id)
+    # only the unsettled states (partial indexes): stored attachments are history
     counts = dict(
-        scoped(Attachment, tenant_id).values_list("status").annotate(n=Count("id")).order_by()
+        scoped(Attachment, tenant_id)
+        .filter(status__in=UNSETTLED)
+        .values_list("status")
+        .annotate(n=Count("id"))
+        .order_by()
     )
     status_figures = {
         status: Figure(counts.get(status, 0), "uploads.attachment", {"status__exact": status, **tf})
-        for status in ("pending", "failed", "receiving")
+        for status in UNSETTLED
     }
     days = chart_days(now)
     found = {
@@ -135,7 +142,10 @@ def dashboard_summary(*, tenant_id=None, now: datetime) -> dict:
 
 def tenant_overview(*, tenant_ids: list, now: datetime) -> dict:
     counts = per_tenant(
-        Attachment.objects.all(), tenant_ids, pending=Q(status="pending"), failed=Q(status="failed")
+        Attachment.objects.filter(status__in=["pending", "failed"]),
+        tenant_ids,
+        pending=Q(status="pending"),
+        failed=Q(status="failed"),
     )
     overview = {}
     for tenant_id in tenant_ids:

@@ -13,7 +13,7 @@ from core.backoff import backoff_seconds
 from outbox import conf
 from outbox.delivery.claim import CLOSED, fetch_all
 from outbox.delivery.send import Job, Result
-from outbox.models import Delivery, DeliveryAttempt, Target
+from outbox.models import ATTEMPT_BUCKETS, LATENCY_BUCKETS, Delivery, DeliveryAttempt, Target
 
 logger = logging.getLogger("outbox.delivery")
 
@@ -30,6 +30,7 @@ class Verdict(NamedTuple):
     delivered: bool
     error: str
     tenant_id: str
+    target_id: str
     number: int
     outcome: str
     status_code: int | None
@@ -51,6 +52,7 @@ _SQL_TYPES = {
     "delivered": "bool",
     "error": "text",
     "tenant_id": "uuid",
+    "target_id": "uuid",
     "number": "int",
     "outcome": "varchar",
     "status_code": "int",
@@ -62,6 +64,60 @@ _SQL_TYPES = {
 if tuple(_SQL_TYPES) != Verdict._fields:
     raise ImportError("outbox record: _SQL_TYPES and Verdict disagree")
 _V_COLUMNS = ", ".join(f"{name} {kind}" for name, kind in _SQL_TYPES.items())
+
+
+def _cumulative(column: str, bounds, scale: float) -> str:
+    """ARRAY[count(*) FILTER (WHERE column <= bound) …, count(column)]: a cumulative
+    histogram with +Inf last (bounds in seconds, `scale` converts to the column's unit)."""
+    parts = [f"count(*) FILTER (WHERE {column} <= {b * scale!r})" for b in bounds]
+    return "ARRAY[" + ", ".join([*parts, f"count({column})"]) + "]::bigint[]"
+
+
+def _added(column: str) -> str:
+    return (
+        f"{column} = ARRAY(SELECT a + b FROM unnest(s.{column}, EXCLUDED.{column})"
+        " WITH ORDINALITY AS u(a, b, i) ORDER BY i)"
+    )
+
+
+# The per-minute counters (outbox.models.DeliveryStat) grow in the same statement: attempts
+# from every sent verdict (like the attempt rows), settled deliveries only from rows this
+# statement changed (a lost lease counts nothing twice). ORDER BY target_id: concurrent
+# workers lock the counter rows in one order, so they wait for each other but never deadlock.
+_STATS_CTE = f"""
+facts AS (
+    SELECT v.tenant_id, v.target_id, 1 AS attempts, (v.outcome = 'delivered')::int AS ok,
+           (v.outcome = 'retry')::int AS retry, (v.outcome = 'permanent')::int AS permanent,
+           v.duration_ms, 0 AS delivered, 0 AS dead, NULL::float8 AS latency
+    FROM v WHERE v.sent
+    UNION ALL
+    SELECT u.tenant_id, u.target_id, 0, 0, 0, 0, NULL, (u.status = 'delivered')::int,
+           (u.status = 'dead')::int,
+           CASE WHEN u.status = 'delivered'
+                THEN extract(epoch FROM %(now)s - u.created_at)::float8 END
+    FROM upd u WHERE u.status IN ('delivered', 'dead')
+),
+stats AS (
+    INSERT INTO outbox_deliverystat AS s (created_at, updated_at, tenant_id, target_id, minute,
+        attempts, attempts_delivered, attempts_retry, attempts_permanent, delivered, dead,
+        duration_ms_sum, duration_le, latency_seconds_sum, latency_le)
+    SELECT %(now)s, %(now)s, tenant_id, target_id, date_trunc('minute', %(now)s),
+           sum(attempts), sum(ok), sum(retry), sum(permanent), sum(delivered), sum(dead),
+           coalesce(sum(duration_ms), 0), {_cumulative("duration_ms", ATTEMPT_BUCKETS, 1000.0)},
+           coalesce(sum(latency), 0), {_cumulative("latency", LATENCY_BUCKETS, 1.0)}
+    FROM facts GROUP BY tenant_id, target_id ORDER BY target_id
+    ON CONFLICT ON CONSTRAINT outbox_stat_target_minute DO UPDATE SET
+        updated_at = EXCLUDED.updated_at,
+        attempts = s.attempts + EXCLUDED.attempts,
+        attempts_delivered = s.attempts_delivered + EXCLUDED.attempts_delivered,
+        attempts_retry = s.attempts_retry + EXCLUDED.attempts_retry,
+        attempts_permanent = s.attempts_permanent + EXCLUDED.attempts_permanent,
+        delivered = s.delivered + EXCLUDED.delivered,
+        dead = s.dead + EXCLUDED.dead,
+        duration_ms_sum = s.duration_ms_sum + EXCLUDED.duration_ms_sum,
+        latency_seconds_sum = s.latency_seconds_sum + EXCLUDED.latency_seconds_sum,
+        {_added("duration_le")}, {_added("latency_le")}
+)"""
 
 # The delivery rows are fenced by each verdict's lease token, so a worker whose lease expired
 # changes nothing; the attempt rows are kept even then (evidence); the broadcast goes only for
@@ -78,7 +134,7 @@ upd AS (
     FROM v WHERE d.id = ANY (ARRAY(SELECT delivery_id FROM v))  -- by primary key, whatever
       AND d.id = v.delivery_id AND d.locked_by = v.token      -- the planner guesses for `v`
       AND d.status NOT IN {CLOSED}
-    RETURNING d.id
+    RETURNING d.id, d.tenant_id, d.target_id, d.status, d.created_at
 ),
 released AS (  -- cancelled by staff while on the wire: the status stays, the lease goes
     UPDATE outbox_delivery d SET locked_until = NULL, locked_by = ''
@@ -91,7 +147,8 @@ ins AS (
     SELECT %(now)s, %(now)s, v.tenant_id, v.delivery_id, v.number, v.outcome, v.status_code,
            v.duration_ms, v.excerpt, v.error, %(worker)s
     FROM v WHERE v.sent
-)
+),
+{_STATS_CTE}
 SELECT upd.id FROM upd
 UNION ALL
 SELECT -1 FROM (SELECT pg_notify(%(channel)s, v.broadcast) FROM v
@@ -155,6 +212,7 @@ def verdict_for(result: Result, token: str) -> Verdict:
         delivered=delivered,
         error=last_error,
         tenant_id=job.tenant_id,
+        target_id=job.target_id,
         number=attempt,
         outcome=_ATTEMPT_OUTCOME.get(result.outcome, _PERMANENT),
         status_code=result.status_code,

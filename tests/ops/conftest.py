@@ -8,7 +8,15 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from django.utils import timezone
 
-from outbox.models import Delivery, DeliveryAttempt, Target
+from outbox.models import (
+    ATTEMPT_BUCKETS,
+    LATENCY_BUCKETS,
+    Delivery,
+    DeliveryAttempt,
+    DeliveryStat,
+    Target,
+)
+from outbox.selectors import minute_floor
 from payments.models import PaymentSession
 from tests.assessments.factories import SessionFactory
 from tests.outbox.factories import make_target, publish
@@ -22,7 +30,42 @@ def _staging_in_tmp(settings, tmp_path):
     settings.UPLOADS_STAGING_DIR = tmp_path / "staging"
 
 
+def stat_add(target, *, at=None, latency=None, **counts):
+    """What the worker's record statement adds to the per-minute counters (DeliveryStat) for
+    one attempt (`outcome`, `duration_ms`) and/or one settled delivery (`latency` seconds)."""
+    minute = minute_floor(at or timezone.now())
+    stat, _ = DeliveryStat.objects.get_or_create(
+        target=target,
+        minute=minute,
+        defaults={
+            "tenant_id": target.tenant_id,
+            "duration_le": [0] * (len(ATTEMPT_BUCKETS) + 1),
+            "latency_le": [0] * (len(LATENCY_BUCKETS) + 1),
+        },
+    )
+    outcome, duration_ms = counts.pop("outcome", None), counts.pop("duration_ms", None)
+    if outcome:
+        stat.attempts += 1
+        field = {"delivered": "attempts_delivered", "retry": "attempts_retry"}
+        name = field.get(outcome, "attempts_permanent")
+        setattr(stat, name, getattr(stat, name) + 1)
+        stat.duration_ms_sum += duration_ms
+        stat.duration_le = _cumulative_add(stat.duration_le, ATTEMPT_BUCKETS, duration_ms / 1000)
+    if latency is not None:
+        stat.latency_seconds_sum += latency
+        stat.latency_le = _cumulative_add(stat.latency_le, LATENCY_BUCKETS, latency)
+    for name, n in counts.items():  # delivered=1, dead=1
+        setattr(stat, name, getattr(stat, name) + n)
+    stat.save()
+    return stat
+
+
+def _cumulative_add(histogram, bounds, value):
+    return [n + (value <= b) for n, b in zip(histogram, [*bounds, float("inf")], strict=True)]
+
+
 def _attempt(delivery, outcome, duration_ms, number=1):
+    stat_add(delivery.target, outcome=outcome, duration_ms=duration_ms)
     return DeliveryAttempt.objects.create(
         tenant_id=delivery.tenant_id,
         delivery=delivery,
@@ -44,6 +87,7 @@ def world(tenant, other_tenant):
     Delivery.objects.filter(pk=acme[2].pk).update(status="dead", attempts=8)
     Delivery.objects.filter(pk=acme[3].pk).update(status="delivered", delivered_at=now, attempts=1)
     _attempt(acme[3], "delivered", 120.0)
+    stat_add(hook, delivered=1, latency=0.0)
     _attempt(acme[2], "retry", 900.0)
     _attempt(acme[2], "permanent", 40.0, number=2)
     slack = make_target(other_tenant, name="alerts", kind="slack", url="http://127.0.0.1:9/s")

@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.db.models import F
+from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from assessments import metrics as assessment_counters
-from outbox.models import Delivery, DeliveryAttempt
+from outbox.models import DeliveryStat
+from tests.ops.conftest import stat_add
 from tests.processes import run_django_snippet
 
 pytestmark = pytest.mark.django_db
@@ -64,9 +65,12 @@ def test_attempts_by_outcome_and_duration_histogram(client, world):
 
 def test_attempts_older_than_the_window_are_not_reported(client, world, settings):
     settings.METRICS_WINDOW_MINUTES = 30
-    DeliveryAttempt.objects.filter(outcome="retry").update(
-        created_at=F("created_at") - timedelta(hours=1)
-    )
+    # the retry (and its 900 ms) was counted an hour ago
+    DeliveryStat.objects.all().delete()
+    stat_add(world["hook"], outcome="delivered", duration_ms=120.0)
+    stat_add(world["hook"], outcome="permanent", duration_ms=40.0)
+    hour_ago = timezone.now() - timedelta(hours=1)
+    stat_add(world["hook"], at=hour_ago, outcome="retry", duration_ms=900.0)
     s = scrape(client)
     assert value(s, "atlas_outbox_attempts_window", kind="webhook", outcome="delivered") == 1
     assert ("atlas_outbox_attempts_window", (("kind", "webhook"), ("outcome", "retry"))) not in s
@@ -75,9 +79,8 @@ def test_attempts_older_than_the_window_are_not_reported(client, world, settings
 
 
 def test_delivery_latency_histogram(client, world):
-    Delivery.objects.filter(status="delivered").update(
-        delivered_at=F("created_at") + timedelta(seconds=2)
-    )
+    DeliveryStat.objects.update(latency_le=[0] * 12, latency_seconds_sum=0)
+    stat_add(world["hook"], latency=2.0)  # delivered 2 s after it was published
     s = scrape(client)
     name = "atlas_outbox_delivery_latency_seconds_window"
     assert value(s, f"{name}_bucket", kind="webhook", le="1.0") == 0

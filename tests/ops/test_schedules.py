@@ -17,6 +17,7 @@ EXPECTED = {
     "uploads.retry_sweep": 10,
     "payments_reconcile": 15,
     "outbox.prune": 24 * 60,
+    "assessments.events_prune": 24 * 60,
     "uploads.prune_retry_logs": 24 * 60,
     "uploads.health_alert_check": 10,
 }

@@ -106,7 +106,10 @@ def test_prune_deletes_only_old_fully_delivered_events(tenant, receiver):
         Delivery.objects.filter(event=stuck).update(status="dead")  # never delivered: kept
     publish(tenant, n=2)
     deliver_round()
-    assert "pruned 3 delivered events" in run("outbox_prune", "--older-than", "30")
+    out = run("outbox_prune", "--older-than", "30", "--batch-size", "2")
+    assert "pruned 2 events…" in out  # progress after the first batch
+    assert "pruned 3 delivered events older than 30 days" in out
+    assert "attempts of delivered deliveries older than 14 days" in out
     remaining = set(OutboxEvent.objects.values_list("id", flat=True))
     assert stuck.id in remaining and not remaining & {e.id for e in old}
     assert len(remaining) == 3

@@ -1,0 +1,144 @@
+"""The console, /metrics and /health stay bounded however long the history grows.
+
+A history large enough for the planner to care (tens of thousands of delivered events with
+their deliveries and attempts, twice as many analytics events, inserted with generate_series
+and ANALYZEd — no `SET enable_seqscan`, the real statistics decide) plus a small unsettled
+set; then every query each page runs is EXPLAINed: a sequential scan of a history table
+fails the test. The big admin lists must also run no COUNT at all.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from tests.outbox.factories import make_target, publish
+
+pytestmark = pytest.mark.django_db
+
+HISTORY = 30_000
+HISTORY_TABLES = (
+    "outbox_outboxevent",
+    "outbox_delivery",
+    "outbox_deliveryattempt",
+    "assessments_analyticsevent",
+)
+BIG_LISTS = (
+    "/admin/outbox/outboxevent/",
+    "/admin/outbox/delivery/",
+    "/admin/outbox/delivery/?status__exact=dead",
+    "/admin/outbox/outboxevent/?deliveries__status__exact=dead",
+    "/admin/assessments/analyticsevent/",
+    "/admin/uploads/attachment/",
+    "/admin/payments/stripeevent/",
+)
+
+_SEED = [
+    """
+    INSERT INTO outbox_outboxevent (id, tenant_id, topic, event_type, payload, idempotency_key,
+        occurred_at, created_at, updated_at, seq)
+    SELECT gen_random_uuid(), %(tenant)s, 'things', 'thing.happened',
+           jsonb_build_object('n', i), 'old-' || i, at, at, at, nextval('outbox_event_seq')
+    FROM (SELECT i, now() - interval '20 days' + i * interval '20 seconds' AS at
+          FROM generate_series(1, %(n)s) AS i) AS g
+    """,
+    """
+    INSERT INTO outbox_delivery (tenant_id, event_id, target_id, status, attempts,
+        next_attempt_at, locked_by, last_error, delivered_at, created_at, updated_at)
+    SELECT e.tenant_id, e.id, %(target)s, 'delivered', 1, e.created_at, '', '', e.created_at,
+           e.created_at, e.created_at
+    FROM outbox_outboxevent e WHERE e.idempotency_key LIKE 'old-%%'
+    """,
+    """
+    INSERT INTO outbox_deliveryattempt (created_at, updated_at, tenant_id, delivery_id, number,
+        outcome, status_code, duration_ms, response_excerpt, error, worker)
+    SELECT d.created_at, d.created_at, d.tenant_id, d.id, 1, 'delivered', 200, 30, 'ok', '',
+           'w' FROM outbox_delivery d WHERE d.status = 'delivered'
+    """,
+    """
+    INSERT INTO assessments_analyticsevent (tenant_id, message_id, name, properties,
+        occurred_at, created_at, updated_at)
+    SELECT %(tenant)s, 'm-' || i, 'page_view', '{}', now(), now() - i * interval '10 seconds',
+           now() FROM generate_series(1, 2 * %(n)s) AS i
+    """,
+]
+
+
+@pytest.fixture
+def history(tenant, other_tenant):
+    """HISTORY delivered events (deliveries, attempts), 2×HISTORY analytics events, and a few
+    open and dead deliveries on top, with fresh planner statistics."""
+    hook = make_target(tenant, name="hook")
+    make_target(other_tenant, name="alerts")
+    with connection.cursor() as cursor:
+        for sql in _SEED:
+            cursor.execute(sql, {"tenant": tenant.pk, "target": hook.pk, "n": HISTORY})
+    publish(tenant, n=5, target="hook")
+    publish(other_tenant, n=3)
+    from outbox.models import Delivery
+
+    Delivery.objects.filter(status="pending", tenant=other_tenant).update(status="dead")
+    with connection.cursor() as cursor:
+        for table in (*HISTORY_TABLES, "outbox_deliverystat"):
+            cursor.execute(f"ANALYZE {table}")
+    return hook
+
+
+def _history_scans(queries) -> list[tuple[str, str]]:
+    """(table, sql) for every sequential scan of a history table in these queries' plans."""
+    found = []
+    with connection.cursor() as cursor:
+        for query in queries:
+            sql = query["sql"]
+            if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
+                continue
+            cursor.execute(f"EXPLAIN {sql}")
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+            scanned = set(re.findall(r"Seq Scan on (\w+)", plan))
+            found += [(t, sql[:300]) for t in HISTORY_TABLES if t in scanned]
+    return found
+
+
+def _captured(client, path: str, **extra):
+    with CaptureQueriesContext(connection) as captured:
+        response = client.get(path, **extra)
+    assert response.status_code == 200, path
+    return captured.captured_queries
+
+
+def test_the_seed_is_big_enough_that_counting_history_plans_a_seq_scan(history):
+    """The yardstick: on this seed the old way (counting the delivered history) does plan a
+    sequential scan, so the tests below would catch it."""
+    queries = [{"sql": "SELECT count(*) FROM outbox_delivery WHERE status = 'delivered'"}]
+    assert ("outbox_delivery", queries[0]["sql"]) in _history_scans(queries)
+
+
+def test_dashboard_metrics_and_health_never_scan_history(client, superuser, history, tenant):
+    client.force_login(superuser)
+    for path in ("/admin/", f"/admin/?tenant={tenant.pk}", "/metrics", "/health"):
+        queries = _captured(client, path, REMOTE_ADDR="127.0.0.1")
+        assert len(queries) > 3, path
+        assert _history_scans(queries) == [], path
+
+
+def test_big_admin_lists_run_no_count_and_no_history_scan(client, superuser, history):
+    client.force_login(superuser)
+    for path in BIG_LISTS:
+        queries = _captured(client, path)
+        assert [q["sql"] for q in queries if "COUNT(" in q["sql"].upper()] == [], path
+        assert _history_scans(queries) == [], path
+
+
+def test_big_lists_still_page_and_show_the_newest_first(client, superuser, history):
+    client.force_login(superuser)
+    first = client.get("/admin/outbox/outboxevent/")
+    events = list(first.context["cl"].result_list)
+    assert len(events) == 100 and events[0].seq > events[-1].seq
+    assert first.context["cl"].result_count == 1100  # "at least": ten pages ahead
+    deep = client.get("/admin/outbox/outboxevent/", {"p": "30"})
+    assert deep.status_code == 200 and len(deep.context["cl"].result_list) == 100
+    dead = client.get("/admin/outbox/delivery/", {"status__exact": "dead"})
+    assert dead.context["cl"].result_count == 3
