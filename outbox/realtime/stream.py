@@ -27,6 +27,7 @@ from outbox import conf
 from outbox.models import OutboxEvent
 from outbox.realtime import event_ids
 from outbox.realtime.hub import event_message, hub
+from tenants import rls
 from tenants.keycache import ApiKeyPrincipal
 from tenants.scoping import tenant_queryset
 from tenants.services import apikey_authenticate
@@ -83,7 +84,13 @@ def _last_event_id(request) -> int | None:
     return seq
 
 
+@rls.no_scope()  # the scope below is this stream's tenant only, whatever ran before
 def _replay_page(tenant_id, topics, after: int, upto: int) -> list[dict]:
+    with rls.tenant_scope(tenant_id):
+        return _replay_rows(tenant_id, topics, after, upto)
+
+
+def _replay_rows(tenant_id, topics, after: int, upto: int) -> list[dict]:
     queryset = tenant_queryset(OutboxEvent, tenant_id=tenant_id).filter(
         seq__gt=after, seq__lte=upto
     )
