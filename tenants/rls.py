@@ -99,6 +99,30 @@ def enter_system_scope(reason: str) -> None:
     _scope.set(Scope(system_reason=reason))
 
 
+INSUFFICIENT_PRIVILEGE = "42501"  # SQLSTATE of "violates row-level security policy"
+
+
+@contextlib.contextmanager
+def refusal_is_not_found(*, savepoint: bool = True) -> Iterator[None]:
+    """PostgreSQL raises (rather than skips) when an upsert's ON CONFLICT meets another
+    tenant's row: for the caller that row does not exist, so it is a 404 like any other id
+    of another tenant. Inside a transaction the failed statement is rolled back to a
+    savepoint, so the caller may go on; `savepoint=False` spares the two round trips when
+    the caller's transaction ends on any error anyway."""
+    from django.db import ProgrammingError, connection, transaction
+
+    from core.errors import DomainError, ErrorKind
+
+    needed = savepoint and connection.in_atomic_block
+    try:
+        with transaction.atomic() if needed else contextlib.nullcontext():
+            yield
+    except ProgrammingError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) != INSUFFICIENT_PRIVILEGE:
+            raise
+        raise DomainError("not_found", "No such object.", kind=ErrorKind.NOT_FOUND) from exc
+
+
 # --- roles ----------------------------------------------------------------------------------
 
 

@@ -19,9 +19,7 @@ from django.db import migrations
 
 from tenants import rls
 
-TENANT_PREDICATE = (
-    f"tenant_id = nullif(current_setting('{rls.TENANT_SETTING}', true), '')::uuid"
-)
+TENANT_PREDICATE = f"tenant_id = nullif(current_setting('{rls.TENANT_SETTING}', true), '')::uuid"
 SYSTEM_PREDICATE = f"current_setting('{rls.SCOPE_SETTING}', true) = '{rls.SYSTEM}'"
 
 _CREATE_ROLE = """

@@ -21,6 +21,12 @@ from tenants import rls
 
 # statements PostgreSQL refuses inside a transaction block (a two-statement round trip is one)
 _ALONE = ("VACUUM", "CREATE DATABASE", "DROP DATABASE", "REINDEX", "ALTER SYSTEM")
+# transaction control reads no rows, and must run in an aborted transaction: never prefixed
+_CONTROL = ("SAVEPOINT", "RELEASE", "ROLLBACK", "COMMIT", "BEGIN", "START TRANSACTION")
+
+
+def _touches_no_rows(sql) -> bool:
+    return isinstance(sql, str) and sql.lstrip()[:20].upper().startswith(_CONTROL)
 
 
 def _can_share_round_trip(cursor, sql) -> bool:
@@ -36,7 +42,7 @@ class _ScopedCursorMixin:
     cursor: object
 
     def _execute(self, sql, params, *ignored):
-        pending = self.db.rls_pending()
+        pending = None if _touches_no_rows(sql) else self.db.rls_pending()
         if pending is None:
             return super()._execute(sql, params, *ignored)  # type: ignore[misc]
         statement, state = pending
