@@ -1,0 +1,229 @@
+"""What row-level security costs on the hot paths: RLS on vs off, in the same process run.
+
+  on   the application as it runs: the application role under its policies, the scope
+       declared lazily (tenants/rls.py, tenants/db/base.py)
+  off  the same code as the login role (the tables' owner, a superuser here, which row-level
+       security does not apply to) with no scope statements at all: Atlas before RLS
+
+Paths, each timed in rounds that alternate which mode goes first (the machine is shared):
+  events    POST /api/assessments/events, batches of 50 (in-process client, secret key)
+  submit    POST /api/assessments/submit
+  publish   outbox event_publish in its own transaction, tenant scope, one enabled target
+  delivery  one outbox worker delivering a backlog to a local receiver (another process)
+Floor: each path on/off <= 1.10. Usage: python bench/rls.py [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import statistics
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from _common import print_table, setup_django, teardown_django, write_report
+
+FLOOR = 1.10
+
+
+def _receiver_main(port: int, ready) -> None:
+    class Ok(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            self.send_response(200)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Ok)
+    ready.set()
+    server.serve_forever()
+
+
+def start_receiver() -> tuple[multiprocessing.Process, str]:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ready = multiprocessing.Event()
+    proc = multiprocessing.Process(target=_receiver_main, args=(port, ready), daemon=True)
+    proc.start()
+    ready.wait(10)
+    return proc, f"http://127.0.0.1:{port}/hook"
+
+
+@contextlib.contextmanager
+def mode(name: str):
+    """on: as the application runs; off: the owner, no RLS, no scope statements."""
+    from django.db import connection
+
+    from tenants import rls
+
+    if name == "on":
+        yield
+        return
+    connection.ensure_connection()
+    with rls.owner_mode(connection):
+        yield
+
+
+# --- the paths (each returns the seconds its work took) -------------------------------------
+
+
+def events_path(client, batches: int) -> float:
+    started = time.perf_counter()
+    for _ in range(batches):
+        prefix = uuid.uuid4().hex
+        events = [
+            {
+                "messageId": f"{prefix}-{i}",
+                "name": "question_viewed",
+                "properties": {"q": i},
+                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            for i in range(50)
+        ]
+        response = client.post("/api/assessments/events", {"events": events}, format="json")
+        assert response.status_code in (200, 201, 202), response.content
+    return time.perf_counter() - started
+
+
+def submit_path(client, count: int) -> float:
+    started = time.perf_counter()
+    for _ in range(count):
+        body = {
+            "submissionId": str(uuid.uuid4()),
+            "sessionId": str(uuid.uuid4()),
+            "answers": {f"q{i}": i for i in range(20)},
+            "result": {"score": 42},
+            "email": "bench@example.com",
+        }
+        response = client.post("/api/assessments/submit", body, format="json")
+        assert response.status_code == 201, response.content
+    return time.perf_counter() - started
+
+
+def publish_path(tenant, count: int) -> float:
+    from django.db import transaction
+
+    from outbox.services import event_publish
+    from tenants import rls
+
+    started = time.perf_counter()
+    with rls.tenant_scope(tenant.pk):  # as a request of this tenant runs it
+        for i in range(count):
+            with transaction.atomic():
+                event_publish(
+                    tenant=tenant, event_type="bench.published", topic="bench", payload={"n": i}
+                )
+    return time.perf_counter() - started
+
+
+def delivery_path(tenant, count: int) -> float:
+    from django.db import transaction
+
+    from outbox.models import Delivery
+    from outbox.services import event_publish
+    from outbox.worker import Worker
+    from tenants import rls
+
+    with rls.system_scope("bench backlog"), transaction.atomic():  # not timed
+        # the publish path's deliveries are not this path's work
+        Delivery.objects.exclude(status=Delivery.Status.DELIVERED).update(
+            status=Delivery.Status.DELIVERED
+        )
+        for _ in range(count):
+            event_publish(tenant=tenant, event_type="bench.delivered", topic="bench", payload={})
+    started = time.perf_counter()
+    Worker(concurrency=8).run(exit_when_idle=True)
+    elapsed = time.perf_counter() - started
+    with rls.system_scope("bench check"):
+        pending = Delivery.objects.exclude(status=Delivery.Status.DELIVERED).count()
+    assert pending == 0, f"{pending} deliveries not delivered"
+    return elapsed
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batches", type=int, default=20, help="event batches of 50 per round")
+    parser.add_argument("--submits", type=int, default=60)
+    parser.add_argument("--publishes", type=int, default=200)
+    parser.add_argument("--deliveries", type=int, default=200)
+    args = parser.parse_args()
+    old_name = setup_django("rls")
+    receiver, url = start_receiver()
+    try:
+        report = run(args, url)
+    finally:
+        receiver.terminate()
+        teardown_django(old_name)
+    write_report("rls", report)
+    failed = [row["path"] for row in report["rows"] if row["on/off"] > FLOOR]
+    if failed:
+        print(f"\nover the {FLOOR:.2f} floor: {', '.join(failed)}")
+
+
+def run(args, url: str) -> dict:
+    from django.core.cache import cache
+    from rest_framework.test import APIClient
+
+    from outbox.services import target_create
+    from tenants import rls
+    from tenants.models import Tenant
+    from tenants.services import apikey_create
+
+    cache.clear()
+    with rls.system_scope("bench set-up"):
+        tenant = Tenant.objects.create(name=f"bench-{uuid.uuid4().hex[:6]}")
+        _key, raw = apikey_create(tenant=tenant, kind="secret")
+        target_create(tenant=tenant, name="hook", kind="webhook", url=url)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    paths = {
+        "events (batches of 50)": lambda: events_path(client, args.batches),
+        "submit": lambda: submit_path(client, args.submits),
+        "outbox publish": lambda: publish_path(tenant, args.publishes),
+        "one-worker delivery": lambda: delivery_path(tenant, args.deliveries),
+    }
+    for work in paths.values():  # warm-up: caches, connections, plans
+        with mode("on"):
+            work()
+        with mode("off"):
+            work()
+    seconds: dict[str, dict[str, list[float]]] = {p: {"on": [], "off": []} for p in paths}
+    for round_number in range(args.rounds):
+        order = ("on", "off") if round_number % 2 == 0 else ("off", "on")
+        for path, work in paths.items():
+            for name in order:
+                with mode(name):
+                    seconds[path][name].append(work())
+    rows = []
+    for path, runs in seconds.items():
+        on, off = statistics.median(runs["on"]), statistics.median(runs["off"])
+        rows.append(
+            {
+                "path": path,
+                "off ms/round": round(off * 1000, 1),
+                "on ms/round": round(on * 1000, 1),
+                "on/off": round(on / off, 3),
+                "floor": FLOOR,
+            }
+        )
+    print_table(f"RLS on vs off, median of {args.rounds} alternating rounds", rows)
+    return {"rows": rows, "seconds": seconds, "args": vars(args)}
+
+
+if __name__ == "__main__":
+    main()
