@@ -151,13 +151,13 @@ def test_the_application_role_cannot_bypass_row_level_security():
         role, superuser, bypass, owns_tables = cursor.fetchone()
     assert role == rls.system_role()  # tests run set-up as operators (tests/conftest.py)
     assert (superuser, bypass, owns_tables) == (False, False, False)
-    with rls.tenant_scope("00000000-0000-0000-0000-000000000000"):
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT current_user, rolsuper OR rolbypassrls FROM pg_roles "
-                "WHERE rolname = current_user"
-            )
-            assert cursor.fetchone() == (rls.app_role(), False)
+    tenant_id = "00000000-0000-0000-0000-000000000000"
+    with rls.tenant_scope(tenant_id), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT current_user, rolsuper OR rolbypassrls FROM pg_roles "
+            "WHERE rolname = current_user"
+        )
+        assert cursor.fetchone() == (rls.app_role(), False)
 
 
 def test_the_tenant_policy_uses_the_tenant_id_index():
