@@ -70,22 +70,28 @@ def _scoped(scope: Scope) -> Iterator[Scope]:
         _scope.reset(token)
 
 
-def tenant_scope(tenant_id) -> contextlib.AbstractContextManager[Scope]:
+@contextlib.contextmanager
+def tenant_scope(tenant_id) -> Iterator[Scope]:
     """Run the block with one tenant's rows only."""
-    return _scoped(Scope(tenant_id=_tenant_text(tenant_id)))
+    with _scoped(Scope(tenant_id=_tenant_text(tenant_id))) as scope:
+        yield scope
 
 
-def system_scope(reason: str) -> contextlib.AbstractContextManager[Scope]:
+@contextlib.contextmanager
+def system_scope(reason: str) -> Iterator[Scope]:
     """Run the block with every tenant's rows: cross-tenant work, declared with a reason.
     Usable as a decorator too (`@system_scope("...")`)."""
     if not reason:
         raise ValueError("a system scope needs a reason")
-    return _scoped(Scope(system_reason=reason))
+    with _scoped(Scope(system_reason=reason)) as scope:
+        yield scope
 
 
-def no_scope() -> contextlib.AbstractContextManager[Scope]:
+@contextlib.contextmanager
+def no_scope() -> Iterator[Scope]:
     """Run the block with no scope (deny by default), whatever the caller declared."""
-    return _scoped(NO_SCOPE)
+    with _scoped(NO_SCOPE) as scope:
+        yield scope
 
 
 def enter_tenant_scope(tenant_id) -> None:
@@ -254,7 +260,7 @@ def _scoped_execute(original):
                 stack.enter_context(owner_mode(connections[alias]))
             return original(self, *args, **options)
 
-    execute.atlas_scoped = True  # type: ignore[attr-defined]
+    execute.atlas_scoped = True
     return execute
 
 
