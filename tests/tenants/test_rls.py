@@ -3,6 +3,8 @@ even where application code forgets the tenant filter."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.db import DatabaseError, connection, transaction
 
@@ -172,3 +174,30 @@ def test_the_tenant_policy_uses_the_tenant_id_index():
 def test_a_system_scope_needs_a_reason():
     with pytest.raises(ValueError), rls.system_scope(""):
         pass
+
+
+def events_seen_by_a_task() -> int:
+    return OutboxEvent.objects.count()
+
+
+def test_a_django_q_task_runs_in_a_system_scope_that_ends_with_it(settings):
+    from django_q.tasks import async_task, result
+
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "sync": True}
+    two_tenants()
+    with rls.no_scope():
+        assert OutboxEvent.objects.count() == 0
+        task_id = async_task("tests.tenants.test_rls.events_seen_by_a_task", sync=True)
+        assert OutboxEvent.objects.count() == 0  # the task's scope ended with it
+        assert rls.current_scope() == rls.NO_SCOPE
+    assert result(task_id) == 4  # two events of each tenant
+
+
+def test_a_management_command_runs_in_a_system_scope(capsys):
+    from django.core.management import call_command
+
+    two_tenants()
+    with rls.no_scope():
+        call_command("outbox_stats", "--json")
+    targets = json.loads(capsys.readouterr().out)["targets"]
+    assert len(targets) == 2, targets  # each tenant's target: the command sees every tenant
