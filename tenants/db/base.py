@@ -16,6 +16,7 @@ from __future__ import annotations
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql import base
 from django.db.backends.utils import CursorWrapper
+from psycopg import ClientCursor
 
 from tenants import rls
 
@@ -30,8 +31,10 @@ def _touches_no_rows(sql) -> bool:
 
 
 def _can_share_round_trip(cursor, sql) -> bool:
-    if not isinstance(sql, str) or getattr(cursor, "name", None):
-        return False  # composed SQL, or a named (server-side) cursor
+    # two statements in one execute need client-side binding (Django's default cursor);
+    # composed SQL and named (server-side) cursors get the scope statement on its own
+    if not isinstance(sql, str) or not isinstance(cursor, ClientCursor):
+        return False
     if "CONCURRENTLY" in sql[:80].upper():
         return False
     return not sql.lstrip()[:20].upper().startswith(_ALONE)
