@@ -27,6 +27,7 @@ from assessments.models import AnalyticsEvent, AssessmentSession, Submission
 from core.errors import DomainError, ErrorKind
 from core.session_proof import SessionProof, token_issue
 from outbox.services import event_publish
+from tenants import rls
 from tenants.scoping import tenant_get_or_404, tenant_queryset
 
 logger = logging.getLogger(__name__)
@@ -96,12 +97,14 @@ def session_upsert(
     metadata: dict | None = None,
     responses: dict | None = None,
     proof: SessionProof | None = None,
+    savepoint: bool = True,
 ) -> SessionUpsert:
     """Create or move a session forward in one statement.
 
     Safe out of order and under concurrency: the transition guard lives in the UPDATE, and
     so does the token check for publishable-key callers (`proof`; None: a trusted caller).
-    A new session gets a token; only its digest is stored.
+    A new session gets a token; only its digest is stored. `savepoint=False`: the caller's
+    transaction ends on any error (no savepoint around the upsert, see rls.refusal_is_not_found).
     """
     token, digest = token_issue()
     params = {
@@ -120,7 +123,8 @@ def session_upsert(
         "presented_hash": proof.digest if proof else None,
     }
     # raw() applies the model's field converters to the RETURNING row: no second SELECT.
-    rows = list(AssessmentSession.objects.raw(_SESSION_UPSERT, params))
+    with rls.refusal_is_not_found(savepoint=savepoint):  # the id is another tenant's session
+        rows = list(AssessmentSession.objects.raw(_SESSION_UPSERT, params))
     if rows:
         created = rows[0].inserted  # type: ignore[attr-defined]  # RETURNING's extra column
         return SessionUpsert(rows[0], created, token if created else None)
@@ -240,6 +244,7 @@ def submission_create(
             first_name=first_name,
             responses=answers,
             proof=proof,  # the token is matched again in the UPDATE itself
+            savepoint=False,  # any error ends this transaction
         ).session
         event_publish(
             tenant=tenant_id,

@@ -43,6 +43,11 @@ def setup_django(database_suffix: str = "bench"):
     connection.creation.create_test_db(verbosity=0, autoclobber=True, keepdb=False)
     # create_test_db names it test_<name>; remember it for child processes
     os.environ["ATLAS_BENCH_DB"] = connection.settings_dict["NAME"]
+    # set-up and checks read and write every tenant's rows, like an operator (row-level
+    # security: docs/tenancy.md); requests and workers the benches drive declare their own
+    from tenants import rls
+
+    rls.enter_system_scope("benchmark set-up and checks")
     return name
 
 

@@ -373,6 +373,10 @@ class Soak:
         import django
 
         django.setup()
+        from tenants import rls
+
+        # set-up and checks see every tenant's rows (row-level security: docs/tenancy.md)
+        rls.enter_system_scope("soak set-up and checks")
         from django.db import connection
 
         from outbox.services import target_create

@@ -238,6 +238,10 @@ def run(args) -> int:
         import django
 
         django.setup()
+        from tenants import rls
+
+        # set-up and checks see every tenant's rows (row-level security: docs/tenancy.md)
+        rls.enter_system_scope("soak set-up and checks")
         from django.db import connection
 
         from tenants.services import apikey_create, tenant_create

@@ -98,6 +98,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # first: each request starts with no RLS scope and leaves none behind (tenants/rls.py)
+    "tenants.rls.ScopeMiddleware",
     "core.middleware.RequestIdMiddleware",
     "ops.metrics.ApiMetricsMiddleware",
     "tenants.cors.CorsMiddleware",  # corsheaders, with origins loaded off the event loop
@@ -142,12 +144,19 @@ else:
 # The embedded server's URI names its Unix socket folder as ?host=; Django wants it in HOST.
 if not _db.get("HOST") and _db.get("OPTIONS", {}).get("host"):
     _db["HOST"] = _db["OPTIONS"].pop("host")
+# Django's PostgreSQL backend plus the row-level-security scope (tenants/rls.py, docs/tenancy.md)
+_db["ENGINE"] = "tenants.db"
 _db["CONN_MAX_AGE"] = env("DB_CONN_MAX_AGE", "int", 60)
 _db["CONN_HEALTH_CHECKS"] = True
 _db.setdefault("OPTIONS", {})
 _db["OPTIONS"].setdefault("connect_timeout", env("DB_CONNECT_TIMEOUT", "int", 5))
 _db["TEST"] = {"NAME": env("TEST_DATABASE_NAME")} if env("TEST_DATABASE_NAME") else {}
 DATABASES = {"default": _db}
+# The role application code runs as (SET ROLE after connecting): neither superuser, nor table
+# owner, nor BYPASSRLS, so PostgreSQL's row-level security applies to it; system work runs as
+# "<role>_system". Both are created by `migrate` when missing; migrate and flush run as the
+# login role (the owner).
+DATABASE_APP_ROLE = env("DATABASE_APP_ROLE", default="atlas_app")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache: shared by every process (API-key cache, throttles, circuit hints, django-q2) -----

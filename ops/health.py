@@ -23,6 +23,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.ops import Check, atlas_app_configs
+from tenants import rls
 
 
 def database_check() -> Check:
@@ -85,6 +86,7 @@ class HealthView(APIView):
             ),
         },
     )
+    @rls.system_scope("/health counts every tenant's backlog")
     def get(self, request):
         checks = all_checks()
         critical_down = any(not c.ok and c.critical for c in checks)

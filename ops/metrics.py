@@ -38,6 +38,7 @@ from prometheus_client.registry import Collector
 from core.api.errors import error_response
 from core.metrics import gauge
 from core.ops import atlas_app_configs
+from tenants import rls
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ def _allowed(request) -> bool:
     return any(address in ipaddress.ip_network(net) for net in settings.METRICS_ALLOWED_NETWORKS)
 
 
+@rls.system_scope("/metrics counts every tenant's rows")
 def metrics_view(request):
     if not _allowed(request):
         return error_response(

@@ -38,6 +38,7 @@ from outbox.delivery import Deliverer
 from outbox.delivery.claim import Fairness
 from outbox.delivery.send import Result
 from outbox.models import Delivery, WorkerHeartbeat
+from tenants import rls
 
 logger = logging.getLogger("outbox.worker")
 HEARTBEAT_SECONDS = 5.0
@@ -127,6 +128,7 @@ class Worker:
         self._db_delay, self._db_retry_at = 0.5, 0.0
         self._withdrawn = False
 
+    @rls.system_scope("outbox worker")  # delivers every tenant's events
     def run(self, *, exit_when_idle: bool = False) -> None:
         self.listener.start()
         started = timezone.now()

@@ -24,6 +24,7 @@ from core.validation import EMAIL_REGEX
 from payments import selectors
 from payments.services.checkout import payment_checkout_create
 from payments.services.webhooks import WebhookProcessingFailed, stripe_webhook_receive
+from tenants import rls
 from tenants.permissions import HasAnyKey
 
 _EMAIL = re.compile(EMAIL_REGEX)
@@ -273,6 +274,9 @@ class StripeWebhookView(APIView):
             503: OpenApiResponse(description="webhook_not_configured"),
         },
     )
+    # The tenant is known only once the signed event is read (its payment session's tenant):
+    # the lookup and the state machine run across tenants, as Stripe is no tenant's client.
+    @rls.system_scope("stripe webhook")
     def post(self, request):
         body = request.body  # the raw bytes: the signature covers them exactly
         try:

@@ -8,6 +8,7 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from core.api.errors import ApiError
 from core.errors import DomainError
 from core.logging import log_context
+from tenants import rls
 from tenants.services import apikey_authenticate
 from tenants.throttles import IpRateThrottle
 
@@ -66,6 +67,8 @@ class ApiKeyAuthentication(BaseAuthentication):
                 )
         request.tenant_id = principal.tenant_id
         request.api_key = principal
+        # The second wall: from here on PostgreSQL shows this request only its tenant's rows.
+        rls.enter_tenant_scope(principal.tenant_id)
         log_context.set({**(log_context.get() or {}), "tenant_id": principal.tenant_id})
         return principal, principal
 

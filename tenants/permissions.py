@@ -4,6 +4,8 @@ browser endpoints (assessments, uploads, events), staff the operator endpoints."
 from rest_framework import exceptions
 from rest_framework.permissions import BasePermission
 
+from tenants import rls
+
 
 def _principal(request):
     auth = getattr(request, "auth", None)
@@ -48,4 +50,6 @@ class IsStaff(BasePermission):
             )
         if not getattr(user, "is_staff", False):
             raise exceptions.PermissionDenied("Staff only.", code="staff_required")
+        # operators see every tenant (the request's scope ends with it: ScopeMiddleware)
+        rls.enter_system_scope("staff on the API")
         return True

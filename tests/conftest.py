@@ -8,6 +8,7 @@ import pytest
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
+from tenants import rls
 from tests.factories import TenantFactory, make_api_key
 
 ORIGIN = "https://app.example.test"
@@ -34,6 +35,15 @@ def _fresh_cache(_test_cache_dir):
     cache.clear()
     yield
     cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _system_scope():
+    """Test set-up and assertions read and write every tenant's rows, like an operator; the
+    code under test declares its own scope (a request runs with its key's tenant only).
+    tests/tenants/test_rls.py takes this scope away to prove the deny-by-default."""
+    with rls.system_scope("test set-up and assertions"):
+        yield
 
 
 @pytest.fixture(autouse=True)

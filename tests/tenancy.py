@@ -48,3 +48,12 @@ def assert_tenant_isolated(
     if unchanged:
         assert unchanged() == before, "another tenant's request changed the row"
     return response
+
+
+def in_this_scope(function: Callable) -> Callable:
+    """For a test's own thread: run `function` in the scope of the code starting the thread
+    (a new thread starts with no row-level-security scope, so it would see no tenant row)."""
+    import contextvars
+    import functools
+
+    return functools.partial(contextvars.copy_context().run, function)

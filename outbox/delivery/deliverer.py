@@ -11,6 +11,7 @@ Sender threads never touch the database; every statement runs on the caller's th
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import queue
 import threading
@@ -158,8 +159,12 @@ class Deliverer:
 
     def _senders_start(self) -> None:
         while len(self._senders) < self.concurrency:
+            # the senders work in the scope of the loop that starts them (the worker's)
             thread = threading.Thread(
-                target=self._sender_loop, name=f"outbox-send-{len(self._senders)}", daemon=True
+                target=contextvars.copy_context().run,
+                args=(self._sender_loop,),
+                name=f"outbox-send-{len(self._senders)}",
+                daemon=True,
             )
             thread.start()
             self._senders.append(thread)

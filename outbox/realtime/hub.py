@@ -34,6 +34,7 @@ from django.db import connection
 
 from outbox import conf
 from outbox.realtime import event_ids
+from tenants import rls
 from tenants.keycache import KEY_CHANGES_CHANNEL
 
 logger = logging.getLogger("outbox.realtime")
@@ -122,7 +123,10 @@ class Hub:
         params = connection.get_connection_params()
         for key in ("cursor_factory", "context"):
             params.pop(key, None)
-        return await psycopg.AsyncConnection.connect(**params, autocommit=True)
+        conn = await psycopg.AsyncConnection.connect(**params, autocommit=True)
+        # its own connection, outside the ORM: the hub routes every tenant's events
+        await conn.execute(rls.session_sql(rls.Scope(system_reason="realtime hub")))
+        return conn
 
     async def _listen(self):
         delay = 0.5

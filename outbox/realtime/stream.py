@@ -34,6 +34,7 @@ from outbox import conf
 from outbox.models import OutboxEvent
 from outbox.realtime import event_ids, tokens
 from outbox.realtime.hub import event_message, hub
+from tenants import rls
 from tenants.scoping import tenant_queryset
 from tenants.selectors import apikey_refusal, tenant_allowed_origins
 from tenants.services import apikey_authenticate
@@ -85,26 +86,35 @@ def _token_access(request) -> Access:
             "and revoke this key, it may be in logs already.",
         )
     scope = tokens.token_read(raw)  # 401 invalid / expired
-    refusal = _token_key_refusal(scope.key_id)
+    refusal = _token_key_refusal(scope.tenant_id, scope.key_id)
     if refusal is not None:
         raise ApiError(
             refusal, "The key that issued this realtime token is no longer valid.", status_code=401
         )
     origin = request.headers.get("Origin")
-    if origin and origin.rstrip("/").lower() not in tenant_allowed_origins(
-        tenant_id=scope.tenant_id
-    ):
+    if origin and origin.rstrip("/").lower() not in _allowed_origins(scope.tenant_id):
         raise ApiError(
             "origin_not_allowed",
             f"Origin {origin} may not open this tenant's stream.",
             status_code=403,
         )
-    return Access(scope.tenant_id, scope.key_id, lambda: _token_key_refusal(scope.key_id), scope)
+    return Access(
+        scope.tenant_id,
+        scope.key_id,
+        lambda: _token_key_refusal(scope.tenant_id, scope.key_id),
+        scope,
+    )
 
 
-def _token_key_refusal(key_id: str) -> str | None:
+def _allowed_origins(tenant_id: str) -> set[str]:
+    with rls.tenant_scope(tenant_id):
+        return tenant_allowed_origins(tenant_id=tenant_id)
+
+
+def _token_key_refusal(tenant_id: str, key_id: str) -> str | None:
     try:
-        return apikey_refusal(key_id=key_id)
+        with rls.tenant_scope(tenant_id):
+            return apikey_refusal(key_id=key_id)
     except Exception:  # cannot tell (database down): end the stream, the client resumes
         logger.warning("realtime: key re-check failed; ending the stream", exc_info=True)
         return "unavailable"
@@ -167,9 +177,15 @@ def _last_event_id(request) -> int | None:
     return seq
 
 
+@rls.no_scope()  # the scope below is this stream's tenant only, whatever ran before
 def _replay_page(tenant_id, topics, after: int, upto: int) -> list[dict]:
     """Stored events after the client's cursor (unfiltered by a token's scope: the caller
     filters, so the cursor advances over the whole page)."""
+    with rls.tenant_scope(tenant_id):
+        return _replay_rows(tenant_id, topics, after, upto)
+
+
+def _replay_rows(tenant_id, topics, after: int, upto: int) -> list[dict]:
     queryset = tenant_queryset(OutboxEvent, tenant_id=tenant_id).filter(
         seq__gt=after, seq__lte=upto
     )

@@ -6,11 +6,12 @@ import pytest
 import requests
 
 from outbox.realtime import event_ids
+from tenants import rls
 from tests.factories import make_api_key
 from tests.outbox import sse
 from tests.outbox.factories import make_target, publish
 from tests.outbox.sse import asgi_server
-from tests.tenancy import assert_error
+from tests.tenancy import assert_error, in_this_scope
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -115,7 +116,7 @@ def _publish_in_a_held_transaction(tenant, *, hold: float, rollback: bool):
         finally:
             connections.close_all()
 
-    thread = threading.Thread(target=run)
+    thread = threading.Thread(target=in_this_scope(run))
     thread.start()
     assert holding.wait(10)
     return thread, held
@@ -167,7 +168,8 @@ def test_streams_survive_the_hub_losing_its_database_connections(asgi_url, tenan
     stream.wait_connected()
     before = publish(tenant)[0]
     assert stream.take(1)[0]["id"] == str(before.id)
-    with connection.cursor() as cursor:
+    # the hub's connections log in as the owner: only the owner may end them
+    with rls.owner_mode(connection), connection.cursor() as cursor:
         cursor.execute(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"

@@ -8,6 +8,7 @@ import pytest
 from django.db import connection
 
 from outbox.models import Delivery, DeliveryAttempt, WorkerHeartbeat
+from tenants import rls
 from tests.outbox.factories import make_target, publish
 from tests.processes import manage_popen
 
@@ -104,7 +105,8 @@ def test_worker_survives_its_database_connections_being_killed(tenant, receiver,
     proc = workers("--poll", "1")
     publish(tenant, n=1)
     assert wait_until(lambda: delivered() == 1)
-    with connection.cursor() as cursor:  # what a PostgreSQL restart looks like to the worker
+    # what a PostgreSQL restart looks like to the worker (its sessions are the owner's)
+    with rls.owner_mode(connection), connection.cursor() as cursor:
         cursor.execute(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"

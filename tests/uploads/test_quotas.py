@@ -17,7 +17,7 @@ from django.test import TestCase
 
 from core.errors import DomainError
 from tests.factories import TenantFactory
-from tests.tenancy import assert_error
+from tests.tenancy import assert_error, in_this_scope
 from uploads import staging
 from uploads.models import Attachment
 from uploads.services.tus import tus_upload_create
@@ -234,7 +234,7 @@ def _race(n: int, attempt) -> list:
         with lock:
             results.append(outcome)
 
-    threads = [threading.Thread(target=run) for _ in range(n)]
+    threads = [threading.Thread(target=in_this_scope(run)) for _ in range(n)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -16,7 +16,7 @@ from django.test import TestCase
 from django.utils import timezone
 
 from outbox.models import OutboxEvent
-from tests.tenancy import assert_error
+from tests.tenancy import assert_error, in_this_scope
 from tests.uploads.factories import staged_attachment
 from uploads import staging, tasks
 from uploads.models import Attachment, FinaliseAttempt, RetryLog
@@ -201,7 +201,9 @@ def test_two_concurrent_runs_never_process_one_attachment_twice(tenant, settings
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=run, args=(s,)) for s in ("scheduled", "manual")]
+    threads = [
+        threading.Thread(target=in_this_scope(run), args=(s,)) for s in ("scheduled", "manual")
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
