@@ -10,6 +10,7 @@ import datetime
 import uuid
 
 from django.apps import apps
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.utils import timezone
 
@@ -84,4 +85,6 @@ def _value_for(field, tenant):
         return uuid.uuid4()
     if isinstance(field, models.JSONField):
         return {}
+    if isinstance(field, ArrayField):
+        return []
     return f"rls-{uuid.uuid4().hex[:8]}"
