@@ -8,8 +8,11 @@ which makes PostgreSQL refuse, for that table, every row outside the connection'
 ENABLE + FORCE ROW LEVEL SECURITY (FORCE: the owner too), and two policies named after it:
 - `<table>_tenant_rows`, for the application role: `tenant_id = atlas.tenant_id`. A plain
   equality with a per-statement constant, so the tenant_id indexes serve it;
-- `<table>_system_rows`, for the system role: only while `atlas.scope = 'system'` (a constant
-  for the statement: PostgreSQL checks it once, not per row).
+- `<table>_system_rows`, for the system role: every row. The role is the scope: the backend
+  switches to it only together with `atlas.scope = 'system'` (tenants.rls.desired_state).
+  The policy is a plain `true` on purpose: a `current_setting(...) = 'system'` qual is a
+  per-row filter to the planner, estimated at 0.5 % of the rows, which turned the admin's
+  `ORDER BY seq DESC LIMIT n` pages into sequential scans (tests/ops/test_history_plans.py).
 With no scope the tenant setting is empty, NULL never equals a tenant_id: no rows.
 """
 
@@ -20,7 +23,7 @@ from django.db import migrations
 from tenants import rls
 
 TENANT_PREDICATE = f"tenant_id = nullif(current_setting('{rls.TENANT_SETTING}', true), '')::uuid"
-SYSTEM_PREDICATE = f"current_setting('{rls.SCOPE_SETTING}', true) = '{rls.SYSTEM}'"
+SYSTEM_PREDICATE = "true"
 
 _CREATE_ROLE = """
 DO $$ BEGIN
@@ -89,7 +92,7 @@ def policy_sql(table: str) -> list[str]:
         f"CREATE POLICY {system_policy} ON {table} FOR ALL TO {system} "
         f"USING ({SYSTEM_PREDICATE}) WITH CHECK ({SYSTEM_PREDICATE})",
         f"COMMENT ON POLICY {system_policy} ON {table} IS "
-        f"'Cross-tenant work that declared a system scope (atlas.scope = system) sees every row.'",
+        f"'Cross-tenant work that declared a system scope (its own role) sees every row.'",
     ]
 
 

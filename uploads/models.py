@@ -141,6 +141,13 @@ class Attachment(TenantOwnedModel):
             models.Index(fields=["tenant", "created_at"], name="attachment_tenant_created"),
             # admin: every tenant's attachments, newest first (no sort of the whole table)
             models.Index(fields=["created_at"], name="attachment_created"),
+            # dashboard and /metrics: the unsettled attachments by tenant and status (stored
+            # ones are history and never counted)
+            models.Index(
+                fields=["tenant", "status"],
+                name="attachment_unsettled",
+                condition=Q(status__in=["pending", "failed", "receiving"]),
+            ),
             # dashboard and status: failed attachments (recent ones first), never the stored
             models.Index(
                 fields=["tenant", "updated_at"],

@@ -21,6 +21,7 @@ from ops.demo import inbox
 from outbox import selectors as outbox_selectors
 from outbox import services as outbox_services
 from outbox.models import Target
+from tenants import rls
 from tenants.services import apikey_authenticate
 
 INBOX_TARGET = "inbox"
@@ -43,7 +44,9 @@ def inbox_target() -> Target | None:
     if not tenant_id:
         return None
     try:
-        return outbox_selectors.target_get(tenant_id=tenant_id, name=INBOX_TARGET)
+        # an anonymous request has no scope (row-level security): read as the demo tenant
+        with rls.tenant_scope(tenant_id):
+            return outbox_selectors.target_get(tenant_id=tenant_id, name=INBOX_TARGET)
     except (Target.DoesNotExist, DomainError, Http404):
         return None
 

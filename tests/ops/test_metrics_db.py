@@ -93,16 +93,19 @@ def test_uploads_and_payments_series(client, world):
     s = scrape(client)
     assert value(s, "atlas_uploads_attachments", status="pending") == 3
     assert value(s, "atlas_uploads_attachments", status="failed") == 1
-    assert value(s, "atlas_uploads_attachments", status="stored") == 0
+    # stored attachments are history: only those of the window are counted
+    assert value(s, "atlas_uploads_stored_window") == 0
+    assert ("atlas_uploads_attachments", (("status", "stored"),)) not in s
     assert value(s, "atlas_uploads_retries_window", source="scheduled", outcome="succeeded") == 3
     assert value(s, "atlas_uploads_retries_window", source="scheduled", outcome="failed") == 1
     assert value(s, "atlas_uploads_retries_window", source="manual", outcome="failed") == 0
     assert value(s, "atlas_uploads_retry_runs_window", source="scheduled") == 1
     assert value(s, "atlas_uploads_retry_runs_window", source="client-sync") == 0
     assert value(s, "atlas_payments_sessions", status="pending") == 2
-    assert value(s, "atlas_payments_sessions", status="completed") == 1
-    assert value(s, "atlas_payments_sessions", status="refunded") == 1
-    assert value(s, "atlas_payments_sessions", status="expired") == 0
+    assert ("atlas_payments_sessions", (("status", "completed"),)) not in s  # settled: history
+    assert value(s, "atlas_payments_sessions_window", status="completed") == 1
+    assert value(s, "atlas_payments_sessions_window", status="refunded") == 1
+    assert value(s, "atlas_payments_sessions_window", status="expired") == 0
     assert value(s, "atlas_payments_stale_pending") == 1
 
 
