@@ -165,6 +165,11 @@ class Cluster:
         import django
 
         django.setup()
+        # the bench's own set-up and checks read and write every tenant's rows, like an
+        # operator (row-level security: docs/tenancy.md); the hosts declare their own scopes
+        from tenants import rls
+
+        rls.enter_system_scope("cluster bench set-up and checks")
         self.receiver = Receiver()
         serve(self.receiver)
         self.tenants()

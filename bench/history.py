@@ -113,10 +113,17 @@ def use(name: str) -> None:
     connection.settings_dict["NAME"] = name
 
 
-def execute(sql: str, params=None):
+def execute(sql: str, params=None, *, owner: bool = False):
+    """`owner`: as the tables' owner (the fill's DDL, VACUUM ANALYZE); otherwise in the
+    bench's system scope, as the console's own queries run (row-level security)."""
+    import contextlib
+
     from django.db import connection
 
-    with connection.cursor() as cursor:
+    from tenants import rls
+
+    mode = rls.owner_mode(connection) if owner else contextlib.nullcontext()
+    with mode, connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchall() if cursor.description else None
 
@@ -254,22 +261,23 @@ def fill(name: str, template: str, n: int) -> float:
     admin_sql(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
     use(name)
     started = time.monotonic()
-    tenants = [str(row[0]) for row in execute("SELECT id FROM tenants_tenant ORDER BY name")]
+    rows = execute("SELECT id FROM tenants_tenant ORDER BY name", owner=True)
+    tenants = [str(row[0]) for row in rows]
     drops, indexes, constraints = [], [], []
     for table in LOADED_TABLES:
         d, i, c = _constraints_and_indexes(table)
         drops, indexes, constraints = drops + d, indexes + i, constraints + c
     for statement in drops:
-        execute(statement)
+        execute(statement, owner=True)
     params = {"tenants": tenants, "n_tenants": len(tenants), "n": n, "days": HISTORY_DAYS}
     for sql in _FILL_SQL:
         step = time.monotonic()
-        execute("SET maintenance_work_mem = '256MB'")
-        execute(sql, params)
+        execute("SET maintenance_work_mem = '256MB'", owner=True)
+        execute(sql, params, owner=True)
         print(f"  {name}: {' '.join(sql.split()[:3])} … {time.monotonic() - step:.0f}s")
     step = time.monotonic()
     for statement in indexes + constraints:
-        execute(statement)
+        execute(statement, owner=True)
     print(f"  {name}: indexes and constraints {time.monotonic() - step:.0f}s")
     use(name)
     from django.db import connection
@@ -277,8 +285,8 @@ def fill(name: str, template: str, n: int) -> float:
     connection.ensure_connection()
     connection.connection.autocommit = True
     for table in LOADED_TABLES:
-        execute(f"VACUUM ANALYZE {table}")
-    execute("CHECKPOINT")
+        execute(f"VACUUM ANALYZE {table}", owner=True)
+    execute("CHECKPOINT", owner=True)
     return time.monotonic() - started
 
 

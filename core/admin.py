@@ -100,18 +100,22 @@ class CappedPaginator(Paginator):
     """Never runs COUNT(*): the "count" is how many rows exist up to PAGES_AHEAD pages past
     the page asked for, read as primary keys along the list's own ordering (its index). The
     first pages of a list of millions cost a few pages of index entries; deeper pages stay
-    reachable one jump of PAGES_AHEAD at a time. The number shown is therefore "at least"."""
+    reachable one jump of PAGES_AHEAD at a time, down to MAX_PAGE (deeper history is reached
+    with filters: a page number in the millions would read millions of index entries). The
+    number shown is therefore "at least". The database counts the keys (a COUNT over the
+    LIMITed subquery): none of them is loaded into the web process."""
 
     PAGES_AHEAD = 10
+    MAX_PAGE = 1000
 
     def __init__(self, object_list, per_page, orphans=0, allow_empty_first_page=True, page=1):
         super().__init__(object_list, per_page, orphans, allow_empty_first_page)
-        self.page_hint = max(1, page)
+        self.page_hint = min(max(1, page), self.MAX_PAGE)
 
     @cached_property
     def count(self):
         limit = (self.page_hint + self.PAGES_AHEAD) * self.per_page
-        return len(self.object_list.values_list("pk", flat=True)[:limit])
+        return self.object_list.values("pk")[:limit].count()
 
 
 class HistoryAdminMixin:

@@ -564,6 +564,7 @@ class TargetAdmin(admin.ModelAdmin):
                     since=form.cleaned_data["since"],
                     until=form.cleaned_data["until"],
                     status=form.cleaned_data["status"] or None,
+                    rate_limited=False,  # staff, with the replay_target permission
                     requested_by=f"admin:{request.user.get_username()}",
                 )
             except DomainError as exc:

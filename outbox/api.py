@@ -170,7 +170,7 @@ class EventPublishView(APIView):
         data = EventIn(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
-        routing.reserved_event_type_refuse(values["eventType"])
+        routing.reserved_event_type_refuse(values["eventType"], values["topic"])
         with transaction.atomic():
             event, created = services.event_publish_created(
                 tenant=request.tenant_id,

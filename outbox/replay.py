@@ -19,6 +19,10 @@ from outbox.models import Delivery, ReplayRequest, Target
 
 MAX_DELIVERIES = 10_000
 MAX_WINDOW_DAYS = 14
+# One API replay per target per interval: each may requeue 10,000 deliveries, so a loop of
+# replays would turn a secret key into unlimited outbound traffic and saturate the shared
+# workers. Staff (admin, outbox_requeue) are not limited.
+MIN_INTERVAL = timedelta(seconds=60)
 # statuses a replay may ask for; none given: the failed ones (dead, cancelled) + back-fill
 REPLAYABLE = ("dead", "cancelled", "delivered", "retrying")
 DEFAULT_STATUSES = ("dead", "cancelled")
@@ -93,12 +97,14 @@ def target_replay(
     status: str | None = None,
     idempotency_key: str | None = None,
     requested_by: str = "",
+    rate_limited: bool = True,
 ) -> tuple[ReplayRequest, bool]:
     """Requeue the target's deliveries of events published in [since, until) with `status`
     (default: dead and cancelled, then back-fill the deliveries it never had). Returns the
     replay's row and whether it is new: a repeated Idempotency-Key with the same window
     returns the first answer and changes nothing; with another window, 422."""
     now = timezone.now()
+    asked_until = until.isoformat() if until else ""  # a retry without `until` is the same ask
     until = replay_window_check(since=since, until=until, now=now)
     statuses = replay_status_check(status)
     if not target.is_enabled:
@@ -106,13 +112,15 @@ def target_replay(
             "target_disabled", f"Target {target.name!r} is disabled.", kind=ErrorKind.CONFLICT
         )
     fingerprint = hashlib.sha256(
-        f"{target.pk}|{since.isoformat()}|{until.isoformat()}|{status or ''}".encode()
+        f"{target.pk}|{since.isoformat()}|{asked_until}|{status or ''}".encode()
     ).hexdigest()
     with transaction.atomic():
         if idempotency_key:
             earlier = _earlier_answer(target.tenant_id, idempotency_key, fingerprint)
             if earlier is not None:
                 return earlier, False
+        if rate_limited:
+            _refuse_too_soon(target, now)
         params = {
             "target": target.pk,
             "since": since,
@@ -144,6 +152,26 @@ def target_replay(
             requested_by=requested_by[:150],
         )
     return replay, True
+
+
+def _refuse_too_soon(target: Target, now) -> None:
+    # the target's row lock serialises concurrent replays of it, so two cannot both pass
+    Target.objects.select_for_update().filter(pk=target.pk).exists()
+    last = (
+        ReplayRequest.objects.filter(target=target, created_at__gt=now - MIN_INTERVAL)
+        .order_by("-created_at")
+        .values_list("created_at", flat=True)
+        .first()
+    )
+    if last is not None:
+        wait = int((last + MIN_INTERVAL - now).total_seconds()) + 1
+        raise DomainError(
+            "replay_rate_limited",
+            f"This target was replayed less than {int(MIN_INTERVAL.total_seconds())} s ago; "
+            f"try again in {wait} s.",
+            kind=ErrorKind.RATE_LIMITED,
+            details={"retryAfterSeconds": wait},
+        )
 
 
 def target_backfill(*, target: Target, since, until, limit=MAX_DELIVERIES, now=None) -> int:

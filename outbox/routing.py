@@ -23,6 +23,7 @@ OPERATOR_TOPIC = "operator"
 
 MAX_PATTERNS = 50
 MAX_FILTER_FIELDS = 10
+MAX_FILTER_TEXT = 200
 # `*`, or dot-separated names optionally ending in `.*` (a prefix: `payment.*` matches
 # payment.completed and payment.refund.created).
 _PATTERN = re.compile(r"^(\*|[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*(\.\*)?)$")
@@ -73,6 +74,15 @@ def payload_filter_check(value) -> dict | None:
             f"payloadFilter must be an object of at most {MAX_FILTER_FIELDS} fields.",
         )
     for key, field_value in value.items():
+        # the filter is checked against every event the tenant publishes: keep it small
+        if len(key) > MAX_FILTER_TEXT or (
+            isinstance(field_value, str) and len(field_value) > MAX_FILTER_TEXT
+        ):
+            raise DomainError(
+                "invalid_payload_filter",
+                f"payloadFilter fields and values are at most {MAX_FILTER_TEXT} characters.",
+                details={"field": str(key)[:100], "limit": MAX_FILTER_TEXT},
+            )
         if not isinstance(field_value, (str, int, float, bool)) and field_value is not None:
             raise DomainError(
                 "invalid_payload_filter",
@@ -100,10 +110,17 @@ def permanent_statuses_check(statuses) -> list[int]:
     return sorted(set(statuses))
 
 
-def reserved_event_type_refuse(event_type: str) -> None:
-    if event_type in OPERATOR_EVENT_TYPES:
+RESERVED_PREFIXES = ("target.", "delivery.")
+
+
+def reserved_event_type_refuse(event_type: str, topic: str = "") -> None:
+    """Tenants may not publish what looks like Atlas's own operator events: their types, any
+    type under `target.` / `delivery.`, or the `operator` topic (a look-alike would reach
+    `target.*` subscribers as Atlas's word, and silence real delivery.dead notices)."""
+    if event_type.startswith(RESERVED_PREFIXES) or topic == OPERATOR_TOPIC:
         raise DomainError(
             "reserved_event_type",
-            f"{event_type} is an operator event only Atlas publishes.",
-            details={"eventType": event_type},
+            "target.*, delivery.* and the operator topic are Atlas's operator events; "
+            "only Atlas publishes them.",
+            details={"eventType": event_type, "topic": topic},
         )

@@ -37,8 +37,13 @@ def fetch_all(sql: str, params: dict) -> list[tuple]:
     """Run one of the delivery loop's statements with server-side binding (parameters sent
     apart from the text, encoded by psycopg's C dumpers), with Django's error translation.
     Django's own cursors quote every parameter into the SQL text in Python, which cost the
-    worker more CPU than its HTTP sends' bookkeeping."""
+    worker more CPU than its HTTP sends' bookkeeping. A raw cursor bypasses the backend's
+    cursor wrapper, so the row-level-security scope (the worker's system scope) is declared
+    here first, when the connection does not already run with it (tenants/db)."""
     connection.ensure_connection()
+    pending = connection.rls_pending()  # type: ignore[attr-defined]
+    if pending is not None:
+        connection.rls_apply(*pending)  # type: ignore[attr-defined]
     with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
         cursor.execute(sql, params, prepare=False)
         return cursor.fetchall()

@@ -19,6 +19,7 @@ from django.conf import settings
 from django.core import signing
 
 from core.errors import DomainError, ErrorKind
+from outbox.routing import OPERATOR_EVENT_TYPES
 
 PREFIX = "rt_"
 _SALT = "atlas.outbox.realtime.token.v1"
@@ -44,6 +45,13 @@ class Scope:
             return False
         if self.topics and message["topic"] not in self.topics:
             return False
+        if message["event_type"] in OPERATOR_EVENT_TYPES:
+            # Atlas's notices about targets (names, errors) reach a browser only when its
+            # token names them (`target.*`, `delivery.dead`): `*` means business events, as in
+            # a target's subscriptions (outbox.routing)
+            return any(
+                p != "*" and _type_matches(p, message["event_type"]) for p in self.event_types
+            )
         if self.event_types and not any(
             _type_matches(p, message["event_type"]) for p in self.event_types
         ):

@@ -125,6 +125,11 @@ def test_token_of_tenant_a_never_matches_tenant_b_events(tenant, other_tenant):
         (("payment.*",), "payment", False),
         (("assessment.submitted",), "assessment.submitted", True),
         (("assessment.submitted",), "assessment.submitted.v2", False),
+        # Atlas's operator events (target names, errors) only when the token names them
+        ((), "target.circuit_opened", False),
+        (("*",), "delivery.dead", False),
+        (("target.*",), "target.circuit_opened", True),
+        (("delivery.dead",), "delivery.dead", True),
     ],
 )
 def test_event_type_patterns(patterns, event_type, expected):

@@ -78,8 +78,38 @@ def test_same_idempotency_key_and_body_answers_again_without_requeueing(api, ten
     )
     assert_error(other, 422, "idempotency_key_reused")
     assert ReplayRequest.objects.count() == 1
+    _a_while_later()
     fresh = api.post(_url("hook"), window, format="json", HTTP_IDEMPOTENCY_KEY="r-2")
     assert fresh.json()["requeued"] == 2
+
+
+def _a_while_later():
+    """Past the one-replay-per-minute limit of a target."""
+    ReplayRequest.objects.update(created_at=timezone.now() - replay.MIN_INTERVAL)
+
+
+def test_a_retry_without_until_gets_the_first_answer(api, tenant):
+    target = _dead_deliveries(tenant, n=2)
+    since = {"since": (timezone.now() - timedelta(hours=1)).isoformat()}
+    first = api.post(_url("hook"), since, format="json", HTTP_IDEMPOTENCY_KEY="r-1")
+    Delivery.objects.filter(target=target).update(status="dead")
+    again = api.post(_url("hook"), since, format="json", HTTP_IDEMPOTENCY_KEY="r-1")
+    assert again.status_code == 202 and again.json() == first.json()
+    assert Delivery.objects.filter(status="dead").count() == 2
+
+
+def test_a_target_is_replayed_at_most_once_a_minute_through_the_api(api, tenant):
+    """A loop of replays would be unlimited outbound traffic from one secret key."""
+    target = _dead_deliveries(tenant, n=2)
+    assert api.post(_url("hook"), _window(), format="json").status_code == 202
+    Delivery.objects.filter(target=target).update(status="dead")
+    refused = api.post(_url("hook"), _window(), format="json")
+    assert_error(refused, 429, "replay_rate_limited")
+    assert refused.json()["error"]["details"]["retryAfterSeconds"] > 0
+    assert Delivery.objects.filter(status="dead").count() == 2  # nothing requeued
+    assert ReplayRequest.objects.count() == 1
+    _a_while_later()
+    assert api.post(_url("hook"), _window(), format="json").json()["requeued"] == 2
 
 
 def test_a_target_created_later_is_back_filled_by_its_subscriptions(api, tenant, receiver):
@@ -90,6 +120,7 @@ def test_a_target_created_later_is_back_filled_by_its_subscriptions(api, tenant,
     body = api.post(_url("late"), _window(), format="json").json()
     assert (body["requeued"], body["backfilled"]) == (0, 2)
     assert Delivery.objects.filter(target=late).count() == 2
+    _a_while_later()
     again = api.post(_url("late"), _window(), format="json").json()
     assert again["backfilled"] == 0  # never twice: one delivery per event and target
     deliver_round()

@@ -126,6 +126,8 @@ def test_api_creates_and_updates_subscriptions(api, tenant):
         ("eventTypes", ["x"] * 51, "invalid_event_types"),
         ("payloadFilter", {"plan": {"nested": 1}}, "invalid_payload_filter"),
         ("payloadFilter", [1], "invalid_payload_filter"),
+        ("payloadFilter", {"plan": "x" * 201}, "invalid_payload_filter"),
+        ("payloadFilter", {"k" * 201: 1}, "invalid_payload_filter"),
         ("payloadFilter", {"plan": "a\u0000b"}, "unstorable_text"),
         ("permanentStatuses", [200], "invalid_permanent_statuses"),
         ("permanentStatuses", ["404"], "invalid_permanent_statuses"),
@@ -150,9 +152,18 @@ def test_target_routes_are_tenant_isolated(api, other_api, tenant):
     assert Target.objects.get().event_types == ["*"]
 
 
-def test_operator_event_types_are_reserved(api, tenant):
+@pytest.mark.parametrize(
+    "event_type, topic",
+    [
+        ("target.paused", "x"),  # an operator event's own name
+        ("target.anything", "x"),  # a look-alike under the reserved prefixes
+        ("delivery.failed", "x"),
+        ("thing.happened", "operator"),  # the operator topic
+    ],
+)
+def test_operator_event_types_are_reserved(api, tenant, event_type, topic):
     make_target(tenant)
-    body = {"eventType": "target.paused", "topic": "x", "payload": {}}
+    body = {"eventType": event_type, "topic": topic, "payload": {}}
     assert_error(api.post("/api/outbox/events", body, format="json"), 400, "reserved_event_type")
     assert OutboxEvent.objects.count() == 0
 

@@ -201,3 +201,22 @@ def test_a_management_command_runs_in_a_system_scope(capsys):
         call_command("outbox_stats", "--json")
     targets = json.loads(capsys.readouterr().out)["targets"]
     assert len(targets) == 2, targets  # each tenant's target: the command sees every tenant
+
+
+def test_the_workers_raw_statements_run_in_the_declared_scope():
+    """The delivery loop's statements use a raw psycopg cursor (outbox.delivery.claim.fetch_all):
+    they must still run as the system role after tenant work on the same connection, and on a
+    fresh connection (the worker reconnects after a database error)."""
+    from outbox.delivery.claim import fetch_all
+
+    who = "SELECT current_user::text, current_setting('atlas.scope', true)"
+    alpha, _beta = two_tenants()
+    with rls.tenant_scope(alpha.pk):
+        assert OutboxEvent.objects.count() > 0  # the connection now runs as alpha
+    with rls.system_scope("test: the worker"):
+        assert fetch_all(who, {}) == [(rls.system_role(), rls.SYSTEM)]
+    # a new session: the login role, nothing declared (init_connection_state after a reconnect)
+    connection.connection.execute("RESET ROLE")
+    connection.init_connection_state()
+    with rls.system_scope("test: the worker, reconnected"):
+        assert fetch_all(who, {}) == [(rls.system_role(), rls.SYSTEM)]

@@ -8,6 +8,7 @@ mismatch is 460 there, a held lock 423, an expired upload 410).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import uuid
 from collections.abc import Callable
@@ -26,6 +27,8 @@ from uploads.models import Attachment, RetrySource
 from uploads.services.finalising import attachment_finalise
 from uploads.services.quotas import quota_reserve, staging_space_check
 from uploads.services.receiving import check_limits, check_session, clean_filename
+
+logger = logging.getLogger("uploads.tus")
 
 Status = Attachment.Status
 
@@ -264,12 +267,15 @@ def tus_upload_append(
 def _staged_elsewhere(attachment: Attachment) -> DomainError:
     """This host cannot see the upload's staged file: host-local staging behind a balancer
     that is not sticky (or a shared volume that is not mounted here). Nothing is written."""
+    logger.warning(
+        "tus upload %s is staged on host %r, not here", attachment.pk, attachment.staging_host
+    )
     return DomainError(
         "upload_staged_elsewhere",
         "This upload's bytes are staged on another host; retry (the balancer should send "
         "the upload's requests to one host, or the hosts should share their staging folder).",
         kind=ErrorKind.UNAVAILABLE,
-        details={"stagingHost": attachment.staging_host},
+        # no host name in the answer: browsers (publishable keys) see it; the log has it
     )
 
 
