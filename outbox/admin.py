@@ -93,30 +93,13 @@ class EventStatusFilter(admin.SimpleListFilter):
     parameter_name = "status"
 
     def lookups(self, request, model_admin):
-        labels = {"no_targets": "no matching target"}
-        return [(s, labels.get(s, s)) for s in EVENT_STATUSES]
+        labels = {selectors.NO_TARGETS: "no matching target"}
+        return [(s, labels.get(s, s)) for s in (*selectors.STATUS_RANK, selectors.NO_TARGETS)]
 
     def queryset(self, request, queryset):
-        value = self.value()
-        if value not in EVENT_STATUSES:
+        if self.value() not in selectors.EVENT_STATUSES:
             return queryset
-        if value == "no_targets":
-            return queryset.exclude(Exists(Delivery.objects.filter(event=OuterRef("pk"))))
-        # worse statuses come first: an event is `value` if it has one, and none worse
-        worse = EVENT_STATUSES[: EVENT_STATUSES.index(value)]
-        queryset = queryset.filter(_has_delivery(value))
-        for status in worse:
-            if status != "no_targets":
-                queryset = queryset.exclude(_has_delivery(status))
-        return queryset
-
-
-# worst first, as outbox.selectors.event_status ranks them
-EVENT_STATUSES = ["dead", "retrying", "pending", "cancelled", "delivered", "no_targets"]
-
-
-def _has_delivery(status: str):
-    return Exists(Delivery.objects.filter(event=OuterRef("pk"), status=status))
+        return queryset.filter(selectors.events_in_status_q(self.value()))
 
 
 def _report(modeladmin, request, count, verb):
@@ -181,8 +164,7 @@ class EventDeliveryStatusFilter(admin.SimpleListFilter):
     def queryset(self, request, queryset):
         if self.value() not in Delivery.Status.values:
             return queryset
-        having = Delivery.objects.filter(event=OuterRef("pk"), status=self.value())
-        return queryset.filter(Exists(having))
+        return queryset.filter(selectors.events_with_status_q(self.value()))
 
 
 class TopicFilter(RecentValuesFilter):

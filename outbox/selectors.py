@@ -15,18 +15,23 @@ from tenants.scoping import scoped, tenant_get_or_404, tenant_queryset
 
 NO_TARGETS = "no_targets"  # the status of an event no target was subscribed to
 EVENT_STATUSES = (NO_TARGETS, *Delivery.Status.values)
+# An event's status is its worst delivery's: worst first.
+STATUS_RANK = tuple(
+    s.value
+    for s in (
+        Delivery.Status.DEAD,
+        Delivery.Status.RETRYING,
+        Delivery.Status.PENDING,
+        Delivery.Status.CANCELLED,
+        Delivery.Status.DELIVERED,
+    )
+)
 
 
 def event_status(*, deliveries) -> str:
     """One word for the API: delivered, dead, cancelled, retrying, pending or no_targets."""
-    status = Delivery.Status
     statuses = {d.status for d in deliveries}
-    if not statuses:
-        return NO_TARGETS
-    for worst_first in (status.DEAD, status.RETRYING, status.PENDING):
-        if worst_first in statuses:
-            return worst_first.value
-    return (status.CANCELLED if status.CANCELLED in statuses else status.DELIVERED).value
+    return next((s for s in STATUS_RANK if s in statuses), NO_TARGETS)
 
 
 def event_get(*, tenant_id, event_id) -> OutboxEvent:
@@ -57,6 +62,16 @@ def events_with_status_q(status: str) -> Q:
     if status == NO_TARGETS:
         return ~Exists(deliveries)
     return Exists(deliveries.filter(status=status))
+
+
+def events_in_status_q(status: str) -> Q:
+    """A filter for events whose status (`event_status`, the worst delivery's) is `status`:
+    one delivery in it and none worse."""
+    q = events_with_status_q(status)
+    if status in STATUS_RANK:
+        for worse in STATUS_RANK[: STATUS_RANK.index(status)]:
+            q &= ~events_with_status_q(worse)
+    return q
 
 
 def target_list(*, tenant_id):
