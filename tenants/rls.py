@@ -244,8 +244,9 @@ def _task_finished(sender, task=None, **kwargs) -> None:
         _scope.reset(stack.pop())
 
 
-# manage.py: every command is operator work (system scope); migrate and flush run as the owner.
-OWNER_COMMANDS = frozenset({"migrate", "flush"})
+# manage.py: every command is operator work (system scope); the schema commands run as the
+# owner (migrate creates the application roles, so the others may run before they exist).
+OWNER_COMMANDS = frozenset({"migrate", "flush", "makemigrations", "showmigrations", "sqlmigrate"})
 
 
 def _scoped_execute(original):

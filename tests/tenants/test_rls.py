@@ -220,3 +220,14 @@ def test_the_workers_raw_statements_run_in_the_declared_scope():
     connection.init_connection_state()
     with rls.system_scope("test: the worker, reconnected"):
         assert fetch_all(who, {}) == [(rls.system_role(), rls.SYSTEM)]
+
+
+@pytest.mark.parametrize("command", ["makemigrations", "showmigrations"])
+def test_migration_commands_run_as_the_owner_before_the_roles_exist(settings, command):
+    """`make lint` runs makemigrations --check on a database that may never have been migrated
+    (the roles are created by migrate): schema commands must not switch to the app roles."""
+    from django.core.management import call_command
+
+    settings.DATABASE_APP_ROLE = "atlas_not_created_yet"
+    args = ["--check", "--dry-run"] if command == "makemigrations" else ["outbox"]
+    call_command(command, *args, verbosity=0)
