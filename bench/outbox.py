@@ -385,6 +385,9 @@ def main():
     parser.add_argument("--fair-seconds", type=float, default=20)
     parser.add_argument("--tarpit-events", type=int, default=200)
     parser.add_argument(
+        "--cost-only", action="store_true", help="only the worker's cost (ceilings, workers)"
+    )
+    parser.add_argument(
         "--publish-only",
         action="store_true",
         help="only the publish latency (with and without the subscription check)",
@@ -414,6 +417,11 @@ def main():
                 url=url + "/slack",
                 event_types=["assessment.submitted", "payment.*", "order.*"],
             )
+        if args.cost_only:
+            throughput, cost = bench_worker_cost(receiver_stats, url, args.deliver)
+            print_table("The worker's cost (vs the HTTP client ceilings)", throughput)
+            print_table("Figures", [cost])
+            return
         publish = bench_publish(tenant, args.publish)
         if args.publish_only:
             publish_report(publish)

@@ -404,6 +404,11 @@ OUTBOX_REALTIME_TOKEN_MAX_TTL_SECONDS = env("OUTBOX_REALTIME_TOKEN_MAX_TTL_SECON
 # addresses stay refused even inside them. And the most targets one tenant may have.
 OUTBOX_ALLOWED_TARGET_NETWORKS = env("OUTBOX_ALLOWED_TARGET_NETWORKS", "list", [])
 OUTBOX_MAX_TARGETS_PER_TENANT = env("OUTBOX_MAX_TARGETS_PER_TENANT", "int", 20)
+# Every send through this HTTP CONNECT proxy (`http://[user:password@]host:port`), e.g. a
+# smokescreen in front of the workers: the tunnel goes to the address the guard checked.
+OUTBOX_EGRESS_PROXY = env("OUTBOX_EGRESS_PROXY", "str", "")
+if OUTBOX_EGRESS_PROXY and not OUTBOX_EGRESS_PROXY.startswith("http://"):
+    raise ImproperlyConfigured("OUTBOX_EGRESS_PROXY must be http://[user:password@]host:port")
 try:
     import ipaddress as _ipaddress
 

@@ -27,6 +27,7 @@ DEFAULTS = {
     "OUTBOX_HEARTBEAT_STALE_SECONDS": 60,
     "OUTBOX_ALLOWED_TARGET_NETWORKS": [],
     "OUTBOX_MAX_TARGETS_PER_TENANT": 20,
+    "OUTBOX_EGRESS_PROXY": "",
 }
 
 # A target's timeout may not exceed this (refused at create; capped at send for older rows).

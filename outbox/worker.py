@@ -115,7 +115,7 @@ class Worker:
         self._last_beat = 0.0
         self._last_report, self._reported_total = time.monotonic(), 0
         # the pipeline's state (all on this thread)
-        self.sending = 0  # jobs handed to the sender threads (waiting or on the wire)
+        self.sending = 0  # jobs handed to the send slots (waiting or on the wire)
         self.in_flight: dict[str, int] = {}  # tenant -> its jobs handed to the senders
         self.active: dict[str, float] = {}  # tenant -> when it was last claimed for
         self.finished: list[Result] = []  # sent, not yet recorded

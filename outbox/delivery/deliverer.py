@@ -1,20 +1,19 @@
-"""Claim due rows (SKIP LOCKED + lease, shared fairly), send them on a fixed set of sender
-threads, record the verdicts.
+"""Claim due rows (SKIP LOCKED + lease, shared fairly), send them from a fixed number of send
+slots (coroutines on one event loop thread, delivery/senders.py), record the verdicts.
 
 Two ways to drive it:
 - the worker's continuous pipeline (`outbox/worker.py`): claims into free send slots as they
   free, and records finished sends in small groups (`claim_into`, `record_results`);
 - rounds (`run_once`: claim, send, wait for all, record), for the django-q2 sweep and tests.
-Sender threads never touch the database; every statement runs on the caller's thread.
+The send slots never touch the database; every statement runs on the caller's thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import contextvars
 import logging
 import queue
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -23,14 +22,15 @@ from datetime import datetime
 from django.db import Error as DjangoDbError
 from django.db import transaction
 from django.utils import timezone
-from urllib3 import HTTPConnectionPool
 
 from outbox import conf, operator_events
 from outbox.delivery import breaker, ratelimit
 from outbox.delivery.claim import Fairness, deliveries_claim, leases_renew
-from outbox.delivery.dispatch import STOP, Dispatch
+from outbox.delivery.client import Client
+from outbox.delivery.dispatch import Dispatch
 from outbox.delivery.record import goes_dead, verdict_log, verdicts_record
-from outbox.delivery.send import Job, Result, pool_new, send
+from outbox.delivery.send import Job, Result, send
+from outbox.delivery.senders import Senders
 from outbox.models import Target
 
 logger = logging.getLogger("outbox.delivery")
@@ -48,42 +48,27 @@ class Batch:
     results: list[Result] = field(default_factory=list)
     recorded: bool = False
     sink: queue.SimpleQueue | None = None  # where its sends report (a round's own queue)
-    sent: int = 0  # jobs handed to the sender threads (the rest were deferred at once)
+    sent: int = 0  # jobs handed to the send slots (the rest were deferred at once)
 
 
 class Deliverer:
-    """Holds the HTTP pools (one keep-alive pool per target), the sender threads and the
-    leases it holds."""
+    """Holds the send slots (with their keep-alive connections per target) and the leases
+    it holds."""
 
     def __init__(self, *, concurrency: int | None = None, worker_id: str | None = None):
         self.concurrency = concurrency or conf.get("OUTBOX_WORKER_CONCURRENCY")
         self.worker_id = worker_id or f"adhoc-{uuid.uuid4().hex[:8]}"
-        self.pools: dict[tuple[str, str], HTTPConnectionPool] = {}
-        self._pools_lock = threading.Lock()
-        self.dispatch = Dispatch(self.concurrency)  # claimed jobs, waiting for a sender
-        self._senders: list[threading.Thread] = []
+        self.dispatch = Dispatch(self.concurrency)  # claimed jobs, waiting for a slot
+        self.senders = Senders(self.dispatch, self.concurrency, self._send)
         self.delivered_total = 0
         # delivery id -> lease token, for every delivery claimed and not yet recorded
         self.held: dict[int, str] = {}
         self._next_probe_check = 0.0
 
     def close(self) -> None:
-        """Let the sender threads finish what they were given, then stop them."""
+        """Let the send slots finish what they were given, then stop them."""
         self.dispatch.stop()
-        for thread in self._senders:
-            thread.join()
-        self._senders = []
-        for pool in self.pools.values():
-            pool.close()
-
-    def pool_for(self, job: Job) -> HTTPConnectionPool:
-        key = (job.target_id, job.url)  # a changed URL gets a fresh pool
-        pool = self.pools.get(key)
-        if pool is None:
-            with self._pools_lock:
-                pool = self.pools.get(key) or pool_new(job.url, self.concurrency)
-                self.pools[key] = pool
-        return pool
+        self.senders.close()
 
     # --- claiming ----------------------------------------------------------------------------
 
@@ -140,62 +125,30 @@ class Deliverer:
     # --- sending -----------------------------------------------------------------------------
 
     def submit(self, batch: Batch, sink: queue.SimpleQueue | None = None) -> Batch:
-        """Hand the batch to the sender threads; each finished send's Result goes to `sink`
+        """Hand the batch to the send slots; each finished send's Result goes to `sink`
         (a queue of the batch's own by default). Rate-limit slots are reserved here, just
         before the sends: jobs without a slot within the horizon are handed back at once
         (their Result is in `batch.results` already; no sender is used)."""
         batch.sink = sink or queue.SimpleQueue()
         ratelimit.slots_reserve(batch.jobs)
-        self._senders_start()
+        self.senders.start()
         sending = []
         for job in batch.jobs:
-            if job.defer_seconds is not None:
-                batch.results.append(self._send(job))
+            if job.defer_seconds is not None:  # no slot within the horizon: hand it back
+                batch.results.append(
+                    Result(job, "deferred", retry_after=job.defer_seconds, sent=False)
+                )
             else:
                 sending.append(job)
         batch.sent = len(sending)
         self.dispatch.put(sending, batch.sink)
         return batch
 
-    def _senders_start(self) -> None:
-        while len(self._senders) < self.concurrency:
-            # the senders work in the scope of the loop that starts them (the worker's)
-            thread = threading.Thread(
-                target=contextvars.copy_context().run,
-                args=(self._sender_loop,),
-                name=f"outbox-send-{len(self._senders)}",
-                daemon=True,
-            )
-            thread.start()
-            self._senders.append(thread)
-
-    def _sender_loop(self) -> None:
-        """Send, report, take the next job (or sleep on an own queue until handed one)."""
-        inbox: queue.SimpleQueue = queue.SimpleQueue()
-        dispatch = self.dispatch
-        item = dispatch.next(inbox, None)
-        while True:
-            if item is None:
-                item = inbox.get()
-            if item is STOP:
-                return
-            job, sink = item
-            sink.put(self._send(job))
-            item = dispatch.next(inbox, job)
-
-    def _send(self, job: Job) -> Result:
-        try:
-            return self._send_limited(job)
-        except Exception as exc:  # e.g. a URL urllib3 cannot use: recorded, never a crash
-            logger.exception("send failed before reaching the receiver")
-            return Result(job, "retry", error=f"{type(exc).__name__}: {exc}"[:1000])
-
-    def _send_limited(self, job: Job) -> Result:
-        if job.defer_seconds is not None:  # no slot within the horizon: hand it back
-            return Result(job, "deferred", retry_after=job.defer_seconds, sent=False)
+    async def _send(self, client: Client, job: Job) -> Result:
+        """On the send loop: wait for the rate limit's slot, then one HTTP try."""
         if job.send_at is not None and (wait := job.send_at - time.monotonic()) > 0:
-            time.sleep(wait)
-        return send(None if job.target_kind == _REALTIME else self.pool_for(job), job)
+            await asyncio.sleep(wait)
+        return await send(None if job.target_kind == _REALTIME else client, job)
 
     # --- one round (the sweep, tests) ---------------------------------------------------------
 

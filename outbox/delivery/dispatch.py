@@ -1,4 +1,4 @@
-"""Hands claimed jobs to the sender threads, tenants taking turns.
+"""Hands claimed jobs to the send slots (delivery/senders.py), tenants taking turns.
 
 A worker claims a little ahead of its free slots, so a freed sender never waits for a
 database round trip: the jobs wait here, one queue per tenant. A sender that finishes a send
@@ -8,8 +8,8 @@ another tenant competes (has jobs here or on the wire, or was active moments ago
 newcomer's job goes out next, not behind a backlog claimed earlier, and hanging sends of one
 tenant never hold every slot.
 
-One plain lock, held for a few dict operations; an idle sender sleeps on its own queue (C
-level) until a job is handed to it.
+One plain lock (the worker's thread puts, the send loop takes), held for a few dict
+operations; an idle sender parks until a job is handed to it.
 """
 
 from __future__ import annotations
@@ -18,10 +18,17 @@ import threading
 from collections import deque
 from collections.abc import Iterable
 from queue import SimpleQueue
+from typing import Protocol
 
 from outbox.delivery.send import Job
 
 STOP = object()  # handed to a sender: exit
+
+
+class Inbox(Protocol):
+    """Where a parked sender is handed its next item (senders._Handoff, or a queue)."""
+
+    def put(self, item) -> None: ...
 
 
 class Dispatch:
@@ -32,7 +39,7 @@ class Dispatch:
         self._waiting: dict[str, deque] = {}  # tenant -> its (job, sink) in claim order
         self._turns: deque[str] = deque()  # tenants with waiting jobs, in turn order
         self._on_wire: dict[str, int] = {}
-        self._idle: list[SimpleQueue] = []  # the inboxes of senders with nothing to do
+        self._idle: list[Inbox] = []  # the inboxes of senders with nothing to do
         self._active: frozenset[str] = frozenset()
         self._stopped = False
 
@@ -53,7 +60,7 @@ class Dispatch:
         self._active = frozenset(tenants)
         self.put((), SimpleQueue())  # a tenant's limit may have risen: wake idle senders
 
-    def next(self, inbox: SimpleQueue, finished: Job | None):
+    def next(self, inbox: Inbox, finished: Job | None):
         """For a sender: note `finished` off the wire; the next job to send, or None (then
         the sender waits on `inbox`, where a job or STOP will be put)."""
         with self._lock:

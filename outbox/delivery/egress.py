@@ -1,7 +1,7 @@
 """The egress guard: a target reaches public addresses only.
 
 A URL is checked when a target is created or changed (`url_check`, for the services) and again
-each time the worker opens a connection (`PinnedHTTPConnection`): the host is resolved once,
+each time the worker opens a connection (delivery/client.py): the host is resolved once,
 every answer must be public (or inside OUTBOX_ALLOWED_TARGET_NETWORKS), and the socket goes to
 one of exactly those answers. There is no second lookup for a rebinding DNS server to answer
 differently. Metadata services are refused whatever the allowance says.
@@ -12,13 +12,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import socket
-import sys
 from urllib.parse import urlsplit
-
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
-from urllib3.util import connection as urllib3_connection
 
 from outbox import conf
 
@@ -78,8 +72,8 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 class EgressRefused(Exception):
-    """A target URL or address the guard refuses. Not an OSError: urllib3 lets it through
-    unwrapped, and the send records it as a permanent failure."""
+    """A target URL or address the guard refuses. Not an OSError (the client tries the next
+    address on those): the send records it as a permanent failure."""
 
     def __init__(self, reason: str):
         super().__init__(reason)
@@ -156,62 +150,3 @@ def url_check(url: str) -> None:
         resolve_checked(parts.hostname, port)
     except (socket.gaierror, UnicodeError):
         return
-
-
-# --- the connection that connects where it checked -----------------------------------------
-
-
-def pinned_socket(conn: HTTPConnection) -> tuple[socket.socket, bool]:
-    """urllib3's `_new_conn` with the check between lookup and connect: one lookup, every
-    answer checked, the socket connected to one of those answers. Returns the socket and
-    whether its peer is public (only then may a tenant see the response body)."""
-    host, port = conn._dns_host, conn.port
-    try:
-        answers = resolve_checked(host, port)
-    except socket.gaierror as exc:
-        raise NameResolutionError(conn.host, conn, exc) from exc
-    last_error: OSError | None = None
-    for _family, sockaddr in answers:
-        try:
-            sock = urllib3_connection.create_connection(
-                (sockaddr[0], port),
-                conn.timeout,
-                source_address=conn.source_address,
-                socket_options=conn.socket_options,
-            )
-        except OSError as exc:  # a timeout included: try the next checked answer
-            last_error = exc
-            continue
-        sys.audit("http.client.connect", conn, conn.host, port)
-        return sock, address_is_public(ipaddress.ip_address(sockaddr[0]))
-    if isinstance(last_error, TimeoutError):
-        raise ConnectTimeoutError(conn, f"connect timeout={conn.timeout}") from last_error
-    raise NewConnectionError(conn, f"Failed to establish a new connection: {last_error}") from (
-        last_error
-    )
-
-
-class PinnedHTTPConnection(HTTPConnection):
-    peer_public = False
-
-    def _new_conn(self) -> socket.socket:
-        sock, self.peer_public = pinned_socket(self)
-        return sock
-
-
-class PinnedHTTPSConnection(HTTPSConnection):
-    """TLS over the pinned socket: SNI and certificate checks use the URL's host name."""
-
-    peer_public = False
-
-    def _new_conn(self) -> socket.socket:
-        sock, self.peer_public = pinned_socket(self)
-        return sock
-
-
-class PinnedHTTPConnectionPool(HTTPConnectionPool):
-    ConnectionCls = PinnedHTTPConnection
-
-
-class PinnedHTTPSConnectionPool(HTTPSConnectionPool):
-    ConnectionCls = PinnedHTTPSConnection

@@ -1,15 +1,13 @@
 """Sending one delivery: request building per target kind, the HTTP try and its verdict.
 
-Runs in the worker's thread pool: no database access here, only HTTP.
+Runs on the worker's event loop (delivery/client.py): no database access here, only HTTP.
 """
 
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import hmac
-import http.client
 import json
 import logging
 import re
@@ -19,29 +17,18 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import certifi
-import urllib3
-from urllib3 import HTTPConnectionPool
-from urllib3.exceptions import (
-    HTTPError,
-    LocationParseError,
-    NameResolutionError,
-    ProtocolError,
-    ReadTimeoutError,
-)
-from urllib3.exceptions import SSLError as Urllib3SSLError
-from urllib3.util import parse_url
+import httptools
 
 from core.backoff import retry_after_seconds
 from outbox import conf
 from outbox.delivery import egress
+from outbox.delivery.client import Client, PeerClosed, ProxyRefused, destination
 from outbox.models import Target
 from outbox.routing import OPERATOR_TOPIC
 
 logger = logging.getLogger("outbox.delivery")
 
 EXCERPT_CHARS = 256  # what a tenant may see of a (public) receiver's answer
-READ_LIMIT_BYTES = 64 * 1024  # read at most this of an answer; a longer one closes the socket
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 USER_AGENT = "Atlas-Outbox/1.0"
 _REALTIME, _SLACK = Target.Kind.REALTIME.value, Target.Kind.SLACK.value  # compared per send
@@ -176,80 +163,33 @@ def slack_request(job: Job) -> tuple[dict, str]:
     return {"content-type": "application/json", "user-agent": USER_AGENT}, body
 
 
-def pool_new(url: str, size: int) -> HTTPConnectionPool:
-    """One keep-alive connection pool per target (urllib3: what requests runs on, without
-    its per-call overhead, which capped a worker at about 550 sends/s on the bench machine).
-    Its connections go through the egress guard (egress.PinnedHTTPConnection). A URL the
-    guard refuses still gets a pool: `send` refuses it before using it."""
-    try:
-        parsed = parse_url(url)
-    except LocationParseError:
-        return egress.PinnedHTTPConnectionPool("invalid.", 80, maxsize=1, retries=False)
-    host = parsed.host or "invalid."
-    if parsed.scheme == "https":
-        return egress.PinnedHTTPSConnectionPool(
-            host, parsed.port, maxsize=size, block=False, retries=False, ca_certs=certifi.where()
-        )
-    return egress.PinnedHTTPConnectionPool(
-        host, parsed.port, maxsize=size, block=False, retries=False
-    )
-
-
-@functools.lru_cache(maxsize=4096)
-def request_target(url: str) -> str | None:
-    """The origin-form request target (`/path?query`) of a target URL, or None when the URL is
-    not one the guard lets out (scheme, no host, unparsable)."""
-    try:
-        parsed = parse_url(url)
-    except LocationParseError:
-        return None
-    if parsed.scheme not in egress.ALLOWED_SCHEMES or not parsed.host:
-        return None
-    return parsed.request_uri
-
-
-def send(pool: HTTPConnectionPool | None, job: Job) -> Result:
-    """One HTTP try. Never raises: every failure becomes a Result the worker records, its
-    error one word of a fixed vocabulary (see `failure_code`), never the remote's bytes."""
+async def send(client: Client | None, job: Job) -> Result:
+    """One HTTP try (on the worker's event loop). Never raises: every failure becomes a Result
+    the worker records, its error one word of a fixed vocabulary (see `failure_code`), never
+    the remote's bytes."""
     if job.target_kind == _REALTIME:
         # broadcast by the worker's NOTIFY in the same statement that marks it delivered
         return Result(job, "delivered")
-    if pool is None:  # a caller's bug, never a delivery: the worker records it as a retry
-        raise ValueError(f"no connection pool for {job.target_kind} target {job.target_id}")
-    target = request_target(job.url)
-    if target is None:
+    if client is None:  # a caller's bug, never a delivery: the worker records it as a retry
+        raise ValueError(f"no HTTP client for {job.target_kind} target {job.target_id}")
+    to = destination(job.url)
+    if to is None:
         return Result(job, "permanent", error=egress.REFUSED)
     headers, body = slack_request(job) if job.target_kind == _SLACK else webhook_request(job)
     timeout = min(job.timeout, conf.MAX_TARGET_TIMEOUT_SECONDS)  # rows from before the cap
     started = time.perf_counter()
     try:
-        response = pool.urlopen(
-            "POST",
-            target,
-            body=body.encode(),
-            headers=headers,
-            timeout=urllib3.Timeout(connect=min(timeout, 5.0), read=timeout),
-            retries=False,
-            redirect=False,
-            assert_same_host=False,
-            preload_content=False,
-            decode_content=False,
-        )
-        try:
-            public = getattr(response.connection, "peer_public", False)
-            content = response.read(READ_LIMIT_BYTES, decode_content=False) or b""
-        finally:
-            if not response.closed:  # more than we read: this connection cannot be reused
-                response.close()
-            response.release_conn()
+        response = await client.post((job.target_id, job.url), to, headers, body.encode(), timeout)
     except egress.EgressRefused:
         return _failed(job, started, egress.REFUSED, outcome="permanent")
     except Exception as exc:  # noqa: BLE001 - every failure is a verdict, named from the list
-        if not isinstance(exc, (OSError, HTTPError, http.client.HTTPException)):
+        if not isinstance(exc, (OSError, httptools.HttpParserError)):
             logger.warning("unexpected send failure (recorded as a retry)", exc_info=True)
         return _failed(job, started, failure_code(exc))
     duration = (time.perf_counter() - started) * 1000
-    return verdict(job, response.status, response.headers, content, duration, public=public)
+    return verdict(
+        job, response.status, response.headers, response.content, duration, public=response.public
+    )
 
 
 def failure_code(exc: BaseException) -> str:
@@ -262,8 +202,7 @@ def failure_code(exc: BaseException) -> str:
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
-    """The exception, what it wraps (urllib3 keeps the cause in args or `reason`) and its
-    chain, breadth first."""
+    """The exception, what it wraps (in args or `reason`) and its chain, breadth first."""
     seen: list[BaseException] = []
     queue: list[BaseException] = [exc]
     while queue and len(seen) < 16:
@@ -278,15 +217,16 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return seen
 
 
-# First match wins, most specific first (a NewConnectionError is also a timeout to urllib3).
+# First match wins, most specific first (an SSL error is also an OSError).
 _FAILURE_CODES: list[tuple[type | tuple[type, ...], str]] = [
-    ((ssl.SSLError, ssl.CertificateError, Urllib3SSLError), "tls_error"),
-    ((socket.gaierror, NameResolutionError), "dns_error"),
+    ((ssl.SSLError, ssl.CertificateError), "tls_error"),
+    (socket.gaierror, "dns_error"),
+    (ProxyRefused, "proxy_error"),
     (ConnectionRefusedError, "connection_refused"),
-    (http.client.RemoteDisconnected, "connection_closed"),
+    (PeerClosed, "connection_closed"),
     ((ConnectionResetError, BrokenPipeError, ConnectionAbortedError), "connection_reset"),
-    ((TimeoutError, ReadTimeoutError), "timeout"),
-    ((http.client.HTTPException, ProtocolError), "protocol_error"),
+    (TimeoutError, "timeout"),
+    (httptools.HttpParserError, "protocol_error"),
 ]
 
 

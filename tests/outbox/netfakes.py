@@ -1,11 +1,13 @@
-"""Network stand-ins for the egress tests: a scripted resolver, a non-HTTP banner service and a
-raw socket receiver that keeps the exact request line."""
+"""Network stand-ins for the egress tests: a scripted resolver, a non-HTTP banner service, a
+raw socket receiver that keeps the exact request line, a receiver that trickles its answer and
+an HTTP CONNECT proxy."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 
 
@@ -142,3 +144,108 @@ def start_tls_receiver(cert: str, key: str):
     server.socket = context.wrap_socket(server.socket, server_side=True)
     state.url = f"https://127.0.0.1:{server.server_address[1]}/hook"
     return state, server, names
+
+
+def _listen() -> socket.socket:
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    return listener
+
+
+def _serve(listener: socket.socket, handle) -> None:
+    """Accept until the listener closes, each connection on a thread of its own."""
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _addr = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
+def _read_head(conn: socket.socket) -> bytes | None:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def start_trickle_server(response: bytes, every: float) -> RawServer:
+    """An HTTP receiver that answers one byte every `every` seconds: each read sees a byte
+    well within any per-read timeout; the whole answer takes len(response) * every."""
+    listener = _listen()
+    server = RawServer(port=listener.getsockname()[1], sock=listener)
+
+    def handle(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.settimeout(30)
+            head = _read_head(conn)
+            if head is None:
+                return
+            server.received.append(head)
+            for byte in response:
+                time.sleep(every)
+                conn.sendall(bytes([byte]))
+
+    _serve(listener, handle)
+    return server
+
+
+@dataclass
+class ConnectProxy:
+    """An HTTP CONNECT proxy on 127.0.0.1 (as smokescreen or squid would be): records each
+    CONNECT request's head, answers `status` (200 opens the tunnel and relays bytes)."""
+
+    port: int = 0
+    status: int = 200
+    requests: list[str] = field(default_factory=list)
+    sock: socket.socket | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+
+
+def start_connect_proxy(status: int = 200) -> ConnectProxy:
+    listener = _listen()
+    proxy = ConnectProxy(port=listener.getsockname()[1], status=status, sock=listener)
+
+    def relay(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def handle(conn: socket.socket) -> None:
+        data = _read_head(conn)
+        if data is None:
+            conn.close()
+            return
+        head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+        proxy.requests.append(head)
+        if proxy.status != 200:
+            conn.sendall(f"HTTP/1.1 {proxy.status} Refused\r\ncontent-length: 0\r\n\r\n".encode())
+            conn.close()
+            return
+        authority = head.split(" ", 2)[1]
+        host, _, port = authority.rpartition(":")
+        upstream = socket.create_connection((host.strip("[]"), int(port)), timeout=10)
+        conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        threading.Thread(target=relay, args=(upstream, conn), daemon=True).start()
+        relay(conn, upstream)
+
+    _serve(listener, handle)
+    return proxy

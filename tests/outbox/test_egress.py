@@ -302,11 +302,11 @@ def test_https_goes_to_the_pinned_address_with_the_names_sni_and_certificate(
 ):
     """The socket goes to the checked address; TLS still asks for, and verifies, the URL's
     host name (a certificate for another name fails as tls_error, nothing is sent)."""
-    from outbox.delivery import send
+    from outbox.delivery import client
 
     settings.OUTBOX_ALLOWED_TARGET_NETWORKS = ["127.0.0.1/32"]
     cert, key = self_signed_certificate(tmp_path, "hooks.example.test")
-    monkeypatch.setattr(send.certifi, "where", lambda: cert)
+    monkeypatch.setattr(client.certifi, "where", lambda: cert)
     receiver, server, sni = start_tls_receiver(cert, key)
     try:
         port = server.server_address[1]

@@ -139,8 +139,7 @@ def test_a_held_lease_is_never_delivered_by_another_round(tenant, receiver, sett
         assert receiver.requests == []
         with time_machine.travel(now + timedelta(seconds=31), tick=False):
             assert deliver_round() == 3  # lease expired: someone else delivers
-            results = [holder._send(job) for job in claimed]
-            late = Batch("holder:1", claimed, results=results)
+            late = holder.collect(holder.submit(Batch("holder:1", claimed)))
             holder.record(late)  # the late holder's verdict is fenced out
     finally:
         holder.close()

@@ -1,0 +1,216 @@
+"""The worker's HTTP client against receivers that misbehave on purpose, and through an egress
+proxy: a whole-send deadline, bounded answers, keep-alive, HTTP CONNECT tunnels to the checked
+address only."""
+
+import pytest
+
+from outbox.models import Delivery, DeliveryAttempt
+from tests.outbox.factories import make_target, publish
+from tests.outbox.helpers import deliver_round
+from tests.outbox.netfakes import (
+    install_fake_dns,
+    self_signed_certificate,
+    start_connect_proxy,
+    start_raw_server,
+    start_tls_receiver,
+    start_trickle_server,
+)
+
+pytestmark = pytest.mark.django_db
+
+SLOW_OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+
+# --- a whole-send deadline --------------------------------------------------------------------
+
+
+def test_a_receiver_trickling_its_answer_is_cut_off_at_the_targets_timeout(tenant):
+    """Each byte comes 0.15 s after the previous one (inside any per-read timeout); the whole
+    answer would take 6 s. The target's 1 s timeout bounds the whole send: `timeout`, and the
+    slot is free again, not held for as long as the receiver cares to trickle."""
+    server = start_trickle_server(SLOW_OK, every=0.15)
+    try:
+        make_target(tenant, url=f"{server.url}/slow", timeout_seconds=1)
+        publish(tenant)
+        deliver_round()
+    finally:
+        server.close()
+    delivery = Delivery.objects.get()
+    attempt = DeliveryAttempt.objects.get()
+    assert (delivery.status, delivery.last_error) == ("retrying", "timeout")
+    assert attempt.error == "timeout" and attempt.status_code is None
+    assert attempt.duration_ms < 6000 * 0.5  # cut off, not read to the end
+
+
+def test_an_endless_answer_is_read_up_to_the_limit_and_the_verdict_recorded(tenant):
+    """A receiver streaming a huge body (chunked, never ending) cannot hold the slot or the
+    worker's memory: the first 64 KB are read, the connection dropped, the 200 recorded."""
+    chunk = b"10000\r\n" + b"x" * 0x10000 + b"\r\n"
+    head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+    server = start_raw_server(lambda data: head + chunk * 64)  # 4 MB, no final chunk
+    try:
+        make_target(tenant, url=f"{server.url}/big")
+        publish(tenant)
+        deliver_round()
+    finally:
+        server.close()
+    assert Delivery.objects.get().status == "delivered"
+    assert DeliveryAttempt.objects.get().status_code == 200
+
+
+def test_one_deliverer_reuses_its_connection_across_sends(tenant):
+    from outbox.delivery import Deliverer
+    from tests.outbox.receiver import start_receiver
+
+    receiver, server = start_receiver()
+    peers = set()
+    handler = server.RequestHandlerClass
+    original = handler.do_POST
+
+    def counting(self):
+        peers.add(self.client_address)
+        original(self)
+
+    handler.do_POST = counting  # type: ignore[method-assign]
+    deliverer = Deliverer(concurrency=1)
+    try:
+        make_target(tenant, url=receiver.url)
+        for _ in range(3):
+            publish(tenant)
+            assert deliverer.run_once() == 1
+    finally:
+        deliverer.close()
+        handler.do_POST = original  # type: ignore[method-assign]
+        server.shutdown()
+        server.server_close()
+    assert len(receiver.requests) == 3 and len(peers) == 1
+
+
+def test_a_receiver_closing_without_an_answer_is_connection_closed(tenant):
+    server = start_raw_server(lambda data: b"")
+    try:
+        make_target(tenant, url=f"{server.url}/x")
+        publish(tenant)
+        deliver_round()
+    finally:
+        server.close()
+    assert Delivery.objects.get().last_error == "connection_closed"
+
+
+def test_an_answer_delimited_by_closing_the_connection_is_read(tenant):
+    """HTTP/1.0 style: no content-length, the end of the body is the end of the connection."""
+    server = start_raw_server(lambda data: b"HTTP/1.0 202 Accepted\r\n\r\nqueued")
+    try:
+        make_target(tenant, url=f"{server.url}/x")
+        publish(tenant)
+        deliver_round()
+    finally:
+        server.close()
+    assert Delivery.objects.get().status == "delivered"
+    assert DeliveryAttempt.objects.get().status_code == 202
+
+
+# --- OUTBOX_EGRESS_PROXY ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_dns(monkeypatch):
+    return install_fake_dns(monkeypatch)
+
+
+def test_every_send_goes_through_the_egress_proxy_to_the_checked_address(
+    tenant, settings, fake_dns
+):
+    from tests.outbox.receiver import start_receiver
+
+    receiver, server = start_receiver()
+    proxy = start_connect_proxy()
+    settings.OUTBOX_EGRESS_PROXY = proxy.url
+    try:
+        port = server.server_address[1]
+        fake_dns.set("hooks.example.test", ["127.0.0.1"])
+        make_target(tenant, url=f"http://hooks.example.test:{port}/in?x=1")
+        publish(tenant)
+        deliver_round()
+    finally:
+        proxy.close()
+        server.shutdown()
+        server.server_close()
+    # the tunnel goes to the address checked here, never the name (no second resolution)
+    assert [r.split("\r\n")[0] for r in proxy.requests] == [f"CONNECT 127.0.0.1:{port} HTTP/1.1"]
+    assert len(receiver.requests) == 1
+    assert receiver.requests[0].headers["host"] == f"hooks.example.test:{port}"
+    assert Delivery.objects.get().status == "delivered"
+
+
+def test_https_through_the_proxy_verifies_the_urls_name(
+    tenant, settings, fake_dns, tmp_path, monkeypatch
+):
+    from outbox.delivery import client
+
+    cert, key = self_signed_certificate(tmp_path, "hooks.example.test")
+    monkeypatch.setattr(client.certifi, "where", lambda: cert)
+    receiver, server, sni = start_tls_receiver(cert, key)
+    proxy = start_connect_proxy()
+    settings.OUTBOX_EGRESS_PROXY = proxy.url
+    try:
+        port = server.server_address[1]
+        fake_dns.set("hooks.example.test", ["127.0.0.1"])
+        fake_dns.set("other.example.test", ["127.0.0.1"])
+        make_target(tenant, "good", url=f"https://hooks.example.test:{port}/hook")
+        make_target(tenant, "wrong", url=f"https://other.example.test:{port}/hook")
+        publish(tenant)
+        deliver_round()
+    finally:
+        proxy.close()
+        server.shutdown()
+        server.server_close()
+    assert len(proxy.requests) == 2 and len(receiver.requests) == 1
+    assert sorted(sni) == ["hooks.example.test", "other.example.test"]
+    errors = dict(Delivery.objects.values_list("target__name", "last_error"))
+    assert errors == {"good": "", "wrong": "tls_error"}
+
+
+def test_a_proxy_refusing_the_tunnel_is_proxy_error(tenant, settings, receiver):
+    proxy = start_connect_proxy(status=403)
+    settings.OUTBOX_EGRESS_PROXY = proxy.url
+    try:
+        make_target(tenant, url=receiver.url)
+        publish(tenant)
+        deliver_round()
+    finally:
+        proxy.close()
+    assert receiver.requests == [] and len(proxy.requests) == 1
+    delivery = Delivery.objects.get()
+    assert (delivery.status, delivery.last_error) == ("retrying", "proxy_error")
+
+
+def test_the_guard_still_refuses_private_addresses_with_a_proxy(tenant, settings, receiver):
+    """The proxy is no way around the guard: a refused address never reaches it."""
+    make_target(tenant, url=receiver.url)  # created while local networks were allowed
+    proxy = start_connect_proxy()
+    settings.OUTBOX_EGRESS_PROXY = proxy.url
+    settings.OUTBOX_ALLOWED_TARGET_NETWORKS = []
+    try:
+        publish(tenant)
+        deliver_round()
+    finally:
+        proxy.close()
+    assert proxy.requests == [] and receiver.requests == []
+    delivery = Delivery.objects.get()
+    assert (delivery.status, delivery.last_error) == ("dead", "target_url_not_allowed")
+
+
+def test_proxy_credentials_go_in_proxy_authorization(tenant, settings, receiver):
+    proxy = start_connect_proxy()
+    settings.OUTBOX_EGRESS_PROXY = f"http://atlas:s%40cret@127.0.0.1:{proxy.port}"
+    try:
+        make_target(tenant, url=receiver.url)
+        publish(tenant)
+        deliver_round()
+    finally:
+        proxy.close()
+    (head,) = proxy.requests
+    # base64("atlas:s@cret")
+    assert "proxy-authorization: Basic YXRsYXM6c0BjcmV0" in head.split("\r\n")
+    assert Delivery.objects.get().status == "delivered"
