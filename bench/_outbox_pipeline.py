@@ -35,7 +35,9 @@ def pg_backends() -> list[int]:
     """PostgreSQL client backends on this database, except this process's own."""
     from django.db import connection
 
-    with connection.cursor() as cursor:
+    from tenants import rls
+
+    with rls.owner_mode(connection), connection.cursor() as cursor:
         cursor.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
             " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
@@ -96,6 +98,18 @@ def workers_stop(procs: list[subprocess.Popen]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def analyze_deliveries() -> None:
+    """Fresh planner statistics for the delivery table (only the owner may ANALYZE). A backlog
+    written in one statement and drained the next millisecond would otherwise be claimed with
+    the statistics of the empty table (autovacuum analyzes within about a minute)."""
+    from django.db import connection
+
+    from tenants import rls
+
+    with rls.owner_mode(connection), connection.cursor() as cursor:
+        cursor.execute("ANALYZE outbox_delivery")
 
 
 def notify() -> None:
@@ -188,12 +202,19 @@ def _ceiling_worker_client(jobs, concurrency: int) -> list[int]:
     return asyncio.run(run())
 
 
-def bench_worker_cost(receiver_stats, base: str, n: int) -> tuple[list[dict], dict]:
+def bench_worker_cost(
+    receiver_stats, base: str, n: int, n_targets: int = 16
+) -> tuple[list[dict], dict]:
     """Two ceilings (no database: the same signed bodies posted by urllib3 on 32 threads, the
     client the worker had, and by the worker's own client with 32 sends in flight), then one
     worker and two workers draining n (2n) due deliveries to the same receiver; CPU per
-    delivery per process. The tenant has 8 targets on the receiver, so 32 sends may be in
-    flight under the default per-target cap of 4 (like the ceilings' 32)."""
+    delivery per process.
+
+    Two tenants with `n_targets` targets each on the receiver, the deliveries spread over all
+    of them. The per-target cap (4 by default) counts every live lease in the fleet, claimed
+    ahead or on the wire: a worker holds up to 64 (32 slots, 32 claimed ahead), so two need
+    128 open leases between them or the cap, not the workers, sets the pace (with one tenant
+    of 8 targets, 32 leases in all: a second worker could add nothing)."""
     from datetime import UTC, datetime
 
     from outbox import conf
@@ -201,14 +222,17 @@ def bench_worker_cost(receiver_stats, base: str, n: int) -> tuple[list[dict], di
     from tests.outbox.backlog import backlog_insert
 
     concurrency = conf.get("OUTBOX_WORKER_CONCURRENCY")
-    urls = [f"{base}/cost/{i}" for i in range(8)]
-    tenant, targets = _tenant_with_targets("bench-cost", urls)
+    tenants = []
+    for t in range(2):
+        urls = [f"{base}/cost/{t}-{i}" for i in range(n_targets)]
+        tenants.append(_tenant_with_targets(f"bench-cost-{t}", urls))
+    every = [(tenant, target) for tenant, targets in tenants for target in targets]
     now = datetime.now(UTC)
     jobs = [
         Job(0, str(tenant.id), f"evt_{i}", i, "bulk", "bulk.event", {}, f"k{i}", now, 0,
-            str(targets[i % 8].id), "webhook", urls[i % 8], [targets[0].secret],
+            str(target.id), "webhook", target.url, [target.secret],
             payload_json=f'{{"n": {i}}}')
-        for i in range(n)
+        for i, (tenant, target) in ((i, every[i % len(every)]) for i in range(n))
     ]  # fmt: skip
 
     rows = []
@@ -246,8 +270,10 @@ def bench_worker_cost(receiver_stats, base: str, n: int) -> tuple[list[dict], di
             receiver_stats(base, "cost", reset=True)
             worker_meter = CpuMeter([p.pid for p in procs])
             pg_meter = CpuMeter(pg_backends())
-            backlog_insert(tenant=tenant, targets=targets, n=total, spread=True,
-                           prefix=f"cost{count}-")  # fmt: skip
+            for tenant, targets in tenants:
+                backlog_insert(tenant=tenant, targets=targets, n=total // 2, spread=True,
+                               prefix=f"cost{count}-")  # fmt: skip
+            analyze_deliveries()  # as autovacuum would soon: a backlog of minutes, not ms
             started = time.perf_counter()
             notify()
             stats = _wait_received(receiver_stats, base, "cost", total, 600)
@@ -337,12 +363,8 @@ def bench_backlog(receiver_stats, base: str, backlog: int, seconds: float) -> di
     inserted = time.perf_counter()
     backlog_insert(tenant=b, targets=bulk, n=backlog, spread=True)
     insert_s = time.perf_counter() - inserted
-    from django.db import connection
 
-    from tenants import rls
-
-    with rls.owner_mode(connection), connection.cursor() as cursor:  # only the owner ANALYZEs
-        cursor.execute("ANALYZE outbox_delivery")
+    analyze_deliveries()
     procs = workers_start(1)
     try:
         receiver_stats(base, "backlog-a", reset=True)

@@ -4,9 +4,11 @@
    and vs the same statement without the subscription check, interleaved in the same run
    (floor: p99 ratio <= 1.10; `--publish-only` runs just this section);
 2. the worker's cost: one `manage.py outbox_worker` process draining a backlog vs the same
-   HTTP client posting the same signed bodies with 32 threads and no database — the ceiling
-   (floor: >= 85 % of it), CPU per delivery of the worker and of PostgreSQL from /proc
+   signed bodies posted with no database by urllib3 on 32 threads (the worker's former
+   client: the ceiling, floor >= 85 % of it) and by the worker's own client (asyncio +
+   httptools, 32 in flight); CPU per delivery of the worker and of PostgreSQL from /proc
    (floor: worker <= 0.5 ms), two worker processes vs one (floor: >= 1.8x);
+   `--cost-only` runs just this section;
 3. delivery lag (publish commit -> receiver) at a steady 200 events/s through a real worker
    woken by NOTIFY (floor: p99 < 1 s);
 4. fairness: tenant A publishing 10 events/s while tenant B has 5 targets on a tarpit
@@ -19,7 +21,8 @@ The receiver is a small asyncio HTTP/1.1 server in its own process (keep-alive, 
 The machine is shared with PostgreSQL and the receiver (2 cores here): the worker-count
 ratio is what that leaves, not what two idle cores would give.
 Usage: .venv/bin/python bench/outbox.py [--publish N] [--deliver N] [--lag-seconds S]
-       [--backlog N] [--fair-seconds S] [--tarpit-events N] [--streams N] [--publish-only]
+       [--backlog N] [--fair-seconds S] [--tarpit-events N] [--streams N] [--cost-targets N]
+       [--publish-only | --cost-only]
 """
 
 from __future__ import annotations
@@ -385,6 +388,9 @@ def main():
     parser.add_argument("--fair-seconds", type=float, default=20)
     parser.add_argument("--tarpit-events", type=int, default=200)
     parser.add_argument(
+        "--cost-targets", type=int, default=16, help="targets per tenant (two tenants)"
+    )
+    parser.add_argument(
         "--cost-only", action="store_true", help="only the worker's cost (ceilings, workers)"
     )
     parser.add_argument(
@@ -418,7 +424,9 @@ def main():
                 event_types=["assessment.submitted", "payment.*", "order.*"],
             )
         if args.cost_only:
-            throughput, cost = bench_worker_cost(receiver_stats, url, args.deliver)
+            throughput, cost = bench_worker_cost(
+                receiver_stats, url, args.deliver, args.cost_targets
+            )
             print_table("The worker's cost (vs the HTTP client ceilings)", throughput)
             print_table("Figures", [cost])
             return
@@ -439,7 +447,7 @@ def main():
         with rls.owner_mode(connection), connection.cursor() as cursor:
             cursor.execute("TRUNCATE outbox_deliveryattempt, outbox_delivery")
             cursor.execute("VACUUM ANALYZE outbox_outboxevent")
-        throughput, cost = bench_worker_cost(receiver_stats, url, args.deliver)
+        throughput, cost = bench_worker_cost(receiver_stats, url, args.deliver, args.cost_targets)
         lag = bench_lag(tenant, url, args.rate, args.lag_seconds)
         tarpit = bench_tarpit(receiver_stats, url, args.tarpit_events, args.fair_seconds)
         backlog = bench_backlog(receiver_stats, url, args.backlog, args.fair_seconds)
