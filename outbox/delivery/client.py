@@ -23,6 +23,8 @@ import functools
 import ipaddress
 import socket
 import ssl
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
@@ -35,6 +37,11 @@ from outbox.delivery import egress
 
 READ_LIMIT_BYTES = 64 * 1024  # read at most this of an answer; a longer one closes the socket
 CONNECT_TIMEOUT_SECONDS = 5.0  # of the send's whole timeout, at most this to connect
+# Idle keep-alive connections a worker keeps, over all targets (the least recently used go
+# first: thousands of tenants' targets must not exhaust the worker's file descriptors), and
+# how long one is kept unused (receivers drop theirs after a while anyway).
+MAX_IDLE_CONNECTIONS = 256
+IDLE_SECONDS = 30.0
 # Headers of the answer the verdict reads; the others are not kept.
 KEPT_HEADERS = frozenset({b"retry-after"})
 
@@ -229,12 +236,14 @@ class _Handshake(asyncio.Protocol):
 
 
 class Client:
-    """Keep-alive connections per key (a target and its URL: a changed URL gets new ones).
-    Used from its event loop only."""
+    """Keep-alive connections per key (a target and its URL: a changed URL gets new ones, and
+    no two targets ever share one). Used from its event loop only."""
 
-    def __init__(self, pool_size: int):
-        self.pool_size = pool_size
+    def __init__(self, pool_size: int, max_idle: int = MAX_IDLE_CONNECTIONS):
+        self.pool_size, self.max_idle = pool_size, max_idle
         self.idle: dict[tuple[str, str], list[Connection]] = {}
+        # every idle connection, least recently used first: connection -> (key, idle since)
+        self._lru: OrderedDict[Connection, tuple[tuple[str, str], float]] = OrderedDict()
 
     async def post(
         self,
@@ -270,23 +279,38 @@ class Client:
 
     def _idle_connection(self, key: tuple[str, str]) -> Connection | None:
         pool = self.idle.get(key)
+        oldest = time.monotonic() - IDLE_SECONDS
         while pool:
             conn = pool.pop()
-            if conn.usable():
+            _key, since = self._lru.pop(conn)
+            if conn.usable() and since >= oldest:
                 return conn
+            conn.close()
+        self.idle.pop(key, None)
         return None
 
     def _keep(self, key: tuple[str, str], conn: Connection) -> None:
         pool = self.idle.setdefault(key, [])
-        if len(pool) < self.pool_size:
-            pool.append(conn)
-        else:
+        if len(pool) >= self.pool_size:
             conn.close()
+            return
+        pool.append(conn)
+        self._lru[conn] = (key, time.monotonic())
+        while len(self._lru) > self.max_idle:
+            stale, (stale_key, _since) = self._lru.popitem(last=False)
+            left = self.idle[stale_key]
+            left.remove(stale)
+            if not left:
+                del self.idle[stale_key]
+            stale.close()
+
+    def idle_count(self) -> int:
+        return len(self._lru)
 
     def close(self) -> None:
-        for pool in self.idle.values():
-            for conn in pool:
-                conn.close()
+        for conn in self._lru:
+            conn.close()
+        self._lru.clear()
         self.idle.clear()
 
     # connecting

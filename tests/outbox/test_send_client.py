@@ -214,3 +214,73 @@ def test_proxy_credentials_go_in_proxy_authorization(tenant, settings, receiver)
     # base64("atlas:s@cret")
     assert "proxy-authorization: Basic YXRsYXM6c0BjcmV0" in head.split("\r\n")
     assert Delivery.objects.get().status == "delivered"
+
+
+# --- idle connections -------------------------------------------------------------------------
+
+
+def test_idle_connections_are_capped_over_all_targets_least_recently_used_first():
+    """A worker serving thousands of targets must not keep a socket open for each: past the
+    cap, the connection idle the longest is closed."""
+    import asyncio
+
+    from outbox.delivery.client import Client, destination
+    from tests.outbox.receiver import start_receiver
+
+    servers = [start_receiver() for _ in range(3)]
+    try:
+
+        async def run():
+            client = Client(pool_size=4, max_idle=2)
+            for n, (receiver, _server) in enumerate(servers):
+                url = f"{receiver.url}/t{n}"
+                answer = await client.post((f"t{n}", url), destination(url), {}, b"{}", 5.0)
+                assert answer.status == 200
+            kept = sorted(key for key, pool in client.idle.items() if pool)
+            count = client.idle_count()
+            client.close()
+            return kept, count
+
+        kept, count = asyncio.run(run())
+    finally:
+        for _receiver, server in servers:
+            server.shutdown()
+            server.server_close()
+    assert count == 2
+    assert [key[0] for key in kept] == ["t1", "t2"]  # t0, used first, was closed
+
+
+def test_a_connection_idle_too_long_is_not_reused(monkeypatch):
+    import asyncio
+
+    from outbox.delivery import client as client_module
+    from outbox.delivery.client import Client, destination
+    from tests.outbox.receiver import start_receiver
+
+    receiver, server = start_receiver()
+    peers = []
+    handler = server.RequestHandlerClass
+    original = handler.do_POST
+
+    def counting(self):
+        peers.append(self.client_address)
+        original(self)
+
+    handler.do_POST = counting  # type: ignore[method-assign]
+    try:
+
+        async def run():
+            client = Client(pool_size=4)
+            url = f"{receiver.url}/x"
+            await client.post(("t", url), destination(url), {}, b"{}", 5.0)
+            monkeypatch.setattr(client_module, "IDLE_SECONDS", 0.0)
+            await asyncio.sleep(0.01)
+            await client.post(("t", url), destination(url), {}, b"{}", 5.0)
+            client.close()
+
+        asyncio.run(run())
+    finally:
+        handler.do_POST = original  # type: ignore[method-assign]
+        server.shutdown()
+        server.server_close()
+    assert len(peers) == 2 and peers[0] != peers[1]
