@@ -4,7 +4,7 @@ process's memory while it streams a big file.
     .venv/bin/python bench/uploads.py [--reps 3] [--big-mb 50] [--small-runs 5] [--big-runs 2]
 
 Side by side: Atlas under gunicorn (2 workers × 4 threads, as in production, 127.0.0.1, a
-throwaway database, THROTTLE_ENABLED=false) and `@tus/server` + `@tus/file-store` (one Node
+throwaway database, throttles on) and `@tus/server` + `@tus/file-store` (one Node
 process; npm installs it into a temporary folder when npm is present, otherwise Atlas runs
 alone). The same raw tus client (http.client, keep-alive) drives both, alternating Atlas and
 Node per scenario and repetition (who goes first swaps each repetition); the table shows the
@@ -234,7 +234,12 @@ def _check_stored(ids: list[str], data_by_id: dict[str, str]) -> None:
             raise RuntimeError(f"upload {pk}: no upload.stored event")
 
 
-def side_by_side(args, atlas_base: str, key: str, workers: Workers, node_base: str | None):
+STOCK = "Atlas, stock gunicorn body reads"
+
+
+def side_by_side(
+    args, atlas_base: str, key: str, workers: Workers, node_base: str | None, stock_base=None
+):
     import hashlib
     import statistics
 
@@ -246,14 +251,17 @@ def side_by_side(args, atlas_base: str, key: str, workers: Workers, node_base: s
     sizes = {name: len(big) if i < 2 else len(one) if i == 2 else len(ten)
              for i, name in enumerate(scenarios)}  # fmt: skip
 
-    def make_atlas():
-        return TusRawClient(atlas_base, "/api/uploads/tus/",
-                            {"Authorization": f"Bearer {key}"})  # fmt: skip
+    def atlas_client(base):
+        return lambda: TusRawClient(base, "/api/uploads/tus/", {"Authorization": f"Bearer {key}"})
 
     def make_node():
         return TusRawClient(node_base, "/files", {})  # type: ignore[arg-type]
 
-    servers = {"Atlas": make_atlas, **({"Node": make_node} if node_base else {})}
+    servers = {"Atlas": atlas_client(atlas_base)}
+    if stock_base:
+        servers[STOCK] = atlas_client(stock_base)
+    if node_base:
+        servers["Node"] = make_node
     print("warming up both servers (a few 1 MB uploads) …", flush=True)
     for make in servers.values():
         client = make()
@@ -265,7 +273,7 @@ def side_by_side(args, atlas_base: str, key: str, workers: Workers, node_base: s
     last_patch_ratios: list[float] = []
     memory: dict | None = None
     for rep in range(args.reps):
-        order = list(servers) if rep % 2 == 0 else list(reversed(servers))
+        order = list(servers)[rep % len(servers) :] + list(servers)[: rep % len(servers)]
         for name, (_unit, run) in scenarios.items():
             for server in order:
                 print(f"  rep {rep + 1}/{args.reps}: {name} — {server} …", flush=True)
@@ -274,15 +282,16 @@ def side_by_side(args, atlas_base: str, key: str, workers: Workers, node_base: s
                 else:
                     value, ids, times = run(servers[server])
                 values.setdefault((name, server), []).append(value)
-                if server == "Atlas":
+                if server != "Node":
                     _check_stored(ids, {pk: digest[sizes[name]] for pk in ids})
-                    if times:
-                        last_patch_ratios.append(times[-1] / statistics.median(times[:-1]))
+                if server == "Atlas" and times:
+                    last_patch_ratios.append(times[-1] / statistics.median(times[:-1]))
     rows = []
     for name, (unit, _run) in scenarios.items():
         atlas = statistics.median(values[(name, "Atlas")])
         node = statistics.median(values[(name, "Node")]) if node_base else None
         ratio = atlas / node if node else None
+        stock = statistics.median(values[(name, STOCK)]) if stock_base else None
         floor = FLOORS[list(FLOORS)[list(scenarios).index(name)]]
         rows.append({
             "scenario": name,
@@ -290,6 +299,8 @@ def side_by_side(args, atlas_base: str, key: str, workers: Workers, node_base: s
             "Atlas": round(atlas, 1),
             "Node tus": round(node, 1) if node else "-",
             "Atlas/Node": round(ratio, 2) if ratio else "-",
+            "stock body reads": round(stock, 1) if stock else "-",
+            "stock/Node": round(stock / node, 2) if stock and node else "-",
             "ratios per rep": " ".join(
                 f"{a / n:.2f}" for a, n in zip(values[(name, "Atlas")],
                                                values.get((name, "Node"), []),
@@ -387,11 +398,14 @@ def main():
     parser.add_argument("--small-runs", type=int, default=5)
     parser.add_argument("--big-runs", type=int, default=2)
     parser.add_argument("--no-classic", action="store_true", help="Side by side only.")
+    parser.add_argument(
+        "--no-stock", action="store_true", help="Skip Atlas with gunicorn's own body reading."
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="atlas-bench-uploads-"))
     old_name = setup_django("uploads")
-    gunicorn = None
+    gunicorn = stock = stock_base = None
     load_before = os.getloadavg()
     try:
         from django.db import transaction
@@ -404,7 +418,7 @@ def main():
         env = dict(os.environ)
         env.update(
             DATABASE_URL=database_url(),
-            THROTTLE_ENABLED="false",
+            THROTTLE_ENABLED="true",  # as in production: the key's budget is counted
             UPLOADS_STAGING_DIR=str(work / "staging"),
             UPLOADS_STORAGE_DIR=str(work / "attachments"),
             UPLOADS_MAX_BYTES=str(max(200, args.big_mb * 2) * MB),
@@ -416,8 +430,18 @@ def main():
         print(f"starting gunicorn on 127.0.0.1:{port} (2 workers × 4 threads) …", flush=True)
         gunicorn, base = _start_gunicorn(port, env)
         workers = Workers(gunicorn.pid)
-        with node_tus_server(work, free_port()) as node_base:
-            rows, side = side_by_side(args, base, key, workers, node_base)
+        if not args.no_stock:
+            print("starting a second gunicorn with gunicorn's own body reading …", flush=True)
+            stock, stock_base = _start_gunicorn(
+                free_port(), {**env, "ATLAS_GUNICORN_STOCK_BODY": "true"}
+            )
+        try:
+            with node_tus_server(work, free_port()) as node_base:
+                rows, side = side_by_side(args, base, key, workers, node_base, stock_base)
+        finally:
+            if stock is not None:
+                stock.terminate()
+                stock.wait(10)
         report = {
             "note": "gunicorn 2 workers × 4 threads and one Node process on 127.0.0.1; shared "
             "2-core machine: compare the ratios, not the absolutes",
