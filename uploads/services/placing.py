@@ -73,13 +73,14 @@ def _link(storage: FileSystemStorage, attachment: Attachment, staged: Path, name
         raise OSError(f"staged size {size} != expected {attachment.size}")
     # link under a temporary name, then rename over the final one: a retry replaces its own
     # earlier link, and the final name never points at anything half-made
-    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.link")
-    os.link(staged, temporary)
-    try:
-        os.replace(temporary, target)
-    except BaseException:
-        staging.remove_quietly(temporary)
-        raise
+    if not (target.exists() and os.path.samefile(staged, target)):  # else: an earlier try's
+        temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.link")
+        os.link(staged, temporary)
+        try:
+            os.replace(temporary, target)
+        finally:
+            # rename() between two links of one file does nothing: never leave the temporary
+            staging.remove_quietly(temporary)
     if storage.file_permissions_mode is not None:
         os.chmod(target, storage.file_permissions_mode)
     fd = os.open(target, os.O_RDONLY)
