@@ -116,6 +116,7 @@ def tus_upload_create(
             )
         return _tus_existing(existing, tenant_id=tenant_id, length=length), False
     if length == 0:
+        staging.fsync_dir(path.parent)  # complete at once: its (empty) file must be durable
         _tus_complete(attachment, sha256=hashlib.sha256().hexdigest())
         _finalise_inline(attachment)
     return attachment, True
@@ -329,6 +330,8 @@ def _append_locked(
                 details={"algorithm": algorithm, "offset": offset},
             )
         _flush_durably(fh)
+    if offset == 0:
+        staging.fsync_dir(path.parent)  # the file's entry, with its first acknowledged bytes
     new_offset = offset + received
     if new_offset == attachment.size:
         _tus_complete(attachment, sha256=digest.hexdigest())
