@@ -35,19 +35,22 @@ def _read(self, size=None):
     return ret
 
 
+def _socket_unreader_init(self, sock, max_chunk=SOCKET_READ_BYTES):
+    """gunicorn.http.unreader.SocketUnreader.__init__, with socket reads of 256 KiB."""
+    from gunicorn.http.unreader import Unreader
+
+    Unreader.__init__(self)
+    self.sock = sock
+    self.mxchunk = max(max_chunk, SOCKET_READ_BYTES)
+
+
 def install() -> bool:
-    """Patch gunicorn's body reading; False (and nothing changed) when turned off."""
+    """Patch gunicorn's body reading (idempotent); False, and nothing changed, when turned
+    off."""
     if os.environ.get("ATLAS_GUNICORN_STOCK_BODY", "").lower() in {"1", "true", "yes"}:
         return False
     from gunicorn.http import body, unreader
 
-    original_init = unreader.SocketUnreader.__init__
-
-    def socket_unreader_init(self, sock, max_chunk=SOCKET_READ_BYTES):
-        original_init(self, sock, max(max_chunk, SOCKET_READ_BYTES))
-
-    if not getattr(unreader.SocketUnreader, "atlas_large_reads", False):
-        unreader.SocketUnreader.__init__ = socket_unreader_init  # type: ignore[method-assign]
-        unreader.SocketUnreader.atlas_large_reads = True  # type: ignore[attr-defined]
-        body.Body.read = _read  # type: ignore[method-assign]
+    unreader.SocketUnreader.__init__ = _socket_unreader_init  # type: ignore[method-assign]
+    body.Body.read = _read  # type: ignore[method-assign]
     return True
