@@ -6,3 +6,8 @@ referrer (%(f)s) is left out for the same reason: it is another page's full URL.
 """
 
 access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)s "%(a)s"'
+
+# Request bodies in large pieces (see config/gunicorn_body.py for why and the numbers).
+from config import gunicorn_body  # noqa: E402
+
+gunicorn_body.install()

@@ -31,10 +31,15 @@ def _test_cache_dir(settings, tmp_path_factory, worker_id):
 
 @pytest.fixture(autouse=True)
 def _fresh_cache(_test_cache_dir):
-    # The cache is shared with other processes (file cache under var/): start each test empty.
+    # The cache is shared with other processes (file cache under var/): start each test empty,
+    # and without request budgets this process took from it (tenants/throttles.py).
+    from tenants.throttles import granted
+
     cache.clear()
+    granted.clear()
     yield
     cache.clear()
+    granted.clear()
 
 
 @pytest.fixture(autouse=True)

@@ -75,7 +75,10 @@ class Attachment(TenantOwnedModel):
         null=True, blank=True, help_text="A retry run holds this attachment until then."
     )
     claimed_by = models.UUIDField(
-        null=True, blank=True, help_text="The retry run (RetryLog id) holding the claim."
+        null=True,
+        blank=True,
+        help_text="Who holds the claim: a retry run (its RetryLog id), or the upload's own "
+        "inline finalising (a random id; taken over by a retry run after the lease).",
     )
     staging_host = models.CharField(
         max_length=255,

@@ -77,10 +77,13 @@ def move_durably(src: Path, dst: Path) -> None:
 
 
 def create_empty(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as fh:
-        os.fsync(fh.fileno())
-    fsync_dir(path.parent)
+    """The file a tus upload's PATCHes append to. Not fsync'd here: it holds no acknowledged
+    byte yet; the first PATCH makes its folder entry durable with its first bytes."""
+    folder = path.parent
+    if not folder.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        fsync_dir(folder.parent)  # a tenant's first upload: its folder's entry, once
+    path.open("wb").close()
 
 
 def remove_quietly(path: Path | None) -> None:

@@ -1,17 +1,18 @@
-"""Finalising: staged bytes into STORAGES["attachments"], verified, in one transaction with the
-status change and the upload.stored event; a failure reschedules with backoff."""
+"""Finalising: staged bytes into STORAGES["attachments"] (placing), then one short transaction
+with the status change and the upload.stored event; a failure reschedules with backoff."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import os
+import time
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import SuspiciousFileOperation
-from django.core.files import File
-from django.core.files.storage import Storage, storages
+from django.core.files.storage import storages
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -21,15 +22,10 @@ from core import backoff
 from outbox.services import event_publish
 from uploads import staging
 from uploads.models import Attachment, FinaliseAttempt, RetryLog
+from uploads.services.placing import StagedBytesMissing, delete_quietly, links_into, place
 
 logger = logging.getLogger(__name__)
 Status = Attachment.Status
-
-
-class StagedBytesMissing(Exception):
-    """No staged bytes here. Never a permanent failure: they may sit on a host that is down
-    or on a shared volume that is unmounted for a moment. Retried with backoff, flagged on the
-    row (staged_missing_since) and alerted after UPLOADS_MISSING_ALERT_ATTEMPTS."""
 
 
 class _NoJitter:
@@ -64,62 +60,112 @@ def storage_name_for(attachment: Attachment) -> str:
     return f"{attachment.tenant_id}/{attachment.pk}/{safe}"
 
 
+def inline_claim(now) -> dict:
+    """The claim an upload takes for finalising it inline, in the same UPDATE that makes it
+    pending: retry runs leave it alone for UPLOADS_RETRY_LEASE_SECONDS, then take it over (the
+    process that held it may have died)."""
+    return {
+        "claimed_by": uuid.uuid4(),
+        "claimed_until": now + timedelta(seconds=settings.UPLOADS_RETRY_LEASE_SECONDS),
+    }
+
+
+def _claim_inline(attachment_id) -> Attachment | None:
+    """An inline finalise (multipart) claims what no run claimed."""
+    claim = inline_claim(timezone.now())
+    if not Attachment.objects.filter(
+        pk=attachment_id, status=Status.PENDING, claimed_by__isnull=True
+    ).update(**claim):
+        return None
+    return Attachment.objects.filter(pk=attachment_id, claimed_by=claim["claimed_by"]).first()
+
+
 def attachment_finalise(
-    *, attachment_id, source: str, retry_log: RetryLog | None = None
+    *,
+    attachment_id,
+    source: str,
+    retry_log: RetryLog | None = None,
+    claimed: Attachment | None = None,
 ) -> bool | None:
-    """Move staged bytes into STORAGES["attachments"], verify size and SHA-256, mark stored and
-    publish upload.stored — in one transaction. Returns True (stored), False (failed attempt,
-    rescheduled or failed for good) or None (not pending, or another run holds it)."""
+    """Place the staged bytes into STORAGES["attachments"] (uploads.services.placing: a hard
+    link on the same file system, a verified copy elsewhere), then one short transaction marks
+    the attachment stored and publishes upload.stored. Returns True (stored), False (failed
+    attempt, rescheduled or failed for good) or None (not pending, or someone else holds it).
+
+    Who may finalise is decided by the claim on the row, not by a row lock: a retry run
+    finalises what it claimed (claimed_by = its RetryLog id), an upload what it claimed inline
+    (`claimed`, or a claim taken here). No lock or transaction is held while bytes move; every
+    write checks the claim, so a claim taken over after its lease ran out makes the late
+    holder's writes no-ops."""
+    if claimed is not None:
+        attachment: Attachment | None = claimed
+    elif retry_log is not None:
+        attachment = Attachment.objects.filter(
+            pk=attachment_id, status=Status.PENDING, claimed_by=retry_log.pk
+        ).first()
+    else:
+        attachment = _claim_inline(attachment_id)
+    if attachment is None:
+        return None
     storage = storages["attachments"]
-    with transaction.atomic():
-        # A retry run only finalises what it claimed; an inline finalise only what no run
-        # claimed. The row lock is waited for (a claim query may hold it for a moment).
-        attachment = (
-            Attachment.objects.select_for_update()
-            .filter(
-                pk=attachment_id,
-                status=Status.PENDING,
-                claimed_by=retry_log.pk if retry_log else None,
-            )
-            .first()
-        )
-        if attachment is None:
-            return None
-        now = timezone.now()
-        path = staging.staging_path(tenant_id=attachment.tenant_id, attachment_id=attachment.pk)
-        saved_name = None
-        error = ""
-        try:
-            saved_name = _copy_and_verify(storage, attachment, path)
-            with transaction.atomic():
-                _mark_stored(attachment, saved_name=saved_name, source=source, now=now)
-        except Exception as exc:  # storage down, disk full, verification failed, …
-            error = f"{type(exc).__name__}: {exc}"[:2000]
-            logger.warning("finalising attachment %s failed: %s", attachment.pk, error)
-            if saved_name:
-                _delete_quietly(storage, saved_name)
-            _mark_failed_attempt(
+    now = timezone.now()
+    path = staging.staging_path(tenant_id=attachment.tenant_id, attachment_id=attachment.pk)
+    saved_name = None
+    error = ""
+    try:
+        test_pause("staged")
+        saved_name = place(storage, attachment, path, storage_name_for(attachment))
+        test_pause("placed")
+        with transaction.atomic():
+            if not _mark_stored(attachment, saved_name=saved_name, source=source, now=now):
+                return None  # the claim was taken over: the new holder finishes the job
+            _record_attempt(attachment, retry_log=retry_log, source=source, error="")
+    except Exception as exc:  # storage down, disk full, verification failed, …
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+        logger.warning("finalising attachment %s failed: %s", attachment.pk, error)
+        if saved_name and not links_into(storage, path):
+            delete_quietly(storage, saved_name)
+        with transaction.atomic():
+            if _mark_failed_attempt(
                 attachment,
                 error=error,
                 missing=isinstance(exc, StagedBytesMissing),
                 source=source,
                 now=now,
-            )
-        FinaliseAttempt.objects.create(
-            tenant_id=attachment.tenant_id,
-            attachment=attachment,
-            retry_log=retry_log,
-            source=source,
-            succeeded=not error,
-            error=error,
-        )
-        if not error:
-            transaction.on_commit(lambda: staging.remove_quietly(path))
-    return not error
+            ):
+                _record_attempt(attachment, retry_log=retry_log, source=source, error=error)
+        return False
+    staging.remove_quietly(path)
+    return True
 
 
-def _mark_stored(attachment: Attachment, *, saved_name: str, source: str, now) -> None:
-    updated = Attachment.objects.filter(pk=attachment.pk, status=Status.PENDING).update(
+def _record_attempt(attachment: Attachment, *, retry_log, source: str, error: str) -> None:
+    FinaliseAttempt.objects.create(
+        tenant_id=attachment.tenant_id,
+        attachment=attachment,
+        retry_log=retry_log,
+        source=source,
+        succeeded=not error,
+        error=error,
+    )
+
+
+def test_pause(point: str) -> None:
+    """Crash tests only: with ATLAS_TEST_PAUSE_FINALISING="<point>:<file>", finalising writes
+    <file> when it reaches <point> ("staged": the bytes are acknowledged, nothing is in storage
+    yet; "placed": they are in storage, the transaction that says so has not run) and waits
+    there, so a test can SIGKILL the process at exactly that point. Unset everywhere else."""
+    wanted = os.environ.get("ATLAS_TEST_PAUSE_FINALISING", "")
+    if not wanted.startswith(f"{point}:"):
+        return
+    Path(wanted.split(":", 1)[1]).write_text(str(os.getpid()))
+    time.sleep(120)
+
+
+def _mark_stored(attachment: Attachment, *, saved_name: str, source: str, now) -> bool:
+    updated = Attachment.objects.filter(
+        pk=attachment.pk, status=Status.PENDING, claimed_by=attachment.claimed_by
+    ).update(
         status=Status.STORED,
         storage_name=saved_name,
         stored_at=now,
@@ -134,7 +180,7 @@ def _mark_stored(attachment: Attachment, *, saved_name: str, source: str, now) -
         updated_at=now,
     )
     if updated != 1:
-        raise RuntimeError("attachment changed while finalising")
+        return False
     event_publish(
         tenant=attachment.tenant_id,
         event_type="upload.stored",
@@ -153,60 +199,31 @@ def _mark_stored(attachment: Attachment, *, saved_name: str, source: str, now) -
         idempotency_key=f"upload.stored:{attachment.pk}",
         ordering_key=str(attachment.pk),
     )
+    return True
 
 
 def _mark_failed_attempt(
     attachment: Attachment, *, error: str, missing: bool, source: str, now
-) -> None:
+) -> bool:
     """Back to pending with the next attempt's time, or failed for good after the last allowed
     attempt — except when the staged bytes are missing, which stays pending (with the capped
     backoff) for as long as it takes: the bytes may still exist somewhere."""
     attempts = attachment.attempts + 1
     give_up = not missing and attempts >= settings.UPLOADS_MAX_ATTEMPTS
     missing_since = (attachment.staged_missing_since or now) if missing else None
-    Attachment.objects.filter(pk=attachment.pk, status=Status.PENDING).update(
-        staged_missing_since=missing_since,
-        status=Status.FAILED if give_up else Status.PENDING,
-        attempts=attempts,
-        last_attempt_at=now,
-        last_error=error,
-        last_retry_source=source,
-        next_retry_at=None if give_up else now + timedelta(seconds=backoff_seconds(attempts)),
-        claimed_until=None,
-        claimed_by=None,
-        updated_at=now,
-    )
-
-
-def _copy_and_verify(storage: Storage, attachment: Attachment, path: Path) -> str:
-    if not path.exists():
-        where = f" (staged on {attachment.staging_host})" if attachment.staging_host else ""
-        raise StagedBytesMissing(
-            f"staged bytes missing on {settings.ATLAS_HOST_NAME}{where}: {path.name}"
+    return bool(
+        Attachment.objects.filter(
+            pk=attachment.pk, status=Status.PENDING, claimed_by=attachment.claimed_by
+        ).update(
+            staged_missing_since=missing_since,
+            status=Status.FAILED if give_up else Status.PENDING,
+            attempts=attempts,
+            last_attempt_at=now,
+            last_error=error,
+            last_retry_source=source,
+            next_retry_at=None if give_up else now + timedelta(seconds=backoff_seconds(attempts)),
+            claimed_until=None,
+            claimed_by=None,
+            updated_at=now,
         )
-    name = storage_name_for(attachment)
-    if storage.exists(name):  # a previous attempt stored it but its transaction rolled back
-        storage.delete(name)
-    with path.open("rb") as fh:
-        saved = storage.save(name, File(fh, name=attachment.filename))
-    try:
-        size = storage.size(saved)
-        if size != attachment.size:
-            raise OSError(f"stored size {size} != expected {attachment.size}")
-        digest = hashlib.sha256()
-        with storage.open(saved, "rb") as stored:
-            for chunk in stored.chunks(1024 * 1024):
-                digest.update(chunk)
-        if attachment.sha256 and digest.hexdigest() != attachment.sha256:
-            raise OSError("stored bytes do not match the SHA-256 (storage corrupted them)")
-    except Exception:
-        _delete_quietly(storage, saved)
-        raise
-    return saved
-
-
-def _delete_quietly(storage: Storage, name: str) -> None:
-    try:
-        storage.delete(name)
-    except Exception:  # the storage is the thing failing; the next attempt deletes again
-        logger.warning("could not remove %s from storage", name)
+    )

@@ -17,14 +17,15 @@ from typing import IO, Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
+from django.db.models import BooleanField, Func, QuerySet, Value
 from django.utils import timezone
 
 from core.errors import DomainError, ErrorKind
 from core.session_proof import SessionProof
-from tenants.scoping import tenant_get_or_404
-from uploads import staging
+from tenants.scoping import tenant_get_or_404, tenant_queryset
+from uploads import running_hash, staging
 from uploads.models import Attachment, RetrySource
-from uploads.services.finalising import attachment_finalise
+from uploads.services.finalising import attachment_finalise, inline_claim
 from uploads.services.quotas import quota_reserve, staging_space_check
 from uploads.services.receiving import check_limits, check_session, clean_filename
 
@@ -55,6 +56,7 @@ def tus_upload_create(
     raw_metadata: str = "",
     publishable: bool = False,
     session_proof: SessionProof | None = None,
+    _retried: bool = False,
 ) -> tuple[Attachment, bool]:
     """tus creation. An existing unfinished upload with the same id and length is returned
     (a re-sent POST), so the client can HEAD it and resume; anything else with that id → 409.
@@ -66,21 +68,10 @@ def tus_upload_create(
         assessment_session_id=assessment_session_id,
         session_proof=session_proof,
     )
-    existing = Attachment.objects.filter(pk=upload_id).first()
-    if existing is not None and _expired_own(existing, tenant_id=tenant_id):
-        # the client starts over after 410: the expired leftovers make room for it
-        if Attachment.objects.filter(
-            pk=existing.pk, status=Status.RECEIVING, expires_at__lte=timezone.now()
-        ).delete()[0]:
-            staging.remove_quietly(
-                staging.staging_path(tenant_id=tenant_id, attachment_id=existing.pk)
-            )
-        existing = None
-    if existing is not None:
-        return _tus_existing(existing, tenant_id=tenant_id, length=length), False
-    staging_space_check(size=length)
     path = staging.staging_path(tenant_id=tenant_id, attachment_id=upload_id)
     try:
+        # No read first: the insert is the check (a re-sent POST meets the primary key).
+        staging_space_check(size=length)
         with transaction.atomic():
             quota_reserve(tenant_id=tenant_id, size=length, opens_upload=True)
             attachment = Attachment.objects.create(
@@ -99,13 +90,35 @@ def tus_upload_create(
             )
             staging.create_empty(path)
     except (IntegrityError, DomainError):
-        # a concurrent creation with the same id won the insert (and maybe the last room)
+        # the id exists (a re-sent POST, or a concurrent creation won the insert), or the
+        # quota refused: an upload that exists with this id answers either way
         existing = Attachment.objects.filter(pk=upload_id).first()
         if existing is None:
             raise
+        if _expired_own(existing, tenant_id=tenant_id) and not _retried:
+            # the client starts over after 410: the expired leftovers make room for it
+            if Attachment.objects.filter(
+                pk=existing.pk, status=Status.RECEIVING, expires_at__lte=timezone.now()
+            ).delete()[0]:
+                staging.remove_quietly(path)
+            return tus_upload_create(
+                tenant_id=tenant_id,
+                upload_id=upload_id,
+                length=length,
+                filename=filename,
+                content_type=content_type,
+                expected_sha256=expected_sha256,
+                assessment_session_id=assessment_session_id,
+                raw_metadata=raw_metadata,
+                publishable=publishable,
+                session_proof=session_proof,
+                _retried=True,
+            )
         return _tus_existing(existing, tenant_id=tenant_id, length=length), False
     if length == 0:
-        attachment = _tus_complete(attachment)
+        staging.fsync_dir(path.parent)  # complete at once: its (empty) file must be durable
+        _tus_complete(attachment, sha256=hashlib.sha256().hexdigest())
+        _finalise_inline(attachment)
     return attachment, True
 
 
@@ -145,22 +158,48 @@ class UploadLock:
         # the same moment is practically impossible, and would only make one of them wait.
         value = uuid.UUID(str(attachment_id)).int & (2**64 - 1)
         self.key = value - 2**64 if value >= 2**63 else value
+        self.held = False
 
     def __enter__(self) -> UploadLock:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_try_advisory_lock(%s)", [self.key])
             (locked,) = cursor.fetchone()
+        self._taken(locked)
+        return self
+
+    def acquire_with(self, queryset: QuerySet) -> Attachment | None:
+        """Read the upload and take the lock in one statement (the lock only when the row
+        exists and is visible to this tenant). None: no such upload, nothing locked."""
+        found = (
+            queryset.annotate(
+                upload_locked=Func(
+                    Value(self.key), function="pg_try_advisory_lock", output_field=BooleanField()
+                )
+            )
+            .order_by()
+            .first()
+        )
+        if found is not None:
+            self._taken(found.upload_locked)
+        return found
+
+    def _taken(self, locked: bool) -> None:
         if not locked:
             raise DomainError(
                 "upload_locked",
                 "Another request is writing to this upload; retry shortly.",
                 kind=ErrorKind.LOCKED,
             )
-        return self
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [self.key])
 
     def __exit__(self, *exc) -> None:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s)", [self.key])
+        self.release()
 
 
 def _check_expired(attachment: Attachment) -> None:
@@ -196,72 +235,116 @@ def tus_upload_append(
     content_length: int | None,
     checksum: tuple[str, bytes] | None,
 ) -> Attachment:
-    """Append a PATCH body at `offset`, streaming it to the staged file in 64 KiB chunks.
+    """Append a PATCH body at `offset`, streaming it to the staged file in 64 KiB chunks while
+    hashing it (uploads.running_hash).
 
+    Three statements: read the upload and take its lock, one UPDATE that moves the offset (the
+    last PATCH's also makes it pending with its SHA-256: one commit acknowledges the bytes and
+    hands them to finalising), unlock. Finalising runs after the unlock.
     A connection cut mid-body keeps (and acknowledges) the bytes that arrived, unless the
     request carried a checksum, which then cannot be verified: those bytes are dropped.
     """
-    with UploadLock(upload_id):
-        attachment = tus_upload_get(tenant_id=tenant_id, upload_id=upload_id)
-        if attachment.status != Status.RECEIVING or offset != attachment.upload_offset:
-            raise DomainError(
-                "offset_mismatch",
-                "Upload-Offset does not match the upload's current offset.",
-                kind=ErrorKind.CONFLICT,
-                details={"expected": attachment.upload_offset, "received": offset},
-            )
-        remaining = attachment.size - offset
-        if content_length is not None and content_length > remaining:
-            raise _length_exceeded({"remaining": remaining, "received": content_length})
-        path = staging.staging_path(tenant_id=tenant_id, attachment_id=upload_id)
-        algorithm, expected_digest = checksum if checksum else ("", b"")
-        hasher = CHECKSUM_ALGORITHMS[algorithm]() if algorithm else None
-        to_read = remaining if content_length is None else content_length
-        received = 0
-        cut = False
-        too_much = False
-        if not path.exists():
-            raise _staged_elsewhere(attachment)
-        with path.open("r+b") as fh:
-            fh.seek(offset)
-            fh.truncate(offset)  # drop any unacknowledged tail
-            while received < to_read:
-                try:
-                    chunk = read(min(staging.CHUNK, to_read - received))
-                except Exception:  # the client went away mid-body
-                    cut = True
-                    break
-                if not chunk:
-                    cut = content_length is not None
-                    break
-                fh.write(chunk)
-                if hasher:
-                    hasher.update(chunk)
-                received += len(chunk)
-            if content_length is None and received >= remaining:
-                too_much = bool(_peek(read))
-            # a cut body with a checksum cannot be verified: its bytes are dropped too
-            bad_checksum = hasher is not None and (cut or hasher.digest() != expected_digest)
-            if bad_checksum or too_much:
-                fh.truncate(offset)
-                _flush_durably(fh)
-                if too_much:
-                    raise _length_exceeded()
-                raise DomainError(
-                    "checksum_mismatch",
-                    "The chunk's checksum does not match; it was discarded.",
-                    kind=ErrorKind.CHECKSUM_MISMATCH,
-                    details={"algorithm": algorithm, "offset": offset},
-                )
+    lock = UploadLock(upload_id)
+    attachment = lock.acquire_with(
+        tenant_queryset(Attachment, tenant_id=tenant_id).filter(pk=upload_id)
+    )
+    if attachment is None:
+        raise DomainError("not_found", "No such object.", kind=ErrorKind.NOT_FOUND)
+    try:
+        _check_expired(attachment)
+        completed = _append_locked(
+            attachment,
+            offset=offset,
+            read=read,
+            content_length=content_length,
+            checksum=checksum,
+        )
+    finally:
+        lock.release()
+    if completed:
+        _finalise_inline(attachment)
+    return attachment
+
+
+def _append_locked(
+    attachment: Attachment,
+    *,
+    offset: int,
+    read: Callable[[int], bytes],
+    content_length: int | None,
+    checksum: tuple[str, bytes] | None,
+) -> bool:
+    """Write the body and move the row's offset; True when that completed the upload."""
+    if attachment.status != Status.RECEIVING or offset != attachment.upload_offset:
+        raise DomainError(
+            "offset_mismatch",
+            "Upload-Offset does not match the upload's current offset.",
+            kind=ErrorKind.CONFLICT,
+            details={"expected": attachment.upload_offset, "received": offset},
+        )
+    remaining = attachment.size - offset
+    if content_length is not None and content_length > remaining:
+        raise _length_exceeded({"remaining": remaining, "received": content_length})
+    path = staging.staging_path(tenant_id=attachment.tenant_id, attachment_id=attachment.pk)
+    if not path.exists():
+        raise _staged_elsewhere(attachment)
+    algorithm, expected_digest = checksum if checksum else ("", b"")
+    hasher = CHECKSUM_ALGORITHMS[algorithm]() if algorithm else None
+    to_read = remaining if content_length is None else content_length
+    identity = {"upload_id": attachment.pk, "created_at": attachment.created_at}
+    digest = running_hash.resume(**identity, offset=offset, path=path)
+    received = 0
+    cut = False
+    too_much = False
+    with path.open("r+b") as fh:
+        fh.seek(offset)
+        fh.truncate(offset)  # drop any unacknowledged tail
+        while received < to_read:
+            try:
+                chunk = read(min(staging.CHUNK, to_read - received))
+            except Exception:  # the client went away mid-body
+                cut = True
+                break
+            if not chunk:
+                cut = content_length is not None
+                break
+            fh.write(chunk)
+            digest.update(chunk)
+            if hasher:
+                hasher.update(chunk)
+            received += len(chunk)
+        if content_length is None and received >= remaining:
+            too_much = bool(_peek(read))
+        # a cut body with a checksum cannot be verified: its bytes are dropped too
+        bad_checksum = hasher is not None and (cut or hasher.digest() != expected_digest)
+        if bad_checksum or too_much:
+            fh.truncate(offset)
             _flush_durably(fh)
-        new_offset = offset + received
-        Attachment.objects.filter(
-            pk=upload_id, status=Status.RECEIVING, upload_offset=offset
-        ).update(upload_offset=new_offset, expires_at=tus_expiry(), updated_at=timezone.now())
-        attachment.refresh_from_db()
-        if new_offset == attachment.size:
-            attachment = _tus_complete(attachment)
-        return attachment
+            # the running hash has seen the dropped bytes: not kept, the next PATCH rehashes
+            if too_much:
+                raise _length_exceeded()
+            raise DomainError(
+                "checksum_mismatch",
+                "The chunk's checksum does not match; it was discarded.",
+                kind=ErrorKind.CHECKSUM_MISMATCH,
+                details={"algorithm": algorithm, "offset": offset},
+            )
+        _flush_durably(fh)
+    if offset == 0:
+        staging.fsync_dir(path.parent)  # the file's entry, with its first acknowledged bytes
+    new_offset = offset + received
+    if new_offset == attachment.size:
+        _tus_complete(attachment, sha256=digest.hexdigest())
+        return True
+    now = timezone.now()
+    expires_at = tus_expiry()
+    moved = Attachment.objects.filter(
+        pk=attachment.pk, status=Status.RECEIVING, upload_offset=offset
+    ).update(upload_offset=new_offset, expires_at=expires_at, updated_at=now)
+    if moved:
+        attachment.upload_offset, attachment.expires_at = new_offset, expires_at
+        running_hash.keep(**identity, offset=new_offset, digest=digest)
+    return False
 
 
 def _staged_elsewhere(attachment: Attachment) -> DomainError:
@@ -291,10 +374,13 @@ def _flush_durably(fh: IO[bytes]) -> None:
     os.fsync(fh.fileno())
 
 
-def _tus_complete(attachment: Attachment) -> Attachment:
-    """All bytes are staged: verify the whole-file checksum, then finalise inline."""
+def _tus_complete(attachment: Attachment, *, sha256: str) -> None:
+    """All bytes are staged and fsync'd: check the announced SHA-256, then one UPDATE makes
+    the upload pending with its digest and the inline finalising's claim. Once committed the
+    bytes are acknowledged; a crash from here on leaves a pending row that the retry runs
+    take once the claim's lease (UPLOADS_RETRY_LEASE_SECONDS) has run out."""
+    running_hash.forget(upload_id=attachment.pk, created_at=attachment.created_at)
     path = staging.staging_path(tenant_id=attachment.tenant_id, attachment_id=attachment.pk)
-    sha256 = staging.file_sha256(path)
     if attachment.expected_sha256 and attachment.expected_sha256 != sha256:
         Attachment.objects.filter(pk=attachment.pk).delete()
         staging.remove_quietly(path)
@@ -304,16 +390,30 @@ def _tus_complete(attachment: Attachment) -> Attachment:
             kind=ErrorKind.CHECKSUM_MISMATCH,
             details={"expected": attachment.expected_sha256, "received": sha256},
         )
-    Attachment.objects.filter(pk=attachment.pk, status=Status.RECEIVING).update(
-        status=Status.PENDING,
-        sha256=sha256,
-        expires_at=None,
-        next_retry_at=timezone.now(),
-        updated_at=timezone.now(),
-    )
-    attachment_finalise(attachment_id=attachment.pk, source=RetrySource.UPLOAD)
-    attachment.refresh_from_db()
-    return attachment
+    now = timezone.now()
+    claim = inline_claim(now)
+    fields = {
+        "status": Status.PENDING,
+        "upload_offset": attachment.size,
+        "sha256": sha256,
+        "expires_at": None,
+        "next_retry_at": now,
+        "updated_at": now,
+        **claim,
+    }
+    if Attachment.objects.filter(
+        pk=attachment.pk, status=Status.RECEIVING, upload_offset=attachment.upload_offset
+    ).update(**fields):
+        for name, value in fields.items():
+            setattr(attachment, name, value)
+
+
+def _finalise_inline(attachment: Attachment) -> None:
+    claimed = attachment.status == Status.PENDING and attachment.claimed_by is not None
+    if claimed and attachment_finalise(
+        attachment_id=attachment.pk, source=RetrySource.UPLOAD, claimed=attachment
+    ):
+        attachment.status = Status.STORED
 
 
 def tus_upload_terminate(*, tenant_id, upload_id) -> None:
@@ -330,6 +430,7 @@ def tus_upload_terminate(*, tenant_id, upload_id) -> None:
             )
         deleted, _ = Attachment.objects.filter(pk=upload_id, status=Status.RECEIVING).delete()
         if deleted:
+            running_hash.forget(upload_id=attachment.pk, created_at=attachment.created_at)
             staging.remove_quietly(
                 staging.staging_path(tenant_id=tenant_id, attachment_id=upload_id)
             )

@@ -1,0 +1,183 @@
+"""One pass over the bytes: the SHA-256 is computed while PATCHes write (and is still the
+file's real one when PATCHes land on other processes or fail half-way), finalising hard-links
+the staged file into a file-system storage on the same disk, and a PATCH costs three
+statements."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from outbox.models import OutboxEvent
+from tests.uploads.factories import staged_attachment
+from tests.uploads.test_tus_protocol import _path, create, patch
+from uploads import running_hash, staging
+from uploads.models import Attachment, FinaliseAttempt
+from uploads.services.finalising import attachment_finalise, inline_claim
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def plain_storage(settings, upload_dirs):
+    """STORAGES["attachments"] as shipped: a FileSystemStorage next to staging (same disk)."""
+    location = Path(settings.UPLOADS_STORAGE_DIR)
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "attachments": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(location)},
+        },
+    }
+    return location
+
+
+def _stored_file(location: Path) -> Path:
+    (found,) = [p for p in location.rglob("*") if p.is_file()]
+    return found
+
+
+def _upload(api, parts: list[bytes], between=None) -> Attachment:
+    response = create(api, sum(map(len, parts)))
+    url = _path(response["Location"])
+    offset = 0
+    for index, part in enumerate(parts):
+        if between and index:
+            between(index)
+        answer = patch(api, url, part, offset)
+        assert answer.status_code == 204, answer.content
+        offset += len(part)
+    return Attachment.objects.get(pk=url.rsplit("/", 1)[1])
+
+
+def test_the_last_patch_links_the_staged_file_into_storage(api, tenant, plain_storage):
+    data = os.urandom(300_000)
+    inodes = []
+
+    def remember_inode(index):
+        attachment = Attachment.objects.get()
+        inodes.append(staging.staging_path(tenant_id=tenant.pk, attachment_id=attachment.pk)
+                      .stat().st_ino)  # fmt: skip
+
+    attachment = _upload(api, [data[:100_000], data[100_000:]], between=remember_inode)
+    assert attachment.status == "stored"
+    assert attachment.sha256 == hashlib.sha256(data).hexdigest()
+    stored = _stored_file(plain_storage)
+    assert stored.read_bytes() == data
+    assert stored.stat().st_ino == inodes[0]  # the very file the PATCHes wrote: no copy
+    assert stored.stat().st_nlink == 1  # the staged name is gone once stored
+    assert attachment.storage_name == str(stored.relative_to(plain_storage))
+    assert OutboxEvent.objects.filter(idempotency_key=f"upload.stored:{attachment.pk}").count() == 1
+    assert list(FinaliseAttempt.objects.values_list("succeeded", flat=True)) == [True]
+
+
+def test_patches_landing_on_another_process_still_give_the_real_sha256(api, plain_storage):
+    data = os.urandom(250_000)
+    # another worker or host holds no running hash: it hashes the staged file first
+    attachment = _upload(
+        api, [data[:80_000], data[80_000:160_000], data[160_000:]],
+        between=lambda index: running_hash._states.clear(),
+    )  # fmt: skip
+    assert attachment.sha256 == hashlib.sha256(data).hexdigest()
+    assert _stored_file(plain_storage).read_bytes() == data
+    assert running_hash.held() == 0  # a finished upload leaves no state behind
+
+
+def test_a_running_hash_at_another_offset_is_not_trusted(api, tenant, plain_storage):
+    data = os.urandom(30_000)
+    response = create(api, len(data))
+    url = _path(response["Location"])
+    assert patch(api, url, data[:10_000], 0).status_code == 204
+    attachment = Attachment.objects.get()
+    # a stale state (say, of an upload re-created with this id) at a different offset
+    running_hash.keep(upload_id=attachment.pk, created_at=attachment.created_at, offset=5,
+                      digest=hashlib.sha256(b"stale"))  # fmt: skip
+    assert patch(api, url, data[10_000:], 10_000).status_code == 204
+    attachment.refresh_from_db()
+    assert attachment.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_a_discarded_chunk_does_not_enter_the_sha256(api, plain_storage):
+    data = os.urandom(20_000)
+    response = create(api, len(data))
+    url = _path(response["Location"])
+    assert patch(api, url, data[:10_000], 0).status_code == 204
+    wrong = "sha1 " + base64.b64encode(hashlib.sha1(b"other").digest()).decode()
+    refused = patch(api, url, data[10_000:], 10_000, HTTP_UPLOAD_CHECKSUM=wrong)
+    assert refused.status_code == 460
+    assert patch(api, url, data[10_000:], 10_000).status_code == 204
+    attachment = Attachment.objects.get()
+    assert attachment.status == "stored"
+    assert attachment.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_a_patch_is_three_statements_and_the_last_one_adds_one_short_transaction(
+    api, plain_storage
+):
+    # Before: lock, read, update, re-read, unlock (5); the last PATCH re-hashed the file and
+    # held the row lock while copying and reading it back (13 statements).
+    response = create(api, 20)
+    url = _path(response["Location"])
+    with CaptureQueriesContext(connection) as middle:
+        assert patch(api, url, b"0123456789", 0).status_code == 204
+    with CaptureQueriesContext(connection) as last:
+        assert patch(api, url, b"abcdefghij", 10).status_code == 204
+    sql = [q["sql"] for q in middle.captured_queries]
+    assert len(sql) == 3, sql
+    assert "pg_try_advisory_lock" in sql[0] and sql[1].startswith("UPDATE")
+    assert "pg_advisory_unlock" in sql[2]
+    sql = [q["sql"] for q in last.captured_queries if "SAVEPOINT" not in q["sql"]]
+    assert len(sql) == 6, sql
+    assert not any("FOR UPDATE" in statement for statement in sql)
+
+
+def test_a_finaliser_whose_claim_was_taken_over_changes_nothing(tenant, plain_storage):
+    from django.utils import timezone
+
+    data = b"claimed twice"
+    late = staged_attachment(tenant, data, **inline_claim(timezone.now()))
+    late_token = late.claimed_by
+    # the lease ran out, a retry run took it over and stored it
+    Attachment.objects.filter(pk=late.pk).update(claimed_by=None, claimed_until=None)
+    assert attachment_finalise(attachment_id=late.pk, source="manual") is True
+    stored = _stored_file(plain_storage)
+    # the first holder wakes up and carries on with its old claim
+    late.claimed_by = late_token
+    assert attachment_finalise(attachment_id=late.pk, source="upload", claimed=late) in (
+        None,
+        False,
+    )
+    assert stored.read_bytes() == data
+    assert Attachment.objects.get(pk=late.pk).status == "stored"
+    assert OutboxEvent.objects.filter(idempotency_key=f"upload.stored:{late.pk}").count() == 1
+    assert list(FinaliseAttempt.objects.values_list("succeeded", flat=True)) == [True]
+
+
+def test_the_verified_copy_refuses_staged_bytes_that_changed(tenant, storage_switch):
+    # a storage that customises saving gets the copy; the staged file is hashed on the way
+    attachment = staged_attachment(tenant, b"the bytes as received")
+    staged = staging.staging_path(tenant_id=tenant.pk, attachment_id=attachment.pk)
+    staged.write_bytes(b"the bytes as rotted!!")  # same size, other bytes
+    assert attachment_finalise(attachment_id=attachment.pk, source="manual") is False
+    attachment.refresh_from_db()
+    assert attachment.status == "pending" and "do not match" in attachment.last_error
+    assert storage_switch.files() == []
+
+
+def test_a_re_created_upload_id_never_reuses_the_old_running_hash(api, plain_storage):
+    upload_id = str(uuid.uuid4())
+    old = create(api, 20, uploadId=upload_id)
+    url = _path(old["Location"])
+    assert patch(api, url, b"A" * 10, 0).status_code == 204
+    assert api.delete(url, HTTP_TUS_RESUMABLE="1.0.0").status_code == 204
+    new = create(api, 20, uploadId=upload_id)
+    assert patch(api, _path(new["Location"]), b"B" * 10, 0).status_code == 204
+    assert patch(api, _path(new["Location"]), b"C" * 10, 10).status_code == 204
+    assert Attachment.objects.get().sha256 == hashlib.sha256(b"B" * 10 + b"C" * 10).hexdigest()

@@ -1,0 +1,67 @@
+"""The SHA-256 of a tus upload, computed while its bytes are written: one pass over the bytes.
+
+hashlib's state cannot be pickled, so it cannot live in the row or in a shared cache. It lives
+in this process's memory, keyed by the upload (its id and creation time: a terminated upload
+re-created with the same id is another key) and remembering the offset it covers. A PATCH
+that finds no state here, or one at another offset — it landed on another worker or host, the
+process restarted, an earlier PATCH failed half-way — hashes the staged file up to its offset
+first. So correctness never depends on this cache, only speed does: the digest is always the
+one of the staged file's bytes, read or written here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+# Enough for every upload a worker has open at once; the oldest is forgotten first (it would
+# then be re-hashed from its staged file, never be wrong).
+MAX_STATES = 512
+READ_CHUNK = 1024 * 1024
+
+_lock = threading.Lock()
+_states: OrderedDict[tuple[str, str], tuple[int, Any]] = OrderedDict()
+
+
+def _key(upload_id, created_at) -> tuple[str, str]:
+    return (str(upload_id), created_at.isoformat() if created_at else "")
+
+
+def resume(*, upload_id, created_at, offset: int, path: Path) -> Any:
+    """The running SHA-256 of the first `offset` bytes of the staged file at `path`."""
+    with _lock:
+        found = _states.pop(_key(upload_id, created_at), None)
+    if found is not None and found[0] == offset:
+        return found[1]
+    digest = hashlib.sha256()
+    remaining = offset
+    with path.open("rb") as fh:
+        while remaining > 0:
+            chunk = fh.read(min(READ_CHUNK, remaining))
+            if not chunk:
+                raise OSError(f"staged file {path.name} is shorter than its offset {offset}")
+            digest.update(chunk)
+            remaining -= len(chunk)
+    return digest
+
+
+def keep(*, upload_id, created_at, offset: int, digest: Any) -> None:
+    """Remember `digest` as covering the first `offset` bytes, for the next PATCH here."""
+    with _lock:
+        _states[_key(upload_id, created_at)] = (offset, digest)
+        while len(_states) > MAX_STATES:
+            _states.popitem(last=False)
+
+
+def forget(*, upload_id, created_at) -> None:
+    with _lock:
+        _states.pop(_key(upload_id, created_at), None)
+
+
+def held() -> int:
+    """How many states this process holds (tests)."""
+    with _lock:
+        return len(_states)
