@@ -25,9 +25,10 @@ import socket
 import ssl
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import certifi
 import httptools
@@ -36,6 +37,9 @@ from outbox import conf
 from outbox.delivery import egress
 
 READ_LIMIT_BYTES = 64 * 1024  # read at most this of an answer; a longer one closes the socket
+MAX_HEAD_BYTES = 64 * 1024  # status line and headers (http.client's limit per line)
+MAX_HEADERS = 100  # header fields of one answer (http.client's limit)
+MAX_INTERIM = 5  # 1xx answers before the real one (Go's net/http allows 5)
 CONNECT_TIMEOUT_SECONDS = 5.0  # of the send's whole timeout, at most this to connect
 # Idle keep-alive connections a worker keeps, over all targets (the least recently used go
 # first: thousands of tenants' targets must not exhaust the worker's file descriptors), and
@@ -82,14 +86,25 @@ def destination(url: str) -> Destination | None:
         return None
     default = 443 if parts.scheme == "https" else 80
     host = parts.hostname
-    shown = f"[{host}]" if ":" in host else host
+    try:  # an international name goes out as its ASCII (punycode) form, as browsers send it
+        shown = host if host.isascii() else host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+    shown = f"[{shown}]" if ":" in shown else shown
+    # characters a request line may not carry (spaces, controls, non-ASCII) percent-encoded,
+    # as urllib3 does; existing escapes kept
+    path = quote(parts.path or "/", safe=_PATH_SAFE)
+    query = quote(parts.query, safe=_PATH_SAFE + "?")
     return Destination(
         scheme=parts.scheme,
         host=host,
         port=port or default,
-        request_target=(parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+        request_target=path + (f"?{query}" if query else ""),
         host_header=shown if port in (None, default) else f"{shown}:{port}",
     )
+
+
+_PATH_SAFE = "/%!$&'()*+,;=:@-._~"  # RFC 3986 pchar and "/", plus "%" for existing escapes
 
 
 class Response(NamedTuple):
@@ -121,21 +136,31 @@ def _proxy(url: str) -> tuple[str, int, str | None]:
 
 
 class Connection(asyncio.Protocol):
-    """One keep-alive connection: writes a request, parses its answer, hands it to `waiter`."""
+    """One keep-alive connection: writes a request, parses its answer, hands it to `waiter`.
+
+    What a receiver may send is bounded: the head (status line and headers) at MAX_HEAD_BYTES
+    and MAX_HEADERS, at most MAX_INTERIM interim (1xx) answers, at most MAX_HEAD_BYTES of
+    framing without a byte of body (endless trailers or chunk extensions), the body at
+    READ_LIMIT_BYTES. Past any of these the answer is a protocol error."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.public = False
         self.closed = False
         self.waiter: asyncio.Future | None = None
-        self._start()
-
-    def _start(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
+        self._reset()
+
+    def _reset(self) -> None:
+        """A fresh answer (the parser carries on by itself from one message to the next)."""
         self.status = 0
         self.headers: dict[str, str] = {}
         self.body = bytearray()
         self.reusable = False
+        self.header_count = 0
+        self.interim = 0
+        self.unread = 0  # bytes fed since the last progress (head complete, a body piece)
+        self.fault: Exception | None = None
 
     # asyncio's side
     def connection_made(self, transport) -> None:
@@ -145,10 +170,18 @@ class Connection(asyncio.Protocol):
         if self.waiter is None:  # bytes nobody asked for (an idle connection): unusable
             self.close()
             return
+        self.unread += len(data)
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._done(exc)
+        except Exception as exc:  # HttpParserError, HttpParserUpgrade (a 101) alike
+            self.fault = self.fault or exc
+        if self.fault is None and self.waiter is not None and self.unread > MAX_HEAD_BYTES:
+            self.fault = httptools.HttpParserError("answer head or framing too long")
+        if self.fault is not None:
+            fault = self.fault
+            if not isinstance(fault, httptools.HttpParserError):
+                fault = httptools.HttpParserError(f"{type(fault).__name__}")
+            self._done(fault)
             self.close()
 
     def eof_received(self) -> bool:
@@ -157,21 +190,31 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.waiter is not None:
-            if self.status >= 200 and exc is None:
+            if self.status >= 200 and exc is None and self.fault is None:
                 self._done(None)  # an answer delimited by the connection's end
             else:
                 self._done(exc or PeerClosed("closed before a complete answer"))
 
     # httptools' side
+    def on_message_begin(self) -> None:
+        if self.waiter is None:  # a second answer to one request: out of step, not reused
+            self.close()
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_count += 1
+        if self.header_count > MAX_HEADERS:
+            self.fault = httptools.HttpParserError("too many header fields")
+            return
         name = name.lower()
         if name in KEPT_HEADERS:
             self.headers[name.decode("latin-1")] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
+        self.unread = 0
 
     def on_body(self, chunk: bytes) -> None:
+        self.unread = 0
         room = READ_LIMIT_BYTES - len(self.body)
         if len(chunk) >= room and self.waiter is not None:
             self.body += chunk[:room]
@@ -182,15 +225,20 @@ class Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if 100 <= self.status < 200:  # an interim answer (100 Continue): the real one follows
-            self._start()
+            interim, fault = self.interim + 1, self.fault
+            self._reset()
+            self.interim, self.fault = interim, fault
+            if interim > MAX_INTERIM:
+                self.fault = httptools.HttpParserError("too many interim answers")
             return
         self.reusable = self.parser.should_keep_alive()
         self._done(None)
 
     # ours
     def request(self, data: bytes) -> asyncio.Future:
-        assert self.transport is not None
-        self._start()
+        if not self.usable() or self.transport is None:
+            raise PeerClosed("the connection closed before the request")
+        self._reset()
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(data)
         return self.waiter
@@ -199,10 +247,12 @@ class Connection(asyncio.Protocol):
         waiter, self.waiter = self.waiter, None
         if waiter is None or waiter.done():
             return
+        exc = exc or self.fault  # a fault seen earlier in the same data wins over an answer
         if exc is not None:
             waiter.set_exception(exc)
         else:
             waiter.set_result(Response(self.status, self.headers, bytes(self.body), self.public))
+        self.headers, self.body = {}, bytearray()  # the answer's own; nothing kept while idle
 
     def usable(self) -> bool:
         return not self.closed and self.transport is not None and not self.transport.is_closing()
@@ -241,6 +291,11 @@ class Client:
 
     def __init__(self, pool_size: int, max_idle: int = MAX_IDLE_CONNECTIONS):
         self.pool_size, self.max_idle = pool_size, max_idle
+        # Name lookups block a thread for as long as the resolver likes (a name server that
+        # never answers: 10-30 s, past any send's deadline): one thread per send slot, as
+        # many as can be in flight, so one tenant's slow names never queue another's.
+        self.resolver = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="outbox-dns")
+        self._proxy_address: tuple[str, float] | None = None  # the proxy's, and until when
         self.idle: dict[tuple[str, str], list[Connection]] = {}
         # every idle connection, least recently used first: connection -> (key, idle since)
         self._lru: OrderedDict[Connection, tuple[tuple[str, str], float]] = OrderedDict()
@@ -260,7 +315,8 @@ class Client:
                 raise ValueError(f"header {name} holds a line break")
             head.append(f"{name}: {value}\r\n")
         head.append(f"content-length: {len(body)}\r\n\r\n")
-        data = "".join(head).encode("latin-1") + body
+        # UTF-8: an event type beyond latin-1 is sent (as obs-text), not an undeliverable event
+        data = "".join(head).encode() + body
         async with asyncio.timeout(timeout):
             conn = self._idle_connection(key)
             if conn is None:
@@ -312,12 +368,27 @@ class Client:
             conn.close()
         self._lru.clear()
         self.idle.clear()
+        self.resolver.shutdown(wait=False, cancel_futures=True)
+
+    async def _proxy_lookup(self, host: str, port: int) -> str:
+        """The proxy's address, looked up once a minute (operator-set: not judged by the
+        guard), on the resolver threads, never on the event loop."""
+        now = time.monotonic()
+        if self._proxy_address is not None and self._proxy_address[1] > now:
+            return self._proxy_address[0]
+        loop = asyncio.get_running_loop()
+        answers = await loop.run_in_executor(
+            self.resolver, lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        )
+        address = str(answers[0][4][0])
+        self._proxy_address = (address, now + 60.0)
+        return address
 
     # connecting
 
     async def _connect(self, to: Destination) -> Connection:
         """Resolve once, check every answer (egress), connect to the first that answers."""
-        answers = await _resolve_checked(to.host, to.port)
+        answers = await _resolve_checked(to.host, to.port, self.resolver)
         last_error: BaseException | None = None
         for family, sockaddr in answers:
             address = str(sockaddr[0])
@@ -353,7 +424,10 @@ class Client:
         resolve it differently), then TLS inside it with the URL's host name."""
         loop = asyncio.get_running_loop()
         proxy_host, proxy_port, auth = _proxy(proxy)
-        transport, handshake = await loop.create_connection(_Handshake, proxy_host, proxy_port)
+        address_of_proxy = await self._proxy_lookup(proxy_host, proxy_port)
+        transport, handshake = await loop.create_connection(
+            _Handshake, address_of_proxy, proxy_port
+        )
         authority = f"[{address}]:{to.port}" if ":" in address else f"{address}:{to.port}"
         ask = f"CONNECT {authority} HTTP/1.1\r\nhost: {authority}\r\n"
         if auth:
@@ -382,14 +456,16 @@ class Client:
         return conn
 
 
-async def _resolve_checked(host: str, port: int) -> list[tuple[int, tuple]]:
+async def _resolve_checked(
+    host: str, port: int, resolver: ThreadPoolExecutor
+) -> list[tuple[int, tuple]]:
     """egress.resolve_checked, off the loop when a name must be looked up (an address needs
     no lookup: it is checked here)."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, egress.resolve_checked, host, port)
+        return await loop.run_in_executor(resolver, egress.resolve_checked, host, port)
     reason = egress.address_refusal(address)
     if reason is not None:
         raise egress.EgressRefused(reason)

@@ -180,16 +180,17 @@ async def send(client: Client | None, job: Job) -> Result:
     started = time.perf_counter()
     try:
         response = await client.post((job.target_id, job.url), to, headers, body.encode(), timeout)
+        duration = (time.perf_counter() - started) * 1000
+        return verdict(
+            job, response.status, response.headers, response.content, duration,
+            public=response.public,
+        )  # fmt: skip
     except egress.EgressRefused:
         return _failed(job, started, egress.REFUSED, outcome="permanent")
     except Exception as exc:  # noqa: BLE001 - every failure is a verdict, named from the list
         if not isinstance(exc, (OSError, httptools.HttpParserError)):
             logger.warning("unexpected send failure (recorded as a retry)", exc_info=True)
         return _failed(job, started, failure_code(exc))
-    duration = (time.perf_counter() - started) * 1000
-    return verdict(
-        job, response.status, response.headers, response.content, duration, public=response.public
-    )
 
 
 def failure_code(exc: BaseException) -> str:
