@@ -13,6 +13,8 @@ connection in an older request's scope.
 
 from __future__ import annotations
 
+import select
+
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql import base
 from django.db.backends.utils import CursorWrapper
@@ -107,6 +109,20 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def _savepoint_rollback(self, sid):
         self.rls_applied = None
         return super()._savepoint_rollback(sid)
+
+    def is_usable(self):
+        """Django's health check at the start of each request, without its SELECT 1 round trip
+        on a healthy connection: one the server ended (a restart, pg_terminate_backend, an
+        idle timeout) has its socket readable, with an error message or the end of the
+        stream. Only then is it asked, as Django asks."""
+        conn = self.connection
+        if conn is None or conn.closed or conn.broken:
+            return False
+        try:
+            readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable or super().is_usable()
 
     def make_cursor(self, cursor):
         return ScopedCursorWrapper(cursor, self)
