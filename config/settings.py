@@ -497,9 +497,6 @@ UPLOADS_MAX_ATTEMPTS = env("UPLOADS_MAX_ATTEMPTS", "int", 8)
 UPLOADS_RETRY_BATCH_SIZE = env("UPLOADS_RETRY_BATCH_SIZE", "int", 100)
 # A claim older than this is considered abandoned (crashed run) and can be claimed again.
 UPLOADS_RETRY_LEASE_SECONDS = env("UPLOADS_RETRY_LEASE_SECONDS", "int", 300)
-# The last tus PATCH answers once its bytes are acknowledged; placing them into storage runs
-# right after on a finisher thread of the web process (uploads/services/background.py).
-UPLOADS_FINALISE_IN_BACKGROUND = env("UPLOADS_FINALISE_IN_BACKGROUND", "bool", True)
 # client-sync / manual runs skip attachments attempted less than this many seconds ago.
 UPLOADS_RETRY_MIN_INTERVAL_SECONDS = env("UPLOADS_RETRY_MIN_INTERVAL_SECONDS", "int", 30)
 UPLOADS_RETRY_LOG_RETENTION_DAYS = env("UPLOADS_RETRY_LOG_RETENTION_DAYS", "int", 30)

@@ -52,14 +52,6 @@ def _system_scope():
 
 
 @pytest.fixture(autouse=True)
-def _finalise_in_the_request(settings):
-    """A tus upload's last PATCH finalises inside the request here, so its effects are there
-    when it returns; real servers started by tests (and production) finalise after the answer
-    (tests/uploads/test_finalise_after_answer.py covers that path in-process)."""
-    settings.UPLOADS_FINALISE_IN_BACKGROUND = False
-
-
-@pytest.fixture(autouse=True)
 def _loopback_targets_allowed(settings, monkeypatch):
     """Receivers in tests listen on 127.0.0.1; production allows no private network. The
     SSRF tests (tests/outbox/test_egress.py) take this allowance away again."""

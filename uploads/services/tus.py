@@ -25,7 +25,6 @@ from core.session_proof import SessionProof
 from tenants.scoping import tenant_get_or_404, tenant_queryset
 from uploads import running_hash, staging
 from uploads.models import Attachment, RetrySource
-from uploads.services.background import finalise_after_answer
 from uploads.services.finalising import attachment_finalise, inline_claim
 from uploads.services.quotas import quota_reserve, staging_space_check
 from uploads.services.receiving import check_limits, check_session, clean_filename
@@ -410,12 +409,8 @@ def _tus_complete(attachment: Attachment, *, sha256: str) -> None:
 
 
 def _finalise_inline(attachment: Attachment) -> None:
-    """Into storage: after the answer on this process's finisher thread (background.py), or
-    now when that is off."""
     claimed = attachment.status == Status.PENDING and attachment.claimed_by is not None
-    if not claimed or finalise_after_answer(attachment):
-        return
-    if attachment_finalise(
+    if claimed and attachment_finalise(
         attachment_id=attachment.pk, source=RetrySource.UPLOAD, claimed=attachment
     ):
         attachment.status = Status.STORED
