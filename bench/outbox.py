@@ -48,7 +48,13 @@ from _common import (
     teardown_django,
     write_report,
 )
-from _outbox_pipeline import bench_backlog, bench_tarpit, bench_worker_cost, worker_env
+from _outbox_pipeline import (
+    bench_backlog,
+    bench_tarpit,
+    bench_worker_cost,
+    queue_reset,
+    worker_env,
+)
 
 FLOORS = {
     "publish_p99_ms": 10.0,
@@ -143,9 +149,13 @@ def bench_publish(tenant, n: int) -> list[dict]:
     from django.db import DatabaseError, connection, transaction
 
     from outbox.services import event_publish
+    from tenants import rls
 
-    with connection.cursor() as cursor:
+    # the owner creates the baseline's table (the application roles may not) and lets the
+    # role the bench runs as write it
+    with rls.owner_mode(connection), connection.cursor() as cursor:
         cursor.execute("CREATE TABLE IF NOT EXISTS bench_bare (id uuid PRIMARY KEY, body jsonb)")
+        cursor.execute(f"GRANT SELECT, INSERT ON bench_bare TO {rls.system_role()}")
         with contextlib.suppress(DatabaseError):  # not a superuser: measure without it
             cursor.execute("CHECKPOINT")
 
@@ -437,16 +447,8 @@ def main():
         from outbox.models import Target
 
         Target.objects.filter(name__in=["n8n", "slack"]).update(is_enabled=False, paused_at=None)
-        from django.db import connection
-
-        # the publish phase's queue is not part of the next measurements: empty it and
-        # vacuum, or the worker's claim would wade through thousands of dead index entries
-        from tenants import rls
-
-        # the owner's work: the application roles may neither TRUNCATE nor VACUUM
-        with rls.owner_mode(connection), connection.cursor() as cursor:
-            cursor.execute("TRUNCATE outbox_deliveryattempt, outbox_delivery")
-            cursor.execute("VACUUM ANALYZE outbox_outboxevent")
+        # the publish phase's queue is not part of the next measurements
+        queue_reset()
         throughput, cost = bench_worker_cost(receiver_stats, url, args.deliver, args.cost_targets)
         lag = bench_lag(tenant, url, args.rate, args.lag_seconds)
         tarpit = bench_tarpit(receiver_stats, url, args.tarpit_events, args.fair_seconds)
