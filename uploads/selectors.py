@@ -69,7 +69,7 @@ _USAGE_SQL = (
 def tenant_usage(*, tenant_id, now: datetime | None = None) -> TenantUsage:
     now = now or timezone.now()
     receiving = Attachment.Status.RECEIVING.value
-    params = [*map(str, HELD_STATUSES), receiving, now, receiving, now, str(tenant_id)]
+    params: list[Any] = [*map(str, HELD_STATUSES), receiving, now, receiving, now, str(tenant_id)]
     with connection.cursor() as cursor:
         cursor.execute(_USAGE_SQL, params)
         stored, reserved, open_uploads = cursor.fetchone()
