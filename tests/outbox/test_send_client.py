@@ -21,6 +21,36 @@ pytestmark = pytest.mark.django_db
 SLOW_OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 
 
+def deliver_through(tenant, server, path: str = "/x", **target) -> Delivery:
+    """One event to a target on `server`, one delivery round, the server closed after."""
+    try:
+        make_target(tenant, url=f"{server.url}{path}", **target)
+        publish(tenant)
+        deliver_round()
+    finally:
+        server.close()
+    return Delivery.objects.get()
+
+
+def count_peers(server) -> tuple[list, object]:
+    """The client addresses of every POST `server` receives (a list that fills up), and a
+    function that takes the counting out again."""
+    peers: list = []
+    handler = server.RequestHandlerClass
+    original = handler.do_POST
+
+    def counting(self):
+        peers.append(self.client_address)
+        original(self)
+
+    handler.do_POST = counting
+
+    def restore():
+        handler.do_POST = original
+
+    return peers, restore
+
+
 # --- a whole-send deadline --------------------------------------------------------------------
 
 
@@ -29,13 +59,7 @@ def test_a_receiver_trickling_its_answer_is_cut_off_at_the_targets_timeout(tenan
     answer would take 6 s. The target's 1 s timeout bounds the whole send: `timeout`, and the
     slot is free again, not held for as long as the receiver cares to trickle."""
     server = start_trickle_server(SLOW_OK, every=0.15)
-    try:
-        make_target(tenant, url=f"{server.url}/slow", timeout_seconds=1)
-        publish(tenant)
-        deliver_round()
-    finally:
-        server.close()
-    delivery = Delivery.objects.get()
+    delivery = deliver_through(tenant, server, "/slow", timeout_seconds=1)
     attempt = DeliveryAttempt.objects.get()
     assert (delivery.status, delivery.last_error) == ("retrying", "timeout")
     assert attempt.error == "timeout" and attempt.status_code is None
@@ -48,13 +72,7 @@ def test_an_endless_answer_is_read_up_to_the_limit_and_the_verdict_recorded(tena
     chunk = b"10000\r\n" + b"x" * 0x10000 + b"\r\n"
     head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
     server = start_raw_server(lambda data: head + chunk * 64)  # 4 MB, no final chunk
-    try:
-        make_target(tenant, url=f"{server.url}/big")
-        publish(tenant)
-        deliver_round()
-    finally:
-        server.close()
-    assert Delivery.objects.get().status == "delivered"
+    assert deliver_through(tenant, server, "/big").status == "delivered"
     assert DeliveryAttempt.objects.get().status_code == 200
 
 
@@ -63,15 +81,7 @@ def test_one_deliverer_reuses_its_connection_across_sends(tenant):
     from tests.outbox.receiver import start_receiver
 
     receiver, server = start_receiver()
-    peers = set()
-    handler = server.RequestHandlerClass
-    original = handler.do_POST
-
-    def counting(self):
-        peers.add(self.client_address)
-        original(self)
-
-    handler.do_POST = counting  # type: ignore[method-assign]
+    peers, restore = count_peers(server)
     deliverer = Deliverer(concurrency=1)
     try:
         make_target(tenant, url=receiver.url)
@@ -80,33 +90,21 @@ def test_one_deliverer_reuses_its_connection_across_sends(tenant):
             assert deliverer.run_once() == 1
     finally:
         deliverer.close()
-        handler.do_POST = original  # type: ignore[method-assign]
+        restore()
         server.shutdown()
         server.server_close()
-    assert len(receiver.requests) == 3 and len(peers) == 1
+    assert len(receiver.requests) == 3 and len(set(peers)) == 1
 
 
 def test_a_receiver_closing_without_an_answer_is_connection_closed(tenant):
     server = start_raw_server(lambda data: b"")
-    try:
-        make_target(tenant, url=f"{server.url}/x")
-        publish(tenant)
-        deliver_round()
-    finally:
-        server.close()
-    assert Delivery.objects.get().last_error == "connection_closed"
+    assert deliver_through(tenant, server).last_error == "connection_closed"
 
 
 def test_an_answer_delimited_by_closing_the_connection_is_read(tenant):
     """HTTP/1.0 style: no content-length, the end of the body is the end of the connection."""
     server = start_raw_server(lambda data: b"HTTP/1.0 202 Accepted\r\n\r\nqueued")
-    try:
-        make_target(tenant, url=f"{server.url}/x")
-        publish(tenant)
-        deliver_round()
-    finally:
-        server.close()
-    assert Delivery.objects.get().status == "delivered"
+    assert deliver_through(tenant, server).status == "delivered"
     assert DeliveryAttempt.objects.get().status_code == 202
 
 
@@ -258,15 +256,7 @@ def test_a_connection_idle_too_long_is_not_reused(monkeypatch):
     from tests.outbox.receiver import start_receiver
 
     receiver, server = start_receiver()
-    peers = []
-    handler = server.RequestHandlerClass
-    original = handler.do_POST
-
-    def counting(self):
-        peers.append(self.client_address)
-        original(self)
-
-    handler.do_POST = counting  # type: ignore[method-assign]
+    peers, restore = count_peers(server)
     try:
 
         async def run():
@@ -280,7 +270,7 @@ def test_a_connection_idle_too_long_is_not_reused(monkeypatch):
 
         asyncio.run(run())
     finally:
-        handler.do_POST = original  # type: ignore[method-assign]
+        restore()
         server.shutdown()
         server.server_close()
     assert len(peers) == 2 and peers[0] != peers[1]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.uploads.storage import StorageSwitch
@@ -33,6 +35,20 @@ def upload_dirs(settings, tmp_path):
 @pytest.fixture
 def storage_switch(upload_dirs) -> StorageSwitch:
     return upload_dirs
+
+
+@pytest.fixture
+def plain_storage(settings, upload_dirs):
+    """STORAGES["attachments"] as shipped: a FileSystemStorage next to staging (same disk)."""
+    location = Path(settings.UPLOADS_STORAGE_DIR)
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "attachments": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(location)},
+        },
+    }
+    return location
 
 
 @pytest.fixture(autouse=True)

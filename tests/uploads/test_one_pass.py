@@ -25,20 +25,6 @@ from uploads.services.finalising import attachment_finalise, inline_claim
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def plain_storage(settings, upload_dirs):
-    """STORAGES["attachments"] as shipped: a FileSystemStorage next to staging (same disk)."""
-    location = Path(settings.UPLOADS_STORAGE_DIR)
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "attachments": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(location)},
-        },
-    }
-    return location
-
-
 def _stored_file(location: Path) -> Path:
     (found,) = [p for p in location.rglob("*") if p.is_file()]
     return found
