@@ -4,9 +4,9 @@ hashlib's state cannot be pickled, so it cannot live in the row or in a shared c
 in this process's memory, keyed by the upload (its id and creation time: a terminated upload
 re-created with the same id is another key) and remembering the offset it covers. A PATCH
 that finds no state here, or one at another offset — it landed on another worker or host, the
-process restarted, an earlier PATCH failed half-way — hashes the staged file up to its offset
-first. So correctness never depends on this cache, only speed does: the digest is always the
-one of the staged file's bytes, read or written here.
+process restarted, an earlier PATCH failed half-way — goes on without one, and the upload is
+hashed from its staged file, once, when it completes. So correctness never depends on this
+cache, only speed does: the digest is always the one of the staged file's bytes.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 # Enough for every upload a worker has open at once; the oldest is forgotten first (it would
-# then be re-hashed from its staged file, never be wrong).
+# then be hashed from its staged file when it completes, never be wrong).
 MAX_STATES = 512
 READ_CHUNK = 1024 * 1024
 
@@ -30,22 +30,30 @@ def _key(upload_id, created_at) -> tuple[str, str]:
     return (str(upload_id), created_at.isoformat() if created_at else "")
 
 
-def resume(*, upload_id, created_at, offset: int, path: Path) -> Any:
-    """The running SHA-256 of the first `offset` bytes of the staged file at `path`."""
+def resume(*, upload_id, created_at, offset: int) -> Any | None:
+    """The running SHA-256 of the first `offset` bytes, or None when this process has none for
+    exactly that offset (then the upload is hashed once, from its staged file, when it
+    completes: a client sending each PATCH to another worker costs one extra read of the
+    file, never one per PATCH)."""
     with _lock:
         found = _states.pop(_key(upload_id, created_at), None)
     if found is not None and found[0] == offset:
         return found[1]
+    return hashlib.sha256() if offset == 0 else None
+
+
+def file_digest(path: Path, size: int) -> str:
+    """The SHA-256 of the first `size` bytes of a staged file, read once."""
     digest = hashlib.sha256()
-    remaining = offset
+    remaining = size
     with path.open("rb") as fh:
         while remaining > 0:
             chunk = fh.read(min(READ_CHUNK, remaining))
             if not chunk:
-                raise OSError(f"staged file {path.name} is shorter than its offset {offset}")
+                raise OSError(f"staged file {path.name} is shorter than {size} bytes")
             digest.update(chunk)
             remaining -= len(chunk)
-    return digest
+    return digest.hexdigest()
 
 
 def keep(*, upload_id, created_at, offset: int, digest: Any) -> None:

@@ -167,3 +167,28 @@ def test_a_re_created_upload_id_never_reuses_the_old_running_hash(api, plain_sto
     assert patch(api, _path(new["Location"]), b"B" * 10, 0).status_code == 204
     assert patch(api, _path(new["Location"]), b"C" * 10, 10).status_code == 204
     assert Attachment.objects.get().sha256 == hashlib.sha256(b"B" * 10 + b"C" * 10).hexdigest()
+
+
+def test_patches_on_other_processes_cost_one_read_of_the_file_not_one_each(
+    api, plain_storage, monkeypatch
+):
+    """A client that sends every PATCH to another worker (no running hash there) must not make
+    each PATCH read the staged file from the start again (5 PATCHes of a 100 MB upload were 5
+    reads of up to 100 MB): the upload is hashed once, when it completes."""
+    reads = []
+    real = running_hash.file_digest
+
+    def counted(path, size):
+        reads.append(size)
+        return real(path, size)
+
+    monkeypatch.setattr(running_hash, "file_digest", counted)
+    data = os.urandom(50_000)
+    url = _path(create(api, len(data))["Location"])
+    for offset in range(0, len(data), 10_000):
+        running_hash._states.clear()  # this PATCH lands on a process that has no state
+        assert patch(api, url, data[offset : offset + 10_000], offset).status_code == 204
+    attachment = Attachment.objects.get()
+    assert attachment.status == "stored"
+    assert attachment.sha256 == hashlib.sha256(data).hexdigest()
+    assert reads == [len(data)]

@@ -292,7 +292,7 @@ def _append_locked(
     hasher = CHECKSUM_ALGORITHMS[algorithm]() if algorithm else None
     to_read = remaining if content_length is None else content_length
     identity = {"upload_id": attachment.pk, "created_at": attachment.created_at}
-    digest = running_hash.resume(**identity, offset=offset, path=path)
+    digest = running_hash.resume(**identity, offset=offset)  # None: hashed when complete
     received = 0
     cut = False
     too_much = False
@@ -309,7 +309,8 @@ def _append_locked(
                 cut = content_length is not None
                 break
             fh.write(chunk)
-            digest.update(chunk)
+            if digest is not None:
+                digest.update(chunk)
             if hasher:
                 hasher.update(chunk)
             received += len(chunk)
@@ -320,7 +321,7 @@ def _append_locked(
         if bad_checksum or too_much:
             fh.truncate(offset)
             _flush_durably(fh)
-            # the running hash has seen the dropped bytes: not kept, the next PATCH rehashes
+            # the running hash has seen the dropped bytes: not kept (the file is hashed at the end)
             if too_much:
                 raise _length_exceeded()
             raise DomainError(
@@ -334,7 +335,12 @@ def _append_locked(
         staging.fsync_dir(path.parent)  # the file's entry, with its first acknowledged bytes
     new_offset = offset + received
     if new_offset == attachment.size:
-        _tus_complete(attachment, sha256=digest.hexdigest())
+        sha256 = (
+            digest.hexdigest()
+            if digest is not None
+            else running_hash.file_digest(path, new_offset)
+        )
+        _tus_complete(attachment, sha256=sha256)
         return True
     now = timezone.now()
     expires_at = tus_expiry()
@@ -343,7 +349,8 @@ def _append_locked(
     ).update(upload_offset=new_offset, expires_at=expires_at, updated_at=now)
     if moved:
         attachment.upload_offset, attachment.expires_at = new_offset, expires_at
-        running_hash.keep(**identity, offset=new_offset, digest=digest)
+        if digest is not None:
+            running_hash.keep(**identity, offset=new_offset, digest=digest)
     return False
 
 
