@@ -336,9 +336,7 @@ def _append_locked(
     new_offset = offset + received
     if new_offset == attachment.size:
         sha256 = (
-            digest.hexdigest()
-            if digest is not None
-            else running_hash.file_digest(path, new_offset)
+            digest.hexdigest() if digest is not None else running_hash.file_digest(path, new_offset)
         )
         _tus_complete(attachment, sha256=sha256)
         return True
