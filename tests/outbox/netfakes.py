@@ -200,22 +200,12 @@ def start_trickle_server(response: bytes, every: float) -> RawServer:
 
 
 @dataclass
-class ConnectProxy:
+class ConnectProxy(RawServer):
     """An HTTP CONNECT proxy on 127.0.0.1 (as smokescreen or squid would be): records each
     CONNECT request's head, answers `status` (200 opens the tunnel and relays bytes)."""
 
-    port: int = 0
     status: int = 200
     requests: list[str] = field(default_factory=list)
-    sock: socket.socket | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
 
 
 def start_connect_proxy(status: int = 200) -> ConnectProxy:

@@ -49,6 +49,32 @@ async def _server(handler):
     return srv, srv.sockets[0].getsockname()[1]
 
 
+def _post_to(reply: bytes):
+    """One POST to a server that answers it with `reply` (and keeps the connection open):
+    the client's answer, or its failure code, and how many connections it kept idle."""
+
+    async def handler(r, w):
+        await r.readuntil(b"\r\n\r\n")
+        await r.readexactly(2)
+        w.write(reply)
+        await w.drain()
+        await asyncio.sleep(0.5)
+
+    async def main():
+        srv, port = await _server(handler)
+        cl = C.Client(1)
+        try:
+            to = C.destination(f"http://127.0.0.1:{port}/")
+            return await cl.post(("t", "u"), to, {}, b"{}", 3.0), cl.idle_count()
+        except Exception as exc:
+            return failure_code(exc), cl.idle_count()
+        finally:
+            cl.close()
+            srv.close()
+
+    return asyncio.run(main())
+
+
 async def _ok_handler(r, w):
     while True:
         try:
@@ -110,25 +136,8 @@ def test_an_endless_header_is_cut_off_not_buffered():
 
 # 1xx and final answer in one segment -> status 0 ("http_0")
 def test_an_interim_answer_followed_by_the_final_one_in_one_segment():
-    async def h(r, w):
-        await r.readuntil(b"\r\n\r\n")
-        await r.readexactly(2)
-        w.write(b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n" + OK)
-        await w.drain()
-        await asyncio.sleep(0.5)
-
-    async def main():
-        srv, port = await _server(h)
-        cl = C.Client(1)
-        try:
-            return await cl.post(
-                ("t", "u"), C.destination(f"http://127.0.0.1:{port}/"), {}, b"{}", 3.0
-            )
-        finally:
-            cl.close()
-            srv.close()
-
-    assert asyncio.run(main()).status == 200
+    answer, _idle = _post_to(b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n" + OK)
+    assert answer.status == 200
 
 
 # one tenant's slow DNS holds every executor thread; other tenants' connects time out
@@ -189,24 +198,10 @@ def test_idle_connections_of_many_target_urls_are_bounded():
 
 # a 101 answer escapes data_received (HttpParserUpgrade is not an HttpParserError)
 def test_a_101_answer_is_a_protocol_error(caplog):
-    async def h(r, w):
-        await r.readuntil(b"\r\n\r\n")
-        await r.readexactly(2)
-        w.write(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n")
-        await w.drain()
-        await asyncio.sleep(0.5)
-
-    async def main():
-        srv, port = await _server(h)
-        cl = C.Client(1)
-        try:
-            await cl.post(("t", "u"), C.destination(f"http://127.0.0.1:{port}/"), {}, b"{}", 3.0)
-        except Exception as exc:
-            return failure_code(exc)
-        finally:
-            srv.close()
-
-    assert asyncio.run(main()) == "protocol_error"
+    code, _idle = _post_to(
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n"
+    )
+    assert code == "protocol_error"
     assert "Fatal error: protocol.data_received() call failed" not in caplog.text
 
 
@@ -248,51 +243,15 @@ def test_a_space_in_the_url_path_is_not_sent_raw_in_the_request_line():
 
 # interim answers are counted: a flood of 1xx is a protocol error, not a hung slot
 def test_a_flood_of_interim_answers_is_a_protocol_error():
-    async def h(r, w):
-        await r.readuntil(b"\r\n\r\n")
-        await r.readexactly(2)
-        w.write(b"HTTP/1.1 100 Continue\r\n\r\n" * (C.MAX_INTERIM + 1) + OK)
-        await w.drain()
-        await asyncio.sleep(0.5)
-
-    async def main():
-        srv, port = await _server(h)
-        cl = C.Client(1)
-        try:
-            await cl.post(("t", "u"), C.destination(f"http://127.0.0.1:{port}/"), {}, b"{}", 3.0)
-        except Exception as exc:
-            return failure_code(exc)
-        finally:
-            cl.close()
-            srv.close()
-
-    assert asyncio.run(main()) == "protocol_error"
+    code, _idle = _post_to(b"HTTP/1.1 100 Continue\r\n\r\n" * (C.MAX_INTERIM + 1) + OK)
+    assert code == "protocol_error"
 
 
 # a second answer in the same segment changes nothing of the first, and the connection goes
 def test_a_stray_second_answer_neither_rewrites_the_first_nor_is_reused():
-    async def h(r, w):
-        await r.readuntil(b"\r\n\r\n")
-        await r.readexactly(2)
-        w.write(
-            b"HTTP/1.1 503 Busy\r\nretry-after: 5\r\ncontent-length: 0\r\n\r\n"
-            b"HTTP/1.1 200 OK\r\nretry-after: 99999\r\ncontent-length: 0\r\n\r\n"
-        )
-        await w.drain()
-        await asyncio.sleep(0.5)
-
-    async def main():
-        srv, port = await _server(h)
-        cl = C.Client(1)
-        try:
-            answer = await cl.post(
-                ("t", "u"), C.destination(f"http://127.0.0.1:{port}/"), {}, b"{}", 3.0
-            )
-            return answer, cl.idle_count()
-        finally:
-            cl.close()
-            srv.close()
-
-    answer, idle = asyncio.run(main())
+    answer, idle = _post_to(
+        b"HTTP/1.1 503 Busy\r\nretry-after: 5\r\ncontent-length: 0\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nretry-after: 99999\r\ncontent-length: 0\r\n\r\n"
+    )
     assert (answer.status, answer.headers) == (503, {"retry-after": "5"})
     assert idle == 0

@@ -297,14 +297,12 @@ def start_receiver_on(host, port=0):
     return start_receiver(host=host, port=port)
 
 
-def test_https_goes_to_the_pinned_address_with_the_names_sni_and_certificate(
-    tenant, settings, fake_dns, tmp_path, monkeypatch
-):
-    """The socket goes to the checked address; TLS still asks for, and verifies, the URL's
-    host name (a certificate for another name fails as tls_error, nothing is sent)."""
+def deliver_to_two_names_on_one_certificate(tenant, fake_dns, tmp_path, monkeypatch):
+    """A TLS receiver with a certificate for hooks.example.test; targets `good` (that name)
+    and `wrong` (other.example.test), both resolving to it; one delivery round. Returns the
+    receiver's requests, its port and the SNI names it was asked for."""
     from outbox.delivery import client
 
-    settings.OUTBOX_ALLOWED_TARGET_NETWORKS = ["127.0.0.1/32"]
     cert, key = self_signed_certificate(tmp_path, "hooks.example.test")
     monkeypatch.setattr(client.certifi, "where", lambda: cert)
     receiver, server, sni = start_tls_receiver(cert, key)
@@ -319,8 +317,20 @@ def test_https_goes_to_the_pinned_address_with_the_names_sni_and_certificate(
     finally:
         server.shutdown()
         server.server_close()
-    assert len(receiver.requests) == 1
-    assert receiver.requests[0].headers["host"] == f"hooks.example.test:{port}"
+    return receiver.requests, port, sni
+
+
+def test_https_goes_to_the_pinned_address_with_the_names_sni_and_certificate(
+    tenant, settings, fake_dns, tmp_path, monkeypatch
+):
+    """The socket goes to the checked address; TLS still asks for, and verifies, the URL's
+    host name (a certificate for another name fails as tls_error, nothing is sent)."""
+    settings.OUTBOX_ALLOWED_TARGET_NETWORKS = ["127.0.0.1/32"]
+    requests, port, sni = deliver_to_two_names_on_one_certificate(
+        tenant, fake_dns, tmp_path, monkeypatch
+    )
+    assert len(requests) == 1
+    assert requests[0].headers["host"] == f"hooks.example.test:{port}"
     assert sorted(sni) == ["hooks.example.test", "other.example.test"]
     errors = dict(Delivery.objects.values_list("target__name", "last_error"))
     assert errors == {"good": "", "wrong": "tls_error"}

@@ -9,10 +9,8 @@ from tests.outbox.factories import make_target, publish
 from tests.outbox.helpers import deliver_round
 from tests.outbox.netfakes import (
     install_fake_dns,
-    self_signed_certificate,
     start_connect_proxy,
     start_raw_server,
-    start_tls_receiver,
     start_trickle_server,
 )
 
@@ -144,26 +142,17 @@ def test_every_send_goes_through_the_egress_proxy_to_the_checked_address(
 def test_https_through_the_proxy_verifies_the_urls_name(
     tenant, settings, fake_dns, tmp_path, monkeypatch
 ):
-    from outbox.delivery import client
+    from tests.outbox.test_egress import deliver_to_two_names_on_one_certificate
 
-    cert, key = self_signed_certificate(tmp_path, "hooks.example.test")
-    monkeypatch.setattr(client.certifi, "where", lambda: cert)
-    receiver, server, sni = start_tls_receiver(cert, key)
     proxy = start_connect_proxy()
     settings.OUTBOX_EGRESS_PROXY = proxy.url
     try:
-        port = server.server_address[1]
-        fake_dns.set("hooks.example.test", ["127.0.0.1"])
-        fake_dns.set("other.example.test", ["127.0.0.1"])
-        make_target(tenant, "good", url=f"https://hooks.example.test:{port}/hook")
-        make_target(tenant, "wrong", url=f"https://other.example.test:{port}/hook")
-        publish(tenant)
-        deliver_round()
+        requests, _port, sni = deliver_to_two_names_on_one_certificate(
+            tenant, fake_dns, tmp_path, monkeypatch
+        )
     finally:
         proxy.close()
-        server.shutdown()
-        server.server_close()
-    assert len(proxy.requests) == 2 and len(receiver.requests) == 1
+    assert len(proxy.requests) == 2 and len(requests) == 1
     assert sorted(sni) == ["hooks.example.test", "other.example.test"]
     errors = dict(Delivery.objects.values_list("target__name", "last_error"))
     assert errors == {"good": "", "wrong": "tls_error"}
