@@ -8,19 +8,9 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from core.retention import keyset_prune
+from core.retention import expired_rows_sql, keyset_prune
 
-_EVENTS_SQL = """
-WITH batch AS (
-    SELECT id, created_at FROM assessments_analyticsevent
-    WHERE id > %(after)s ORDER BY id LIMIT %(limit)s
-), gone AS (
-    DELETE FROM assessments_analyticsevent e USING batch b
-    WHERE e.id = b.id AND b.created_at < %(cutoff)s RETURNING 1
-)
-SELECT (SELECT max(id) FROM batch), (SELECT count(*) FROM gone),
-       coalesce((SELECT bool_and(created_at >= %(cutoff)s) FROM batch), false)
-"""
+_EVENTS_SQL = expired_rows_sql("assessments_analyticsevent", "created_at")
 
 
 def analytics_events_prune(

@@ -17,6 +17,22 @@ from collections.abc import Callable
 from django.db import connection
 
 
+def expired_rows_sql(table: str, column: str) -> str:
+    """The batch statement for a table whose rows all go once `column` is older than the
+    cutoff (no row is kept for its state): keyset_prune's contract, by primary key."""
+    return f"""
+WITH batch AS (
+    SELECT id, {column} FROM {table}
+    WHERE id > %(after)s ORDER BY id LIMIT %(limit)s
+), gone AS (
+    DELETE FROM {table} t USING batch b
+    WHERE t.id = b.id AND b.{column} < %(cutoff)s RETURNING 1
+)
+SELECT (SELECT max(id) FROM batch), (SELECT count(*) FROM gone),
+       coalesce((SELECT bool_and({column} >= %(cutoff)s) FROM batch), false)
+"""
+
+
 def keyset_prune(
     sql: str,
     params: dict,

@@ -16,7 +16,7 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from core.retention import keyset_prune
+from core.retention import expired_rows_sql, keyset_prune
 from outbox import conf
 
 # One batch of events in seq order: the expired ones with no unsettled delivery go with their
@@ -58,17 +58,7 @@ SELECT (SELECT max(id) FROM batch), (SELECT count(*) FROM gone),
        coalesce((SELECT bool_and(created_at >= %(cutoff)s) FROM batch), false)
 """
 
-_STATS_SQL = """
-WITH batch AS (
-    SELECT id, minute FROM outbox_deliverystat
-    WHERE id > %(after)s ORDER BY id LIMIT %(limit)s
-), gone AS (
-    DELETE FROM outbox_deliverystat s USING batch b
-    WHERE s.id = b.id AND b.minute < %(cutoff)s RETURNING 1
-)
-SELECT (SELECT max(id) FROM batch), (SELECT count(*) FROM gone),
-       coalesce((SELECT bool_and(minute >= %(cutoff)s) FROM batch), false)
-"""
+_STATS_SQL = expired_rows_sql("outbox_deliverystat", "minute")
 
 
 def events_prune(*, older_than_days: int, batch_size: int = 1000, **options) -> int:
