@@ -459,15 +459,11 @@ class Client:
 async def _resolve_checked(
     host: str, port: int, resolver: ThreadPoolExecutor
 ) -> list[tuple[int, tuple]]:
-    """egress.resolve_checked, off the loop when a name must be looked up (an address needs
-    no lookup: it is checked here)."""
+    """egress.resolve_checked, on the resolver threads when a name must be looked up (an
+    address needs no lookup: it is checked right here, on the loop)."""
     try:
-        address = ipaddress.ip_address(host)
+        ipaddress.ip_address(host)
     except ValueError:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(resolver, egress.resolve_checked, host, port)
-    reason = egress.address_refusal(address)
-    if reason is not None:
-        raise egress.EgressRefused(reason)
-    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-    return [(family, (str(address), port))]
+    return egress.resolve_checked(host, port)
