@@ -71,6 +71,9 @@ from _common import (
 )
 
 MB = 1024 * 1024
+# UPLOADS_RETRY_LEASE_SECONDS on the hosts (300 by default): how long a dead finaliser's
+# claim holds an upload back from the retry runs
+UPLOAD_LEASE_SECONDS = 5
 
 
 # --- the cluster --------------------------------------------------------------------------------
@@ -134,6 +137,8 @@ class Cluster:
             # a file-system storage that fails while shared/fail.flag exists
             UPLOADS_STORAGE_BACKEND="tests.uploads.storage.FlakyStorage",
             UPLOADS_RETRY_MIN_INTERVAL_SECONDS=0,
+            # the claim of a finalising that died with its host is taken over after this
+            UPLOADS_RETRY_LEASE_SECONDS=UPLOAD_LEASE_SECONDS,
             OUTBOX_ALLOWED_TARGET_NETWORKS="127.0.0.0/8",
             OUTBOX_LEASE_SECONDS=5,
             OUTBOX_BACKOFF_BASE_SECONDS=1,
@@ -522,10 +527,12 @@ class Cluster:
             "upload": len(set(acked["upload"]) - set(uploads)),
         }
         # An upload whose row committed on A just before the kill (bytes staged, not yet
-        # finalised) is acknowledged to the client's retry by B as `pending`: the client's
-        # "back online" retry run (here through the proxy, so on B) stores it.
+        # finalised) is acknowledged to the client's retry by B as `pending`, still claimed by
+        # A's finalising: once that claim's lease has run out, the client's "back online"
+        # retry run (here through the proxy, so on B) stores it.
         waiting = [pk for pk, status in uploads.items() if status == "pending"]
         if waiting:
+            time.sleep(UPLOAD_LEASE_SECONDS + 1)
             self.client().call("POST", "/api/uploads/retry", {})
             uploads.update(
                 (str(pk), status)
