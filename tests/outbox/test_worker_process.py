@@ -120,8 +120,11 @@ def test_worker_survives_its_database_connections_being_killed(tenant, receiver,
 def test_rate_limit_holds_across_two_workers(tenant, receiver, workers):
     """4 sends/s is the target's limit, not each worker's: two workers together stay under it."""
     make_target(tenant, "slack", kind="slack", url=receiver.url, rate_limit_per_second=4)
-    workers("--poll", "0.2", "--batch-size", "2")  # small claims: both workers get some
-    workers("--poll", "0.2", "--batch-size", "2")
+    # small claims and one send slot each: a worker holds at most two of the target's jobs
+    # (one waiting for its rate-limit slot on the wire, one claimed ahead), so both get some
+    # (with 32 slots, the worker that sends claims the next due job the moment it records)
+    workers("--poll", "0.2", "--batch-size", "2", "--concurrency", "1")
+    workers("--poll", "0.2", "--batch-size", "2", "--concurrency", "1")
     assert wait_until(lambda: WorkerHeartbeat.objects.count() == 2)
     publish(tenant, n=12)
     assert wait_until(lambda: delivered() == 12, timeout=40)
