@@ -8,6 +8,7 @@ INSERT … SELECT generate_series (tests/outbox/backlog.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -31,16 +32,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def pg_backends() -> list[int]:
-    """PostgreSQL client backends on this database, except this process's own."""
+def machine_busy_seconds() -> float:
+    """CPU seconds every core spent busy (not idle, not waiting for I/O), from /proc/stat."""
+    with open("/proc/stat") as stat:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(
+            int, stat.readline().split()[1:9]
+        )
+    return (user + nice + system + irq + softirq + steal) / TICK
+
+
+def pg_backends(every: bool = False) -> list[int]:
+    """PostgreSQL client backends on this database, except this process's own; `every`: with
+    this process's own and the server's WAL writer."""
     from django.db import connection
 
     from tenants import rls
 
     with rls.owner_mode(connection), connection.cursor() as cursor:
         cursor.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-            " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            "SELECT pid FROM pg_stat_activity WHERE (datname = current_database()"
+            " AND backend_type = 'client backend' AND (%s OR pid <> pg_backend_pid()))"
+            " OR (%s AND backend_type = 'walwriter')",
+            [every, every],
         )
         return [pid for (pid,) in cursor.fetchall()]
 
@@ -155,11 +168,11 @@ def _tenant_with_targets(name: str, urls: list[str]):
 
 def _wait_received(receiver_stats, base: str, path: str, count: int, seconds: float) -> dict:
     deadline = time.monotonic() + seconds
-    stats = receiver_stats(base, path, reset=False)
+    stats = receiver_stats(base, path, reset=False, brief=True)
     while stats["count"] < count and time.monotonic() < deadline:
         time.sleep(0.05)
-        stats = receiver_stats(base, path, reset=False)
-    return stats
+        stats = receiver_stats(base, path, reset=False, brief=True)
+    return receiver_stats(base, path, reset=False)
 
 
 def _ceiling_urllib3(jobs, base: str, concurrency: int) -> list[int]:
@@ -221,8 +234,9 @@ def bench_worker_cost(
 ) -> tuple[list[dict], dict]:
     """Two ceilings (no database: the same signed bodies posted by urllib3 on 32 threads, the
     client the worker had, and by the worker's own client with 32 sends in flight), then one
-    worker and two workers draining n (2n) due deliveries to the same receiver; CPU per
-    delivery per process.
+    worker and two workers draining n (2n) due deliveries to the same receiver, first on the
+    whole machine, then confined to one core and to two (`_drain_with_workers`); CPU per
+    delivery per process, and the cores the machine kept busy.
 
     Two tenants with `n_targets` targets each on the receiver, the deliveries spread over all
     of them. The per-target cap (4 by default) counts every live lease in the fleet, claimed
@@ -233,7 +247,6 @@ def bench_worker_cost(
 
     from outbox import conf
     from outbox.delivery.send import Job
-    from tests.outbox.backlog import backlog_insert
 
     concurrency = conf.get("OUTBOX_WORKER_CONCURRENCY")
     tenants = []
@@ -257,12 +270,15 @@ def bench_worker_cost(
         (f"ceiling: the worker's client, {concurrency} in flight",
          lambda: _ceiling_worker_client(jobs, concurrency)),
     ):  # fmt: skip
-        receiver_stats(base, "cost", reset=True)
+        receiver_cpu = receiver_stats(base, "cost", reset=True)["cpu"]
         meter = CpuMeter([os.getpid()])
+        machine = machine_busy_seconds()
         started = time.perf_counter()
         codes = run()
         seconds = time.perf_counter() - started
         client_cpu = meter.stop()
+        machine = machine_busy_seconds() - machine
+        receiver_cpu = receiver_stats(base, "cost", reset=False)["cpu"] - receiver_cpu
         assert codes.count(200) == n, codes[:5]
         ceilings[name] = n / seconds
         rows.append(
@@ -274,37 +290,18 @@ def bench_worker_cost(
                 "share_of_urllib3_ceiling": round(n / seconds / next(iter(ceilings.values())), 2),
                 "worker_cpu_ms_per_delivery": round(client_cpu / n * 1000, 3),
                 "postgres_cpu_ms_per_delivery": 0.0,
+                "receiver_cpu_ms_per_delivery": round(receiver_cpu / n * 1000, 3),
+                "cores_busy": round(machine / seconds, 2),
             }
         )
     urllib3_ceiling, client_ceiling = ceilings.values()
-    for count in (1, 2):
-        total = n * count
-        procs = workers_start(count)
-        try:
-            receiver_stats(base, "cost", reset=True)
-            worker_meter = CpuMeter([p.pid for p in procs])
-            pg_meter = CpuMeter(pg_backends())
-            for tenant, targets in tenants:
-                backlog_insert(tenant=tenant, targets=targets, n=total // 2, spread=True,
-                               prefix=f"cost{count}-")  # fmt: skip
-            analyze_deliveries()  # as autovacuum would soon: a backlog of minutes, not ms
-            started = time.perf_counter()
-            notify()
-            stats = _wait_received(receiver_stats, base, "cost", total, 600)
-            seconds = time.perf_counter() - started
-            worker_cpu, pg_cpu = worker_meter.stop(), pg_meter.stop()
-        finally:
-            workers_stop(procs)
-        rate = stats["count"] / seconds
+    for count, cores in ((1, None), (2, None), (1, {0}), (2, {0, 1})):
+        rate, row = _drain_with_workers(receiver_stats, base, tenants, n * count, count, cores)
         rows.append(
             {
-                "mode": f"{count} outbox worker process{'es' if count > 1 else ''}",
-                "deliveries": stats["count"],
-                "seconds": round(seconds, 2),
+                **row,
                 "per_second": round(rate, 1),
                 "share_of_urllib3_ceiling": round(rate / urllib3_ceiling, 2),
-                "worker_cpu_ms_per_delivery": round(worker_cpu / stats["count"] * 1000, 3),
-                "postgres_cpu_ms_per_delivery": round(pg_cpu / stats["count"] * 1000, 3),
             }
         )
     queue_reset()
@@ -313,9 +310,71 @@ def bench_worker_cost(
         "one_worker_share_of_ceiling": one["share_of_urllib3_ceiling"],
         "one_worker_share_of_own_client": round(one["per_second"] / client_ceiling, 2),
         "worker_cpu_ms_per_delivery": one["worker_cpu_ms_per_delivery"],
+        # the whole machine: printed, not checked (the module docstring of bench/outbox.py)
         "two_workers_vs_one": round(two["per_second"] / one["per_second"], 2),
+        # one worker confined to one core, two to two: the floor
+        "two_cores_vs_one": round(rows[5]["per_second"] / rows[4]["per_second"], 2),
     }
     return rows, figures
+
+
+def _drain_with_workers(receiver_stats, base, tenants, total, count, cores) -> tuple[float, dict]:
+    """`count` worker processes drain `total` due deliveries; with `cores`, the system under
+    test (the workers, their PostgreSQL backends, PostgreSQL's WAL writer, the receiver and
+    this process) runs on those CPUs only."""
+    from tests.outbox.backlog import backlog_insert
+
+    queue_reset()  # every drain starts from the same table: not behind the last one's dead rows
+    procs = workers_start(count)
+    pinned: list[int] = []
+    try:
+        receiver = receiver_stats(base, "cost", reset=True)
+        if cores is not None:
+            pinned = [p.pid for p in procs] + pg_backends(every=True)
+            pinned += [receiver["pid"], os.getpid()]
+            cpu_pin(pinned, cores)
+        worker_meter = CpuMeter([p.pid for p in procs])
+        pg_meter = CpuMeter(pg_backends())
+        for tenant, targets in tenants:
+            backlog_insert(tenant=tenant, targets=targets, n=total // 2, spread=True,
+                           prefix=f"cost{count}-{cores}-")  # fmt: skip
+        analyze_deliveries()  # as autovacuum would soon: a backlog of minutes, not ms
+        machine = machine_busy_seconds()
+        started = time.perf_counter()
+        notify()
+        stats = _wait_received(receiver_stats, base, "cost", total, 600)
+        seconds = time.perf_counter() - started
+        worker_cpu, pg_cpu = worker_meter.stop(), pg_meter.stop()
+        machine = machine_busy_seconds() - machine
+    finally:
+        workers_stop(procs)
+        if pinned:
+            cpu_pin(pinned, set(range(os.cpu_count() or 1)))
+    delivered = stats["count"]
+    where = f" on {len(cores)} core{'s' if len(cores) > 1 else ''}" if cores else ""
+    return delivered / seconds, {
+        "mode": f"{count} outbox worker process{'es' if count > 1 else ''}{where}",
+        "deliveries": delivered,
+        "seconds": round(seconds, 2),
+        "worker_cpu_ms_per_delivery": round(worker_cpu / delivered * 1000, 3),
+        "postgres_cpu_ms_per_delivery": round(pg_cpu / delivered * 1000, 3),
+        "receiver_cpu_ms_per_delivery": round(
+            (stats["cpu"] - receiver["cpu"]) / delivered * 1000, 3
+        ),
+        "cores_busy": round(machine / seconds, 2),
+    }
+
+
+def cpu_pin(pids: list[int], cores: set[int]) -> None:
+    """Every thread of these processes onto these CPUs (a gone process is skipped)."""
+    for pid in pids:
+        try:
+            threads = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in threads:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(tid), cores)
 
 
 def _publish_steadily(tenant, target: str, rate: float, seconds: float) -> int:

@@ -7,7 +7,10 @@
    signed bodies posted with no database by urllib3 on 32 threads (the worker's former
    client: the ceiling, floor >= 85 % of it) and by the worker's own client (asyncio +
    httptools, 32 in flight); CPU per delivery of the worker and of PostgreSQL from /proc
-   (floor: worker <= 0.5 ms), two worker processes vs one (floor: >= 1.8x);
+   (floor: worker <= 0.5 ms) and of the receiver, and how many of the machine's cores were
+   busy; two worker processes vs one, twice: on the whole machine, and with the system under
+   test (workers, their PostgreSQL backends, PostgreSQL's WAL writer, the receiver and the
+   bench) confined to one core for one worker and to two cores for two (floor: >= 1.8x);
    `--cost-only` runs just this section;
 3. delivery lag (publish commit -> receiver) at a steady 200 events/s through a real worker
    woken by NOTIFY (floor: p99 < 1 s);
@@ -18,8 +21,11 @@
    event reaches every open stream.
 
 The receiver is a small asyncio HTTP/1.1 server in its own process (keep-alive, answers 200).
-The machine is shared with PostgreSQL and the receiver (2 cores here): the worker-count
-ratio is what that leaves, not what two idle cores would give.
+The machine is shared with PostgreSQL and the receiver (2 cores here). On the whole machine,
+one worker with its PostgreSQL backend and the receiver already keeps about 1.25 cores busy,
+so a second worker can add at most what is left: that ratio is printed, not checked. The floor
+is checked on the confined runs: one core for one worker, two for two (what "two workers on
+two cores" asks when PostgreSQL and the receiver cannot have cores of their own).
 Usage: .venv/bin/python bench/outbox.py [--publish N] [--deliver N] [--lag-seconds S]
        [--backlog N] [--fair-seconds S] [--tarpit-events N] [--streams N] [--cost-targets N]
        [--publish-only | --cost-only]
@@ -61,7 +67,7 @@ FLOORS = {
     "publish_p99_vs_before_subscriptions": 1.10,
     "one_worker_share_of_ceiling": 0.85,
     "worker_cpu_ms_per_delivery": 0.5,
-    "two_workers_vs_one": 1.8,
+    "two_cores_vs_one": 1.8,
     "lag_p99_ms": 1000.0,
     "tarpit_a_lag_p99_ms": 1000.0,
     "backlog_a_lag_p99_ms": 1000.0,
@@ -89,10 +95,18 @@ def _receiver_main(port: int, ready):
                 target = head.split(b" ", 2)[1]
                 if head.startswith(b"GET /stats/"):
                     segment, _, query = target[len(b"/stats/") :].partition(b"?")
+                    flags = set(query.split(b"&"))
+                    # brief=1 (polling while a run drains) leaves out the lags: encoding tens
+                    # of thousands of them 20 times a second took CPU from what is measured
                     out = json.dumps(
-                        {"count": counts.get(segment, 0), "lags": lags.get(segment, [])}
+                        {
+                            "count": counts.get(segment, 0),
+                            "lags": [] if b"brief=1" in flags else lags.get(segment, []),
+                            "cpu": time.process_time(),  # the receiver's own CPU seconds
+                            "pid": os.getpid(),
+                        }
                     ).encode()
-                    if query == b"reset=1":
+                    if b"reset=1" in flags:
                         lags.pop(segment, None)
                         counts.pop(segment, None)
                 else:
@@ -127,10 +141,10 @@ def start_receiver():
     return proc, f"http://127.0.0.1:{port}"
 
 
-def receiver_stats(base: str, segment: str, reset: bool = True) -> dict:
+def receiver_stats(base: str, segment: str, reset: bool = True, brief: bool = False) -> dict:
     import requests
 
-    query = "?reset=1" if reset else ""
+    query = "?" + "&".join(flag for flag, on in (("reset=1", reset), ("brief=1", brief)) if on)
     return requests.get(f"{base}/stats/{segment}{query}", timeout=10).json()
 
 
@@ -468,7 +482,7 @@ def main():
         **publish_checks(publish),
         **{
             name: (cost[name], cost[name] >= FLOORS[name])
-            for name in ("one_worker_share_of_ceiling", "two_workers_vs_one")
+            for name in ("one_worker_share_of_ceiling", "two_cores_vs_one")
         },
         "worker_cpu_ms_per_delivery": (
             cost["worker_cpu_ms_per_delivery"],
