@@ -120,7 +120,9 @@ def test_a_patch_is_three_statements_and_the_last_one_adds_one_short_transaction
     assert "pg_try_advisory_lock" in sql[0] and sql[1].startswith("UPDATE")
     assert "pg_advisory_unlock" in sql[2]
     sql = [q["sql"] for q in last.captured_queries if "SAVEPOINT" not in q["sql"]]
-    assert len(sql) == 6, sql
+    # lock + read, pending, unlock; then stored together with its attempt's row, the event
+    assert len(sql) == 5, sql
+    assert "uploads_finaliseattempt" in sql[3] and "UPDATE uploads_attachment" in sql[3]
     assert not any("FOR UPDATE" in statement for statement in sql)
 
 
