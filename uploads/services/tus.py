@@ -236,7 +236,7 @@ def tus_upload_append(
     content_length: int | None,
     checksum: tuple[str, bytes] | None,
 ) -> Attachment:
-    """Append a PATCH body at `offset`, streaming it to the staged file in 64 KiB chunks while
+    """Append a PATCH body at `offset`, streaming it to the staged file in 256 KiB chunks while
     hashing it (uploads.running_hash).
 
     Three statements: read the upload and take its lock, one UPDATE that moves the offset (the
