@@ -17,6 +17,7 @@ from uploads.models import Attachment
 
 TABLE = Attachment._meta.db_table
 _FIELDS = {field.attname: field for field in Attachment._meta.concrete_fields}
+_ATTNAMES = list(_FIELDS)
 # every column, in the order from_row expects
 COLUMNS = ", ".join(f'"{field.column}"' for field in _FIELDS.values())
 _INSERT_SQL = f"INSERT INTO {TABLE} ({COLUMNS}) VALUES ({', '.join(['%s'] * len(_FIELDS))})"
@@ -24,7 +25,7 @@ _INSERT_SQL = f"INSERT INTO {TABLE} ({COLUMNS}) VALUES ({', '.join(['%s'] * len(
 
 def from_row(values) -> Attachment:
     """The Attachment of a row selected with COLUMNS (as the ORM would load it)."""
-    return Attachment.from_db(connection.alias, list(_FIELDS), values)
+    return Attachment.from_db(connection.alias, _ATTNAMES, values)
 
 
 def _column(attname: str) -> str:

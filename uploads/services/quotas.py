@@ -39,8 +39,9 @@ def upload_max_bytes(*, publishable: bool) -> int:
 
 def _locked_usage(tenant_id) -> TenantUsage:
     """Serialise quota decisions of one tenant until the transaction ends, and read its usage:
-    two statements in one round trip. The second takes its snapshot once the lock is held, so
-    it sees the rows of every transaction that held the lock before."""
+    two statements in one round trip (Django's client-side binding sends them as one simple
+    query). The second takes its snapshot once the lock is held, so it sees the rows of every
+    transaction that held the lock before."""
     value = uuid.UUID(str(tenant_id)).int & 0xFFFFFFFF
     key = value - 2**32 if value >= 2**31 else value
     usage_sql, params = usage_statement(tenant_id=tenant_id)
