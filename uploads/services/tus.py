@@ -308,6 +308,7 @@ def _append_locked(
                 cut = content_length is not None
                 break
             fh.write(chunk)
+            staging.start_writeback(fh, offset + received, len(chunk))
             if digest is not None:
                 digest.update(chunk)
             if hasher:
