@@ -16,6 +16,7 @@ from rest_framework.views import APIView
 
 from core.api.pagination import CursorPagination, paginated
 from core.errors import DomainError
+from core.validation import check_storable
 from outbox import conf, replay, routing, selectors, services
 from outbox.models import Target
 
@@ -208,11 +209,12 @@ class EventListView(APIView):
                 f"status must be one of {', '.join(selectors.EVENT_STATUSES)}.",
                 details={"allowed": list(selectors.EVENT_STATUSES)},
             )
+        topic = request.query_params.get("topic")
+        event_type = request.query_params.get("eventType")
+        # NUL (or a lone surrogate) cannot be compared with a text column: 400, not 500
+        check_storable({"topic": topic, "eventType": event_type}, "query")
         queryset = selectors.event_list(
-            tenant_id=request.tenant_id,
-            topic=request.query_params.get("topic"),
-            event_type=request.query_params.get("eventType"),
-            status=status,
+            tenant_id=request.tenant_id, topic=topic, event_type=event_type, status=status
         )
         paginator = CursorPagination()
         page = paginator.paginate_queryset(queryset, request, view=self)

@@ -9,7 +9,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
 from django.db.models import Count, Q, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
@@ -66,13 +65,16 @@ _USAGE_SQL = (
 )
 
 
-def tenant_usage(*, tenant_id, now: datetime | None = None) -> TenantUsage:
+def usage_statement(*, tenant_id, now: datetime | None = None) -> tuple[str, list[Any]]:
+    """The usage statement with its parameters; its row becomes a TenantUsage by usage_of."""
     now = now or timezone.now()
     receiving = Attachment.Status.RECEIVING.value
     params: list[Any] = [*map(str, HELD_STATUSES), receiving, now, receiving, now, str(tenant_id)]
-    with connection.cursor() as cursor:
-        cursor.execute(_USAGE_SQL, params)
-        stored, reserved, open_uploads = cursor.fetchone()
+    return _USAGE_SQL, params
+
+
+def usage_of(row) -> TenantUsage:
+    stored, reserved, open_uploads = row
     return TenantUsage(int(stored), int(reserved), int(open_uploads))
 
 

@@ -1,6 +1,6 @@
 """The tus 1.0 server: creation, HEAD, PATCH, termination and OPTIONS discovery.
 
-The tus views never touch request.body: PATCH bodies are read from the WSGI input in 64 KiB
+The tus views never touch request.body: PATCH bodies are read from the WSGI input in 256 KiB
 chunks and written straight to the staged file, so memory stays flat for any file size.
 Services raise DomainError; `TUS_STATUS_BY_KIND` is the one place that says which tus status
 each kind becomes.

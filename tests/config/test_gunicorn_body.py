@@ -10,6 +10,7 @@ from gunicorn.http import body as gunicorn_body
 from gunicorn.http.unreader import IterUnreader, SocketUnreader
 
 from config import gunicorn_body as large_reads
+from uploads import staging
 
 
 class CountingUnreader(IterUnreader):
@@ -69,6 +70,21 @@ def test_a_64_kib_read_asks_the_reader_once_not_64_times(installed, monkeypatch)
     body = gunicorn_body.Body(reader)
     assert _read_all(body, 64 * 1024) == data
     assert len(calls) <= 16 + 1  # one per 64 KiB read, plus the final empty one
+
+
+def test_a_tus_piece_is_one_socket_read_with_nothing_put_back(installed, monkeypatch):
+    # Before: tus read 64 KiB pieces, and each put the rest of a 256 KiB socket read back into
+    # gunicorn's buffer (copied again for the next piece): 1.4 ms per MB instead of 0.6 ms.
+    data = os.urandom(1024 * 1024)
+    unreader = CountingUnreader(data, large_reads.SOCKET_READ_BYTES)
+    put_back: list[int] = []
+    original = unreader.unread
+    monkeypatch.setattr(
+        unreader, "unread", lambda rest: put_back.append(len(rest)) or original(rest)
+    )
+    body = gunicorn_body.Body(gunicorn_body.LengthReader(unreader, len(data)))
+    assert _read_all(body, staging.CHUNK) == data
+    assert not any(put_back), put_back
 
 
 def test_the_socket_is_read_256_kib_at_a_time(installed):

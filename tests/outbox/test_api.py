@@ -61,6 +61,12 @@ def test_event_list_is_paginated_and_scoped(api, other_api, tenant, other_tenant
     assert len(other_api.get("/api/outbox/events").json()["results"]) == 2
 
 
+@pytest.mark.parametrize("query", ["topic=%00", "eventType=a%00b"])
+def test_event_list_refuses_a_nul_in_a_text_filter(api, query):
+    # Before: 500 (PostgreSQL text cannot hold NUL; found by tests/hardening/test_fuzz.py)
+    assert_error(api.get(f"/api/outbox/events?{query}"), 400, "unstorable_text")
+
+
 def test_target_create_returns_the_secret_once_and_lists(api, other_api):
     response = api.post(
         "/api/outbox/targets",

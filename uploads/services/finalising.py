@@ -13,14 +13,13 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files.storage import storages
-from django.db import transaction
-from django.db.models import F
+from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.text import get_valid_filename
 
 from core import backoff
 from outbox.services import event_publish
-from uploads import staging
+from uploads import rows, staging
 from uploads.models import Attachment, FinaliseAttempt, RetryLog
 from uploads.services.placing import StagedBytesMissing, delete_quietly, links_into, place
 
@@ -117,9 +116,10 @@ def attachment_finalise(
         saved_name = place(storage, attachment, path, storage_name_for(attachment))
         test_pause("placed")
         with transaction.atomic():
-            if not _mark_stored(attachment, saved_name=saved_name, source=source, now=now):
+            if not _mark_stored(
+                attachment, saved_name=saved_name, source=source, now=now, retry_log=retry_log
+            ):
                 return None  # the claim was taken over: the new holder finishes the job
-            _record_attempt(attachment, retry_log=retry_log, source=source, error="")
     except Exception as exc:  # storage down, disk full, verification failed, …
         error = f"{type(exc).__name__}: {exc}"[:2000]
         logger.warning("finalising attachment %s failed: %s", attachment.pk, error)
@@ -162,25 +162,44 @@ def test_pause(point: str) -> None:
     time.sleep(120)
 
 
-def _mark_stored(attachment: Attachment, *, saved_name: str, source: str, now) -> bool:
-    updated = Attachment.objects.filter(
-        pk=attachment.pk, status=Status.PENDING, claimed_by=attachment.claimed_by
-    ).update(
-        status=Status.STORED,
-        storage_name=saved_name,
-        stored_at=now,
-        attempts=F("attempts") + 1,
-        last_attempt_at=now,
-        last_error="",
-        last_retry_source=source,
-        next_retry_at=None,
-        claimed_until=None,
-        claimed_by=None,
-        staged_missing_since=None,
-        updated_at=now,
-    )
-    if updated != 1:
-        return False
+# The stored status and the successful attempt's row in one statement (the attempt only when
+# the claim still held: a claim taken over leaves both untouched).
+_STORED_SQL = f"""
+WITH stored AS (
+    UPDATE {rows.TABLE} SET status = %(stored)s, storage_name = %(name)s, stored_at = %(now)s,
+        attempts = attempts + 1, last_attempt_at = %(now)s, last_error = '',
+        last_retry_source = %(source)s, next_retry_at = NULL, claimed_until = NULL,
+        claimed_by = NULL, staged_missing_since = NULL, updated_at = %(now)s
+    WHERE id = %(id)s AND status = %(pending)s AND claimed_by IS NOT DISTINCT FROM %(claim)s
+    RETURNING id, tenant_id
+)
+INSERT INTO {FinaliseAttempt._meta.db_table}
+    (created_at, updated_at, tenant_id, attachment_id, retry_log_id, source, succeeded, error)
+SELECT %(recorded)s, %(recorded)s, tenant_id, id, %(retry_log)s::uuid, %(source)s, true, ''
+FROM stored
+"""
+
+
+def _mark_stored(
+    attachment: Attachment, *, saved_name: str, source: str, now, retry_log: RetryLog | None
+) -> bool:
+    """Stored, its attempt recorded and upload.stored published; False when the claim was
+    taken over (nothing written)."""
+    params = {
+        "stored": Status.STORED.value,
+        "pending": Status.PENDING.value,
+        "name": saved_name,
+        "now": now,
+        "source": str(source),
+        "id": str(attachment.pk),
+        "claim": str(attachment.claimed_by) if attachment.claimed_by else None,
+        "recorded": timezone.now(),
+        "retry_log": str(retry_log.pk) if retry_log is not None else None,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_STORED_SQL, params)
+        if cursor.rowcount != 1:
+            return False
     event_publish(
         tenant=attachment.tenant_id,
         event_type="upload.stored",

@@ -22,7 +22,7 @@ from django.db import connection
 
 from core.errors import DomainError, ErrorKind
 from uploads import staging
-from uploads.selectors import TenantUsage, tenant_usage
+from uploads.selectors import TenantUsage, usage_of, usage_statement
 
 logger = logging.getLogger(__name__)
 # First key of the two-key advisory lock ("upld"); the two-key space never overlaps the
@@ -37,12 +37,20 @@ def upload_max_bytes(*, publishable: bool) -> int:
     return settings.UPLOADS_MAX_BYTES
 
 
-def _lock_tenant(tenant_id) -> None:
-    """Serialise quota decisions of one tenant until the transaction ends."""
+def _locked_usage(tenant_id) -> TenantUsage:
+    """Serialise quota decisions of one tenant until the transaction ends, and read its usage:
+    two statements in one round trip (Django's client-side binding sends them as one simple
+    query). The second takes its snapshot once the lock is held, so it sees the rows of every
+    transaction that held the lock before."""
     value = uuid.UUID(str(tenant_id)).int & 0xFFFFFFFF
     key = value - 2**32 if value >= 2**31 else value
+    usage_sql, params = usage_statement(tenant_id=tenant_id)
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [QUOTA_LOCK_CLASS, key])
+        cursor.execute(
+            f"SELECT pg_advisory_xact_lock(%s, %s); {usage_sql}", [QUOTA_LOCK_CLASS, key, *params]
+        )
+        cursor.nextset()
+        return usage_of(cursor.fetchone())
 
 
 def _check(usage: TenantUsage, *, size: int, opens_upload: bool) -> None:
@@ -75,8 +83,7 @@ def quota_reserve(*, tenant_id, size: int, opens_upload: bool) -> None:
     it commits, so the row that takes the room is visible to the next check."""
     if not connection.in_atomic_block:
         raise RuntimeError("quota_reserve must run inside the inserting transaction")
-    _lock_tenant(tenant_id)
-    _check(tenant_usage(tenant_id=tenant_id), size=size, opens_upload=opens_upload)
+    _check(_locked_usage(tenant_id), size=size, opens_upload=opens_upload)
 
 
 def _existing_ancestor(path: Path) -> Path:

@@ -17,13 +17,12 @@ from typing import IO, Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import BooleanField, Func, QuerySet, Value
 from django.utils import timezone
 
 from core.errors import DomainError, ErrorKind
 from core.session_proof import SessionProof
-from tenants.scoping import tenant_get_or_404, tenant_queryset
-from uploads import running_hash, staging
+from tenants.scoping import tenant_get_or_404
+from uploads import rows, running_hash, staging
 from uploads.models import Attachment, RetrySource
 from uploads.services.finalising import attachment_finalise, inline_claim
 from uploads.services.quotas import quota_reserve, staging_space_check
@@ -74,7 +73,7 @@ def tus_upload_create(
         staging_space_check(size=length)
         with transaction.atomic():
             quota_reserve(tenant_id=tenant_id, size=length, opens_upload=True)
-            attachment = Attachment.objects.create(
+            attachment = Attachment(
                 id=upload_id,
                 tenant_id=tenant_id,
                 assessment_session_id=assessment_session_id,
@@ -88,6 +87,7 @@ def tus_upload_create(
                 tus_metadata=raw_metadata,
                 staging_host=settings.ATLAS_HOST_NAME,
             )
+            rows.insert(attachment)
             staging.create_empty(path)
     except (IntegrityError, DomainError):
         # the id exists (a re-sent POST, or a concurrent creation won the insert), or the
@@ -149,6 +149,12 @@ def _tus_existing(existing: Attachment, *, tenant_id, length: int) -> Attachment
     )
 
 
+_READ_AND_LOCK_SQL = (
+    f"SELECT {rows.COLUMNS}, pg_try_advisory_lock(%s) FROM {rows.TABLE}"
+    " WHERE tenant_id = %s AND id = %s"
+)
+
+
 class UploadLock:
     """A session-level advisory lock per upload: one PATCH/DELETE at a time, without keeping a
     transaction open while a slow client sends its bytes."""
@@ -167,21 +173,16 @@ class UploadLock:
         self._taken(locked)
         return self
 
-    def acquire_with(self, queryset: QuerySet) -> Attachment | None:
+    def acquire_reading(self, *, tenant_id, upload_id) -> Attachment | None:
         """Read the upload and take the lock in one statement (the lock only when the row
-        exists and is visible to this tenant). None: no such upload, nothing locked."""
-        found = (
-            queryset.annotate(
-                upload_locked=Func(
-                    Value(self.key), function="pg_try_advisory_lock", output_field=BooleanField()
-                )
-            )
-            .order_by()
-            .first()
-        )
-        if found is not None:
-            self._taken(found.upload_locked)
-        return found
+        exists and is the tenant's). None: no such upload, nothing locked."""
+        with connection.cursor() as cursor:
+            cursor.execute(_READ_AND_LOCK_SQL, [self.key, str(tenant_id), str(upload_id)])
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        self._taken(row[-1])
+        return rows.from_row(row[:-1])
 
     def _taken(self, locked: bool) -> None:
         if not locked:
@@ -235,7 +236,7 @@ def tus_upload_append(
     content_length: int | None,
     checksum: tuple[str, bytes] | None,
 ) -> Attachment:
-    """Append a PATCH body at `offset`, streaming it to the staged file in 64 KiB chunks while
+    """Append a PATCH body at `offset`, streaming it to the staged file in 256 KiB chunks while
     hashing it (uploads.running_hash).
 
     Three statements: read the upload and take its lock, one UPDATE that moves the offset (the
@@ -245,9 +246,7 @@ def tus_upload_append(
     request carried a checksum, which then cannot be verified: those bytes are dropped.
     """
     lock = UploadLock(upload_id)
-    attachment = lock.acquire_with(
-        tenant_queryset(Attachment, tenant_id=tenant_id).filter(pk=upload_id)
-    )
+    attachment = lock.acquire_reading(tenant_id=tenant_id, upload_id=upload_id)
     if attachment is None:
         raise DomainError("not_found", "No such object.", kind=ErrorKind.NOT_FOUND)
     try:
@@ -309,6 +308,7 @@ def _append_locked(
                 cut = content_length is not None
                 break
             fh.write(chunk)
+            staging.start_writeback(fh, offset + received, len(chunk))
             if digest is not None:
                 digest.update(chunk)
             if hasher:
@@ -342,9 +342,13 @@ def _append_locked(
         return True
     now = timezone.now()
     expires_at = tus_expiry()
-    moved = Attachment.objects.filter(
-        pk=attachment.pk, status=Status.RECEIVING, upload_offset=offset
-    ).update(upload_offset=new_offset, expires_at=expires_at, updated_at=now)
+    moved = rows.update(
+        attachment.pk,
+        where={"status": Status.RECEIVING, "upload_offset": offset},
+        upload_offset=new_offset,
+        expires_at=expires_at,
+        updated_at=now,
+    )
     if moved:
         attachment.upload_offset, attachment.expires_at = new_offset, expires_at
         if digest is not None:
@@ -406,9 +410,11 @@ def _tus_complete(attachment: Attachment, *, sha256: str) -> None:
         "updated_at": now,
         **claim,
     }
-    if Attachment.objects.filter(
-        pk=attachment.pk, status=Status.RECEIVING, upload_offset=attachment.upload_offset
-    ).update(**fields):
+    if rows.update(
+        attachment.pk,
+        where={"status": Status.RECEIVING, "upload_offset": attachment.upload_offset},
+        **fields,
+    ):
         for name, value in fields.items():
             setattr(attachment, name, value)
 
