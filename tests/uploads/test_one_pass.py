@@ -64,6 +64,20 @@ def test_the_last_patch_links_the_staged_file_into_storage(api, tenant, plain_st
     assert list(FinaliseAttempt.objects.values_list("succeeded", flat=True)) == [True]
 
 
+def test_stored_files_share_a_shard_folder_instead_of_one_folder_each(tenant, plain_storage):
+    # a folder per attachment cost a mkdir and a folder fsync per upload; ids ending alike
+    # land in one shard folder of the tenant
+    ids = [uuid.UUID(f"{n:030x}ab") for n in range(1, 4)]
+    for attachment_id in ids:
+        staged_attachment(tenant, b"shard", id=attachment_id, filename="a b.txt")
+        assert attachment_finalise(attachment_id=attachment_id, source="manual") is True
+    names = sorted(Attachment.objects.values_list("storage_name", flat=True))
+    assert names == [f"{tenant.pk}/ab/{attachment_id}_a_b.txt" for attachment_id in ids]
+    folders = {p for p in plain_storage.rglob("*") if p.is_dir()}
+    assert folders == {plain_storage / str(tenant.pk), plain_storage / str(tenant.pk) / "ab"}
+    assert all((plain_storage / name).read_bytes() == b"shard" for name in names)
+
+
 def test_patches_landing_on_another_process_still_give_the_real_sha256(api, plain_storage):
     data = os.urandom(250_000)
     # another worker or host holds no running hash: it hashes the staged file first

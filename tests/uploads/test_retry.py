@@ -236,7 +236,7 @@ def test_odd_filename_is_stored_under_a_safe_name(tenant, storage_switch):
     attachment = staged_attachment(tenant, b"odd", filename="..")
     assert _sweep()["succeeded"] == 1
     attachment.refresh_from_db()
-    assert attachment.storage_name.endswith(f"{attachment.pk}/file")
+    assert attachment.storage_name.endswith(f"/{attachment.pk}_file")
     assert attachment.filename == ".."
 
 

