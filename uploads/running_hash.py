@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +74,37 @@ def held() -> int:
     """How many states this process holds (tests)."""
     with _lock:
         return len(_states)
+
+
+# hashlib lets go of the GIL while it hashes a large piece: on a thread of its own, a piece is
+# hashed while the request thread reads the next one from the socket and writes it to disk.
+_hashers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="upload-hash")
+BACKGROUND_MIN_BYTES = 64 * 1024
+
+
+class Overlapped:
+    """Feeds pieces to some digests on a hashing thread, one piece at a time and in order (a
+    piece is handed over once the one before it is hashed, so at most one waits in memory).
+    `wait()` before reading a digest."""
+
+    def __init__(self, digests: list[Any]):
+        self.digests = digests
+        self._pending: Future | None = None
+
+    def update(self, piece: bytes) -> None:
+        if not self.digests:
+            return
+        self.wait()
+        if len(piece) < BACKGROUND_MIN_BYTES:
+            self._feed(piece)  # a thread hop costs more than hashing a small piece
+        else:
+            self._pending = _hashers.submit(self._feed, piece)
+
+    def _feed(self, piece: bytes) -> None:
+        for digest in self.digests:
+            digest.update(piece)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()

@@ -224,3 +224,30 @@ def test_patches_on_other_processes_cost_one_read_of_the_file_not_one_each(
     assert attachment.status == "stored"
     assert attachment.sha256 == hashlib.sha256(data).hexdigest()
     assert reads == [len(data)]
+
+
+def test_large_pieces_are_hashed_on_a_hashing_thread_in_order():
+    # hashlib lets go of the GIL on large pieces: hashed on their own thread, they overlap
+    # with reading the next piece from the socket and writing it
+    import threading
+
+    class Recording:
+        def __init__(self):
+            self.inner, self.seen = hashlib.sha256(), []
+
+        def update(self, piece):
+            self.seen.append((len(piece), threading.current_thread().name))
+            self.inner.update(piece)
+
+    pieces = [os.urandom(300_000), b"tiny", os.urandom(100_000), os.urandom(70_000)]
+    recording, plain = Recording(), hashlib.sha256()
+    hashing = running_hash.Overlapped([recording, plain])
+    for piece in pieces:
+        hashing.update(piece)
+    hashing.wait()
+    whole = hashlib.sha256(b"".join(pieces)).hexdigest()
+    assert recording.inner.hexdigest() == plain.hexdigest() == whole
+    assert [size for size, _ in recording.seen] == [len(p) for p in pieces]  # in order
+    threads = [name for _, name in recording.seen]
+    assert threads[1] == threading.current_thread().name  # a small piece: no thread hop
+    assert all(threads[i].startswith("upload-hash") for i in (0, 2, 3))

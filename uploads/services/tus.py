@@ -292,6 +292,7 @@ def _append_locked(
     to_read = remaining if content_length is None else content_length
     identity = {"upload_id": attachment.pk, "created_at": attachment.created_at}
     digest = running_hash.resume(**identity, offset=offset)  # None: hashed when complete
+    hashing = running_hash.Overlapped([d for d in (digest, hasher) if d is not None])
     received = 0
     cut = False
     too_much = False
@@ -309,11 +310,9 @@ def _append_locked(
                 break
             fh.write(chunk)
             staging.start_writeback(fh, offset + received, len(chunk))
-            if digest is not None:
-                digest.update(chunk)
-            if hasher:
-                hasher.update(chunk)
+            hashing.update(chunk)
             received += len(chunk)
+        hashing.wait()
         if content_length is None and received >= remaining:
             too_much = bool(_peek(read))
         # a cut body with a checksum cannot be verified: its bytes are dropped too
