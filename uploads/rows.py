@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import connection
 
 from uploads.models import Attachment
 
@@ -48,35 +48,14 @@ def insert(attachment: Attachment) -> None:
     attachment._state.db = connection.alias
 
 
-# Before an UPDATE, in the same round trip: its commit does not wait for the WAL flush (the
-# two statements run as one implicit transaction; set_config, unlike SET LOCAL, raises no
-# warning there). See update(flush_later=True) for when that is allowed.
-_NO_FLUSH_WAIT = "SELECT set_config('synchronous_commit', 'off', true); "
-
-
-def update(attachment_id, *, where: dict[str, Any], flush_later: bool = False, **values) -> int:
+def update(attachment_id, *, where: dict[str, Any], **values: Any) -> int:
     """UPDATE the attachment's row when every `where` field has its value (never None); the
-    number of rows changed (0 or 1).
-
-    `flush_later`: the commit returns before the WAL reaches the disk. Only for a change whose
-    answer to the client waits for a later commit that does wait (it flushes all WAL before it,
-    this change included), or for `wal_flush()`; a crashed server then forgets the change
-    only when the client was never told of it."""
+    number of rows changed (0 or 1)."""
     assignments = ", ".join(f"{_column(name)} = %s" for name in values)
     conditions = "".join(f" AND {_column(name)} = %s" for name in where)
     params = [_db_value(name, value) for name, value in values.items()]
     params.append(_db_value("id", attachment_id))
     params += [_db_value(name, value) for name, value in where.items()]
-    sql = f"UPDATE {TABLE} SET {assignments} WHERE id = %s{conditions}"
     with connection.cursor() as cursor:
-        cursor.execute(_NO_FLUSH_WAIT + sql if flush_later else sql, params)
-        if flush_later:
-            cursor.nextset()  # the UPDATE's result comes after set_config's
+        cursor.execute(f"UPDATE {TABLE} SET {assignments} WHERE id = %s{conditions}", params)
         return cursor.rowcount
-
-
-def wal_flush() -> None:
-    """Wait until every commit made so far on this server is on disk: a transaction with an
-    id commits synchronously, and its commit record comes after theirs."""
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SELECT txid_current()")

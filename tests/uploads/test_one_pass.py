@@ -140,31 +140,6 @@ def test_a_patch_is_three_statements_and_the_last_one_adds_one_short_transaction
     assert not any("FOR UPDATE" in statement for statement in sql)
 
 
-@pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("storage_up", [True, False])
-def test_the_completing_commit_is_on_disk_before_the_answer(api, storage_switch, storage_up):
-    # the pending commit skips the wait for the WAL flush; the answer comes only after a
-    # commit that waits: the stored one, or (finalising failed) an explicit flush
-    if not storage_up:
-        storage_switch.fail()
-    url = _path(create(api, 10)["Location"])
-    with CaptureQueriesContext(connection) as last:
-        assert patch(api, url, b"0123456789", 0).status_code == 204
-    sql = [q["sql"] for q in last.captured_queries]
-    (pending,) = [i for i, s in enumerate(sql) if "synchronous_commit" in s]
-    assert "UPDATE uploads_attachment" in sql[pending]
-    flushes = [i for i, s in enumerate(sql) if "txid_current" in s]
-    stored = [i for i, s in enumerate(sql) if "uploads_finaliseattempt" in s]
-    if storage_up:
-        assert stored and stored[0] > pending and not flushes
-    else:
-        assert flushes and flushes[0] > pending
-    assert Attachment.objects.get().status == ("stored" if storage_up else "pending")
-    with connection.cursor() as cursor:  # the setting was the transaction's, not the session's
-        cursor.execute("SHOW synchronous_commit")
-        assert cursor.fetchone()[0] == "on"
-
-
 def test_a_patch_starts_the_disk_writes_of_its_bytes_before_their_fsync(
     api, plain_storage, monkeypatch
 ):

@@ -409,12 +409,9 @@ def _tus_complete(attachment: Attachment, *, sha256: str) -> None:
         "updated_at": now,
         **claim,
     }
-    # its commit does not wait for the WAL flush: the PATCH is answered only after the stored
-    # commit, or a wal_flush(), has made it durable (_finalise_inline)
     if rows.update(
         attachment.pk,
         where={"status": Status.RECEIVING, "upload_offset": attachment.upload_offset},
-        flush_later=True,
         **fields,
     ):
         for name, value in fields.items():
@@ -422,18 +419,11 @@ def _tus_complete(attachment: Attachment, *, sha256: str) -> None:
 
 
 def _finalise_inline(attachment: Attachment) -> None:
-    """Finalise right after the completing PATCH, before it is answered. That PATCH's pending
-    commit did not wait for the WAL flush (`_tus_complete`): the stored commit flushes it;
-    when finalising did not store the upload, wal_flush() does, so the answer that
-    acknowledges the bytes always comes after the pending state is on disk."""
     claimed = attachment.status == Status.PENDING and attachment.claimed_by is not None
-    stored = claimed and attachment_finalise(
+    if claimed and attachment_finalise(
         attachment_id=attachment.pk, source=RetrySource.UPLOAD, claimed=attachment
-    )
-    if stored:
+    ):
         attachment.status = Status.STORED
-    else:
-        rows.wal_flush()
 
 
 def tus_upload_terminate(*, tenant_id, upload_id) -> None:
