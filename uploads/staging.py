@@ -82,7 +82,8 @@ def start_writeback(fh: IO[bytes], offset: int, length: int) -> None:
     to wait for (1 MB: 0.63 -> 0.13 ms). Linux's POSIX_FADV_DONTNEED starts the writeback
     of dirty pages and keeps them cached; the fsync still decides durability."""
     if _fadvise is not None and length > 0:
-        _fadvise(fh.fileno(), offset, length, os.POSIX_FADV_DONTNEED)
+        with contextlib.suppress(OSError):  # a hint: a file system that refuses it still works
+            _fadvise(fh.fileno(), offset, length, os.POSIX_FADV_DONTNEED)
 
 
 def move_durably(src: Path, dst: Path) -> None:

@@ -78,6 +78,40 @@ def test_stored_files_share_a_shard_folder_instead_of_one_folder_each(tenant, pl
     assert all((plain_storage / name).read_bytes() == b"shard" for name in names)
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["文" * 61 + ".txt", "文" * 100 + ".txt", "é" * 99 + ".pdf"],
+    ids=["cjk-65-chars", "cjk-104-chars", "accents-103-chars"],
+)
+def test_a_long_name_in_any_script_is_stored(tenant, plain_storage, name):
+    # names are cut by bytes, not characters: 3-byte characters made the link's temporary
+    # name longer than a file system allows, and every finalising attempt failed
+    attachment = staged_attachment(tenant, b"x", filename=name)
+    assert attachment_finalise(attachment_id=attachment.pk, source="manual") is True
+    attachment.refresh_from_db()
+    stored_name = attachment.storage_name.rsplit("/", 1)[1]
+    assert len(stored_name.encode()) <= 37 + 150 and stored_name.endswith(name[-4:])
+    assert attachment.filename == name  # the original stays in the row
+    assert (plain_storage / attachment.storage_name).read_bytes() == b"x"
+
+
+def test_every_folder_up_to_the_storage_root_is_made_durable_each_time(
+    tenant, plain_storage, monkeypatch
+):
+    # the shard folder may have been made a moment ago by another finaliser that has not
+    # fsync'd its parent yet: this file's entry must not depend on that
+    first, second = (uuid.UUID(f"{n:030x}cd") for n in (1, 2))
+    staged_attachment(tenant, b"one", id=first)
+    assert attachment_finalise(attachment_id=first, source="manual") is True
+    synced: list[Path] = []
+    original = staging.fsync_dir
+    monkeypatch.setattr(staging, "fsync_dir", lambda path: (synced.append(path), original(path)))
+    staged_attachment(tenant, b"two", id=second)  # its shard folder exists already
+    assert attachment_finalise(attachment_id=second, source="manual") is True
+    root = plain_storage.resolve()
+    assert synced == [root / str(tenant.pk) / "cd", root / str(tenant.pk), root]
+
+
 def test_patches_landing_on_another_process_still_give_the_real_sha256(api, plain_storage):
     data = os.urandom(250_000)
     # another worker or host holds no running hash: it hashes the staged file first
@@ -251,3 +285,14 @@ def test_large_pieces_are_hashed_on_a_hashing_thread_in_order():
     threads = [name for _, name in recording.seen]
     assert threads[1] == threading.current_thread().name  # a small piece: no thread hop
     assert all(threads[i].startswith("upload-hash") for i in (0, 2, 3))
+
+
+def test_a_file_system_that_refuses_the_writeback_hint_still_takes_the_bytes(monkeypatch, tmp_path):
+    def refuse(*args):
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(staging, "_fadvise", refuse)
+    with (tmp_path / "f").open("wb") as fh:
+        fh.write(b"bytes")
+        staging.start_writeback(fh, 0, 5)  # a hint: no error reaches the request
+    assert (tmp_path / "f").read_bytes() == b"bytes"

@@ -49,6 +49,21 @@ def backoff_seconds(attempts: int) -> int:
     )
 
 
+# A file name has at most 255 bytes on common file systems. The stored name is "<id>_" (37
+# bytes) + the safe name, and placing links it first under ".<name>.<32 hex>.link" (39 more):
+# the safe name keeps at most its last 150 bytes (its extension stays), so every name fits
+# whatever script the client's file name is in (100 CJK characters are 300 bytes).
+NAME_TAIL_BYTES = 150
+
+
+def _tail_within(name: str, limit: int) -> str:
+    """The longest end of `name` whose UTF-8 encoding fits in `limit` bytes."""
+    encoded = name.encode()
+    if len(encoded) <= limit:
+        return name
+    return encoded[-limit:].decode(errors="ignore") or "file"
+
+
 def storage_name_for(attachment: Attachment) -> str:
     """`<tenant>/<last two hex digits of the id>/<attachment id>_<safe filename>`: unique per
     attachment (a retry overwrites its own earlier partial copy, never another file); the
@@ -59,7 +74,7 @@ def storage_name_for(attachment: Attachment) -> str:
     upload cost a mkdir and one more folder fsync (about 0.9 ms of a 10 ms 1 MB upload); the
     256 shards of a tenant are made once, and no folder grows past 1/256 of its files."""
     try:
-        safe = get_valid_filename(attachment.filename)[-100:]
+        safe = _tail_within(get_valid_filename(attachment.filename)[-100:], NAME_TAIL_BYTES)
     except SuspiciousFileOperation:
         safe = "file"
     attachment_id = uuid.UUID(str(attachment.pk))

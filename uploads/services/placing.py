@@ -67,7 +67,7 @@ def _existing_ancestor(path: Path) -> Path:
 
 def _link(storage: FileSystemStorage, attachment: Attachment, staged: Path, name: str) -> str:
     target = Path(storage.path(name))
-    created = _make_dirs(target.parent, storage.directory_permissions_mode)
+    _make_dirs(target.parent, storage.directory_permissions_mode)
     size = os.stat(staged).st_size
     if size != attachment.size:
         raise OSError(f"staged size {size} != expected {attachment.size}")
@@ -88,13 +88,20 @@ def _link(storage: FileSystemStorage, attachment: Attachment, staged: Path, name
         os.fsync(fd)  # the inode's new link count
     finally:
         os.close(fd)
-    for folder in [target.parent, *created]:  # the new entry, and every new folder's entry
+    # the new entry, and every folder's entry up to the storage root: not only those this call
+    # made, since a shard folder another finaliser made a moment ago may not be durable yet
+    # (an unchanged folder's fsync costs a few tens of µs)
+    root = Path(storage.location).resolve()
+    folder = target.parent.resolve()
+    while True:
         staging.fsync_dir(folder)
-    return name
+        if folder == root or root not in folder.parents:
+            return name
+        folder = folder.parent
 
 
-def _make_dirs(folder: Path, mode: int | None) -> list[Path]:
-    """Create `folder` and missing parents; returns the parents whose entries changed."""
+def _make_dirs(folder: Path, mode: int | None) -> None:
+    """Create `folder` and missing parents (their entries are made durable by the caller)."""
     missing = []
     current = folder
     while not current.exists():
@@ -103,7 +110,6 @@ def _make_dirs(folder: Path, mode: int | None) -> list[Path]:
     for path in reversed(missing):
         with contextlib.suppress(FileExistsError):  # a concurrent finalise made it
             path.mkdir(mode=mode if mode is not None else 0o777)
-    return [path.parent for path in missing]
 
 
 class _HashingReader:
