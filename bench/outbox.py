@@ -404,7 +404,7 @@ def main():
     os.environ.setdefault("TEST_DATABASE_NAME", "atlas_bench_outbox")
     parser = argparse.ArgumentParser()
     parser.add_argument("--publish", type=int, default=5000)
-    parser.add_argument("--deliver", type=int, default=5000)
+    parser.add_argument("--deliver", type=int, default=20000)
     parser.add_argument("--lag-seconds", type=float, default=15)
     parser.add_argument("--rate", type=int, default=200)
     parser.add_argument("--streams", type=int, default=300)
@@ -474,6 +474,7 @@ def main():
 
     print_table("Publish latency (inside a transaction)", publish)
     print_table("The worker's cost (worker processes vs the HTTP client ceiling)", throughput)
+    print_table("The worker's cost: figures (two_workers_vs_one: the whole machine)", [cost])
     print_table(f"Lag at a steady {args.rate} events/s (real worker process, NOTIFY)", lag)
     print_table("Fairness: tenant A's lag while tenant B's targets are a tarpit", [tarpit])
     print_table("Fairness: tenant A's lag while tenant B's backlog drains", [backlog])
@@ -508,6 +509,7 @@ def main():
         {
             "publish": publish,
             "throughput": throughput,
+            "cost_figures": cost,
             "lag": lag,
             "fairness": {"tarpit": tarpit, "backlog": backlog},
             "streams": streams,
