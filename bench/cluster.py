@@ -297,8 +297,10 @@ class Cluster:
         seconds = time.monotonic() - started
         attachment_id = path.rsplit("/", 1)[1]
         status, detail, _, _ = client.call("GET", f"/api/uploads/{attachment_id}")
+        # <tenant>/<last two hex digits of the id>/<id>_<name> (uploads.services.finalising)
+        shard = uuid.UUID(attachment_id).hex[-2:]
         files = list(
-            (self.shared / "attachments" / str(self.load_tenant) / attachment_id).glob("*")
+            (self.shared / "attachments" / str(self.load_tenant) / shard).glob(f"{attachment_id}_*")
         )
         on_disk = hashlib.sha256(files[0].read_bytes()).hexdigest() if files else "(no file)"
         alternated = all(x != y for x, y in zip(hosts, hosts[1:], strict=False))
