@@ -68,12 +68,8 @@ class RawServer:
 
 
 def start_raw_server(reply, *, read_request: bool = True, host: str = "127.0.0.1") -> RawServer:
-    server = RawServer()
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((host, 0))
-    listener.listen(16)
-    server.sock, server.port = listener, listener.getsockname()[1]
+    listener = listen(host)
+    server = RawServer(port=listener.getsockname()[1], sock=listener)
 
     def handle(conn: socket.socket) -> None:
         with conn:
@@ -91,15 +87,7 @@ def start_raw_server(reply, *, read_request: bool = True, host: str = "127.0.0.1
             with contextlib.suppress(OSError):
                 conn.sendall(reply(data))
 
-    def serve() -> None:
-        while True:
-            try:
-                conn, _addr = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=handle, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
+    serve_each(listener, handle)
     return server
 
 
@@ -146,15 +134,16 @@ def start_tls_receiver(cert: str, key: str):
     return state, server, names
 
 
-def _listen() -> socket.socket:
+def listen(host: str = "127.0.0.1") -> socket.socket:
+    """A listening socket on a free port of `host`."""
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
+    listener.bind((host, 0))
     listener.listen(16)
     return listener
 
 
-def _serve(listener: socket.socket, handle) -> None:
+def serve_each(listener: socket.socket, handle) -> None:
     """Accept until the listener closes, each connection on a thread of its own."""
 
     def serve() -> None:
@@ -181,7 +170,7 @@ def _read_head(conn: socket.socket) -> bytes | None:
 def start_trickle_server(response: bytes, every: float) -> RawServer:
     """An HTTP receiver that answers one byte every `every` seconds: each read sees a byte
     well within any per-read timeout; the whole answer takes len(response) * every."""
-    listener = _listen()
+    listener = listen()
     server = RawServer(port=listener.getsockname()[1], sock=listener)
 
     def handle(conn: socket.socket) -> None:
@@ -195,7 +184,7 @@ def start_trickle_server(response: bytes, every: float) -> RawServer:
                 time.sleep(every)
                 conn.sendall(bytes([byte]))
 
-    _serve(listener, handle)
+    serve_each(listener, handle)
     return server
 
 
@@ -209,7 +198,7 @@ class ConnectProxy(RawServer):
 
 
 def start_connect_proxy(status: int = 200) -> ConnectProxy:
-    listener = _listen()
+    listener = listen()
     proxy = ConnectProxy(port=listener.getsockname()[1], status=status, sock=listener)
 
     def relay(source: socket.socket, sink: socket.socket) -> None:
@@ -237,5 +226,5 @@ def start_connect_proxy(status: int = 200) -> ConnectProxy:
         threading.Thread(target=relay, args=(upstream, conn), daemon=True).start()
         relay(conn, upstream)
 
-    _serve(listener, handle)
+    serve_each(listener, handle)
     return proxy

@@ -8,7 +8,6 @@ import contextlib
 import os
 import resource
 import socket
-import threading
 import time
 from datetime import UTC, datetime
 
@@ -17,6 +16,7 @@ import pytest
 from outbox.delivery import client as C
 from outbox.delivery import egress
 from outbox.delivery.send import Job, failure_code, send, verdict
+from tests.outbox.netfakes import listen, serve_each
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 
@@ -88,9 +88,7 @@ async def _ok_handler(r, w):
 
 def _streaming_server(prefix: bytes):
     """A thread server: answers `prefix` then 1 MB blocks forever (a header that never ends)."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(32)
+    s = listen()
 
     def one(c):
         c.recv(65536)
@@ -101,15 +99,7 @@ def _streaming_server(prefix: bytes):
         except OSError:
             c.close()
 
-    def loop():
-        while True:
-            try:
-                c, _ = s.accept()
-            except OSError:
-                return
-            threading.Thread(target=one, args=(c,), daemon=True).start()
-
-    threading.Thread(target=loop, daemon=True).start()
+    serve_each(s, one)
     return s, s.getsockname()[1]
 
 
