@@ -369,3 +369,17 @@ def test_uploads_health_command_lists_quota_use(tenant, quota_use, capsys):
         "max_open_uploads": 100,
         "used_percent": 50.0,
     }
+
+
+def test_the_quota_check_and_the_operators_report_count_usage_alike(tenant, quota_use):
+    # the check runs a fixed statement (uploads.selectors._USAGE_SQL), the report the ORM's
+    # usage_aggregates: one rule written twice, so they are held to the same answer here
+    from uploads.selectors import tenant_quota_usage, usage_of, usage_statement
+
+    with connection.cursor() as cursor:
+        cursor.execute(*usage_statement(tenant_id=tenant.pk))
+        check = usage_of(cursor.fetchone())
+    (report,) = [row for row in tenant_quota_usage() if row["tenant_id"] == str(tenant.pk)]
+    assert (check.stored_bytes, check.reserved_bytes, check.open_uploads) == (
+        report["stored_bytes"], report["reserved_bytes"], report["open_uploads"],
+    ) == (300_000, 200_000, 1)  # fmt: skip
