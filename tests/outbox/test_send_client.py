@@ -114,14 +114,31 @@ def fake_dns(monkeypatch):
     return install_fake_dns(monkeypatch)
 
 
+@pytest.fixture
+def egress_proxy(settings):
+    """Starts a CONNECT proxy and sends every delivery through it (`credentials`: user:password
+    in its URL); closed when the test ends."""
+    started = []
+
+    def use(status: int = 200, credentials: str = ""):
+        proxy = start_connect_proxy(status=status)
+        started.append(proxy)
+        userinfo = f"{credentials}@" if credentials else ""
+        settings.OUTBOX_EGRESS_PROXY = f"http://{userinfo}127.0.0.1:{proxy.port}"
+        return proxy
+
+    yield use
+    for proxy in started:
+        proxy.close()
+
+
 def test_every_send_goes_through_the_egress_proxy_to_the_checked_address(
-    tenant, settings, fake_dns
+    tenant, fake_dns, egress_proxy
 ):
     from tests.outbox.receiver import start_receiver
 
     receiver, server = start_receiver()
-    proxy = start_connect_proxy()
-    settings.OUTBOX_EGRESS_PROXY = proxy.url
+    proxy = egress_proxy()
     try:
         port = server.server_address[1]
         fake_dns.set("hooks.example.test", ["127.0.0.1"])
@@ -129,7 +146,6 @@ def test_every_send_goes_through_the_egress_proxy_to_the_checked_address(
         publish(tenant)
         deliver_round()
     finally:
-        proxy.close()
         server.shutdown()
         server.server_close()
     # the tunnel goes to the address checked here, never the name (no second resolution)
@@ -140,63 +156,49 @@ def test_every_send_goes_through_the_egress_proxy_to_the_checked_address(
 
 
 def test_https_through_the_proxy_verifies_the_urls_name(
-    tenant, settings, fake_dns, tmp_path, monkeypatch
+    tenant, fake_dns, tmp_path, monkeypatch, egress_proxy
 ):
     from tests.outbox.test_egress import deliver_to_two_names_on_one_certificate
 
-    proxy = start_connect_proxy()
-    settings.OUTBOX_EGRESS_PROXY = proxy.url
-    try:
-        requests, _port, sni = deliver_to_two_names_on_one_certificate(
-            tenant, fake_dns, tmp_path, monkeypatch
-        )
-    finally:
-        proxy.close()
+    proxy = egress_proxy()
+    requests, _port, sni = deliver_to_two_names_on_one_certificate(
+        tenant, fake_dns, tmp_path, monkeypatch
+    )
     assert len(proxy.requests) == 2 and len(requests) == 1
     assert sorted(sni) == ["hooks.example.test", "other.example.test"]
     errors = dict(Delivery.objects.values_list("target__name", "last_error"))
     assert errors == {"good": "", "wrong": "tls_error"}
 
 
-def test_a_proxy_refusing_the_tunnel_is_proxy_error(tenant, settings, receiver):
-    proxy = start_connect_proxy(status=403)
-    settings.OUTBOX_EGRESS_PROXY = proxy.url
-    try:
-        make_target(tenant, url=receiver.url)
-        publish(tenant)
-        deliver_round()
-    finally:
-        proxy.close()
+def test_a_proxy_refusing_the_tunnel_is_proxy_error(tenant, receiver, egress_proxy):
+    proxy = egress_proxy(status=403)
+    make_target(tenant, url=receiver.url)
+    publish(tenant)
+    deliver_round()
     assert receiver.requests == [] and len(proxy.requests) == 1
     delivery = Delivery.objects.get()
     assert (delivery.status, delivery.last_error) == ("retrying", "proxy_error")
 
 
-def test_the_guard_still_refuses_private_addresses_with_a_proxy(tenant, settings, receiver):
+def test_the_guard_still_refuses_private_addresses_with_a_proxy(
+    tenant, settings, receiver, egress_proxy
+):
     """The proxy is no way around the guard: a refused address never reaches it."""
     make_target(tenant, url=receiver.url)  # created while local networks were allowed
-    proxy = start_connect_proxy()
-    settings.OUTBOX_EGRESS_PROXY = proxy.url
+    proxy = egress_proxy()
     settings.OUTBOX_ALLOWED_TARGET_NETWORKS = []
-    try:
-        publish(tenant)
-        deliver_round()
-    finally:
-        proxy.close()
+    publish(tenant)
+    deliver_round()
     assert proxy.requests == [] and receiver.requests == []
     delivery = Delivery.objects.get()
     assert (delivery.status, delivery.last_error) == ("dead", "target_url_not_allowed")
 
 
-def test_proxy_credentials_go_in_proxy_authorization(tenant, settings, receiver):
-    proxy = start_connect_proxy()
-    settings.OUTBOX_EGRESS_PROXY = f"http://atlas:s%40cret@127.0.0.1:{proxy.port}"
-    try:
-        make_target(tenant, url=receiver.url)
-        publish(tenant)
-        deliver_round()
-    finally:
-        proxy.close()
+def test_proxy_credentials_go_in_proxy_authorization(tenant, receiver, egress_proxy):
+    proxy = egress_proxy(credentials="atlas:s%40cret")
+    make_target(tenant, url=receiver.url)
+    publish(tenant)
+    deliver_round()
     (head,) = proxy.requests
     # base64("atlas:s@cret")
     assert "proxy-authorization: Basic YXRsYXM6c0BjcmV0" in head.split("\r\n")
